@@ -1,0 +1,123 @@
+"""``fpolar::sym_gram``: the Gram matrix A = X Xᵀ of every matrix in a batch (Newton–Schulz line 1).
+
+A is symmetric, so only its lower-triangle tiles are computed and each is also written mirrored:
+half the FLOPs of ``x @ x.mT``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import (
+    check_batched_matrix,
+    check_int32_addressable,
+    dot_input_precision,
+    launch_options,
+    require_triton,
+    symmetric_tile_config,
+    tl,
+    triton,
+)
+from ._lower_tiles import gram_tile, lower_tile_coords, lower_tile_count, store_mirrored
+
+__all__ = ["sym_gram", "sym_gram_reference", "launch_sym_gram"]
+
+
+def sym_gram_reference(x: torch.Tensor) -> torch.Tensor:
+    """X Xᵀ per batch entry, as a plain fp32 matmul. x: (B, m, n) -> (B, m, m), dtype of x."""
+    xf = x.float()
+    return (xf @ xf.mT).to(x.dtype)
+
+
+@triton.jit
+def _sym_gram_kernel(
+    x_ptr,
+    out_ptr,
+    m,
+    n,
+    stride_xb,
+    stride_xm,
+    stride_xn,
+    stride_ob,
+    stride_om,
+    stride_on,
+    lower_tiles,
+    BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # One flat grid of batch × lower tiles: a flat axis has no 65535 limit on the batch size.
+    pid = tl.program_id(0)
+    batch = pid // lower_tiles
+    ti, tj = lower_tile_coords(pid % lower_tiles)
+    # int64 batch offsets: batch · stride overflows int32 for large batches of large matrices.
+    x_base = x_ptr + batch.to(tl.int64) * stride_xb
+    out_base = out_ptr + batch.to(tl.int64) * stride_ob
+    rows_i = ti * BLOCK + tl.arange(0, BLOCK)
+    rows_j = tj * BLOCK + tl.arange(0, BLOCK)
+    acc = gram_tile(x_base, rows_i, rows_j, m, n, stride_xm, stride_xn, BLOCK, BLOCK_K, PRECISION)
+    value = acc.to(out_ptr.dtype.element_ty)
+    store_mirrored(out_base, value, rows_i, rows_j, ti != tj, m, stride_om, stride_on, BLOCK)
+
+
+def launch_sym_gram(
+    x: torch.Tensor, out: torch.Tensor, config: triton.Config | None = None
+) -> torch.Tensor:
+    """Runs the Triton kernel: out[b] = x[b] @ x[b]ᵀ.
+
+    x: (B, m, n), any strides; out: (B, m, m), written in full (every element). fp32 accumulation.
+    ``config`` overrides the tile heuristic (kwargs BLOCK, BLOCK_K). Works on CUDA tensors, and on
+    CPU tensors when the Triton interpreter is on (TRITON_INTERPRET=1).
+    """
+    require_triton()
+    batch, m, n = x.shape
+    if out.shape != (batch, m, m):
+        raise ValueError(f"out must have shape {(batch, m, m)}, got {tuple(out.shape)}")
+    check_int32_addressable("x", x)
+    check_int32_addressable("out", out)
+    if out.numel() == 0:
+        return out
+    if n == 0:  # an empty sum; also keeps a null data pointer away from the kernel
+        return out.zero_()
+    config = config or symmetric_tile_config(batch, m, x.dtype)
+    lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
+    _sym_gram_kernel[(batch * lower_tiles,)](
+        x,
+        out,
+        m,
+        n,
+        *x.stride(),
+        *out.stride(),
+        lower_tiles,
+        PRECISION=dot_input_precision(x.dtype, x.device),
+        **launch_options(config),
+    )
+    return out
+
+
+def _check(x: torch.Tensor) -> None:
+    check_batched_matrix("x", x)
+
+
+@torch.library.custom_op("fpolar::sym_gram", mutates_args=())
+def sym_gram(x: torch.Tensor) -> torch.Tensor:
+    """A = X Xᵀ for x of shape (B, m, n) -> (B, m, m), same dtype, fp32 accumulation.
+
+    This body is the implementation for devices without a kernel (CPU): the torch twin.
+    """
+    _check(x)
+    return sym_gram_reference(x)
+
+
+@sym_gram.register_kernel("cuda")
+def _sym_gram_cuda(x: torch.Tensor) -> torch.Tensor:
+    _check(x)
+    x = x.contiguous()
+    out = torch.empty((x.shape[0], x.shape[1], x.shape[1]), dtype=x.dtype, device=x.device)
+    return launch_sym_gram(x, out)
+
+
+@sym_gram.register_fake
+def _sym_gram_fake(x: torch.Tensor) -> torch.Tensor:
+    _check(x)
+    return x.new_empty((x.shape[0], x.shape[1], x.shape[1]))

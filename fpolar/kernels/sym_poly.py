@@ -1,0 +1,132 @@
+"""``fpolar::sym_poly``: b·A + c·A·A for symmetric A (Newton–Schulz line 2).
+
+For symmetric A, A·A = A·Aᵀ: the product is a Gram matrix of A's rows, so it reuses the lower-tile
+Gram kernel (half the FLOPs, contiguous row loads for both operands) with b·A fused into the epilogue.
+The result is symmetric and written exactly symmetric.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import (
+    check_batched_matrix,
+    check_finite_scalar,
+    check_int32_addressable,
+    dot_input_precision,
+    launch_options,
+    require_triton,
+    symmetric_tile_config,
+    tl,
+    triton,
+)
+from ._lower_tiles import gram_tile, lower_tile_coords, lower_tile_count, store_mirrored
+
+__all__ = ["sym_poly", "sym_poly_reference", "launch_sym_poly"]
+
+
+def sym_poly_reference(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
+    """b·A + c·A·A per batch entry in fp32. a: (B, m, m) -> (B, m, m), dtype of a."""
+    af = a.float()
+    return (b * af + c * (af @ af)).to(a.dtype)
+
+
+@triton.jit
+def _sym_poly_kernel(
+    a_ptr,
+    out_ptr,
+    coef_b,
+    coef_c,
+    m,
+    stride_ab,
+    stride_am,
+    stride_an,
+    stride_ob,
+    stride_om,
+    stride_on,
+    lower_tiles,
+    BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    batch = pid // lower_tiles
+    ti, tj = lower_tile_coords(pid % lower_tiles)
+    a_base = a_ptr + batch.to(tl.int64) * stride_ab
+    out_base = out_ptr + batch.to(tl.int64) * stride_ob
+    rows_i = ti * BLOCK + tl.arange(0, BLOCK)
+    rows_j = tj * BLOCK + tl.arange(0, BLOCK)
+    a_squared = gram_tile(a_base, rows_i, rows_j, m, m, stride_am, stride_an, BLOCK, BLOCK_K, PRECISION)
+    in_bounds = (rows_i[:, None] < m) & (rows_j[None, :] < m)
+    a_tile = tl.load(
+        a_base + rows_i[:, None] * stride_am + rows_j[None, :] * stride_an, mask=in_bounds, other=0.0
+    )
+    value = coef_b * a_tile.to(tl.float32) + coef_c * a_squared
+    store_mirrored(
+        out_base, value.to(out_ptr.dtype.element_ty), rows_i, rows_j, ti != tj, m, stride_om, stride_on, BLOCK
+    )
+
+
+def launch_sym_poly(
+    a: torch.Tensor, out: torch.Tensor, b: float, c: float, config: triton.Config | None = None
+) -> torch.Tensor:
+    """Runs the Triton kernel: out[k] = b·a[k] + c·a[k]·a[k], fp32 accumulation.
+
+    a: (B, m, m), symmetric (the kernel computes A·Aᵀ and reads only A's lower-tile entries for the
+    b·A term); out: (B, m, m), written in full and exactly symmetric. ``config`` overrides the
+    heuristic (kwargs BLOCK, BLOCK_K). CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
+    """
+    require_triton()
+    batch, m, _ = a.shape
+    if out.shape != a.shape:
+        raise ValueError(f"out must have shape {tuple(a.shape)}, got {tuple(out.shape)}")
+    check_int32_addressable("a", a)
+    check_int32_addressable("out", out)
+    if out.numel() == 0:
+        return out
+    config = config or symmetric_tile_config(batch, m, a.dtype)
+    lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
+    _sym_poly_kernel[(batch * lower_tiles,)](
+        a,
+        out,
+        float(b),
+        float(c),
+        m,
+        *a.stride(),
+        *out.stride(),
+        lower_tiles,
+        PRECISION=dot_input_precision(a.dtype, a.device),
+        **launch_options(config),
+    )
+    return out
+
+
+def _check(a: torch.Tensor, b: float, c: float) -> None:
+    check_batched_matrix("a", a)
+    if a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"a must be a batch of square matrices (B, m, m), got shape {tuple(a.shape)}")
+    check_finite_scalar("b", b)
+    check_finite_scalar("c", c)
+
+
+@torch.library.custom_op("fpolar::sym_poly", mutates_args=())
+def sym_poly(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
+    """b·A + c·A·A for symmetric a of shape (B, m, m) -> (B, m, m), same dtype, fp32 accumulation.
+
+    This body is the implementation for devices without a kernel (CPU): the torch twin.
+    """
+    _check(a, b, c)
+    return sym_poly_reference(a, b, c)
+
+
+@sym_poly.register_kernel("cuda")
+def _sym_poly_cuda(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
+    _check(a, b, c)
+    a = a.contiguous()
+    return launch_sym_poly(a, torch.empty_like(a), b, c)
+
+
+@sym_poly.register_fake
+def _sym_poly_fake(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
+    _check(a, b, c)
+    return torch.empty_like(a, memory_format=torch.contiguous_format)

@@ -1,0 +1,48 @@
+"""Gram Newton–Schulz: the NS iteration carried out on the small Gram matrix (Zhang, Amsel, Chen, Dao 2026).
+
+Every NS step is X_{k+1} = p_k(R_k)·X_k with R_k = X_k X_kᵀ (m×m) and p_k(R) = aI + bR + cR². So
+X_k = Q_k X₀ with Q_{k+1} = p_k(R_k) Q_k, and R_{k+1} = p_k(R_k) R_k p_k(R_k) (p_k(R_k) commutes with R_k).
+All the work per step is m×m; X is touched only by one Gram product and one final Q·X per block, which
+wins when n ≫ m. Low-precision error accumulates in R, so the iteration restarts (X ← QX, R ← XXᵀ) every
+``restart_every`` steps.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..coefficients import Coefficient
+from .newton_schulz import frobenius_normalize
+
+
+def gram_newton_schulz(
+    x: Tensor,
+    schedule: Sequence[Coefficient],
+    *,
+    safety: float = 1.0,
+    eps: float = 1e-7,
+    dtype: torch.dtype = torch.bfloat16,
+    restart_every: int = 2,
+) -> Tensor:
+    """Polar factor of each wide matrix in ``x`` (B, m, n), m ≤ n; same result as ``newton_schulz``
+    with the same schedule, up to rounding. Returns (B, m, n) in ``dtype``."""
+    if x.size(-2) > x.size(-1):
+        raise ValueError(f"gram_newton_schulz expects wide matrices (m ≤ n), got shape {tuple(x.shape)}")
+    if restart_every < 1:
+        raise ValueError(f"restart_every must be ≥ 1, got {restart_every}")
+    x = frobenius_normalize(x, safety, eps, dtype)
+    m = x.size(-2)
+    eye = torch.eye(m, dtype=dtype, device=x.device)
+    for start in range(0, len(schedule), restart_every):
+        r = torch.bmm(x, x.mT)
+        q = None
+        for a, b, c in schedule[start : start + restart_every]:
+            # p = a·I + b·R + c·R²
+            p = torch.baddbmm(r, r, r, beta=b, alpha=c) + a * eye
+            q = p if q is None else torch.bmm(p, q)
+            r = torch.bmm(p, torch.bmm(r, p))
+        x = torch.bmm(q, x)
+    return x

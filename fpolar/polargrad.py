@@ -1,0 +1,179 @@
+"""The functional PolarGrad / PolarGradM / Muon step over lists of matrix parameters.
+
+Data path, per shape group (see ``fpolar.state``):
+
+    momentum (foreach, through views into the stacked buffer)
+      → polar (one batched call on the (B, m, n) stack, transposed to wide)
+      → scale (⟨O, X⟩ per matrix, or a shape constant)
+      → decay + apply (foreach over per-param views of the update)
+
+No host sync, no ``.item()``, no branch on tensor values: the Python control flow depends only on
+shapes, dtypes and hparams, so ``torch.compile(fullgraph=True)`` traces it once.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .hparams import PolarGradHParams
+from .polar import polar_wide
+from .scale import nuclear_scale, shape_scale
+from .state import PolarGradState, ShapeGroup, group_views
+from .validation import check_params_and_grads
+
+Scalar = Union[float, Tensor]
+
+
+def _stack_wide(tensors: Sequence[Tensor], group: ShapeGroup) -> Tensor:
+    """Stack per-param tensors into the group's (B, m, n) batch, as a wide (m ≤ n) view."""
+    x = torch.cat([t.reshape(-1, group.m, group.n) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1, group.m, group.n)
+    return x.mT if group.transposed else x
+
+
+def _polar_of(x_wide: Tensor, group: ShapeGroup, hp: PolarGradHParams) -> Tensor:
+    """Polar factor of the wide batch, returned in the param orientation (B, m, n)."""
+    o = polar_wide(x_wide, hp.polar_spec)
+    return o.mT if group.transposed else o
+
+
+def _step_size(hp: PolarGradHParams, group: ShapeGroup, o: Tensor, x: Tensor) -> Union[Tensor, float]:
+    """lr·s·extra_scale: a (B, 1, 1) tensor for nuclear scaling, else a scalar (float or 0-d tensor)."""
+    if hp.scale == "nuclear":
+        s = nuclear_scale(o, x)[:, None, None]
+        return s * (hp.lr * hp.extra_scale)
+    return hp.lr * (shape_scale(hp.scale, group.m, group.n) * hp.extra_scale)
+
+
+def _upcast(t: Tensor, group: ShapeGroup) -> Tensor:
+    """The update is scaled in at least float32 so lr·s is not rounded to the polar dtype (bf16)."""
+    return t.to(torch.promote_types(group.dtype, torch.float32))
+
+
+def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:
+    wd = hp.weight_decay
+    if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
+        return
+    factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
+    torch._foreach_mul_(params, factor)
+
+
+def polargrad_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: PolarGradState,
+    hparams: PolarGradHParams,
+) -> PolarGradState:
+    """One PolarGrad / PolarGradM / Muon step (see ``PolarGradHParams`` for the math).
+
+    Args:
+        params: matrix parameters (each ≥ 2-D, real float, dense). **Updated in place.**
+        grads: one per param, same shape/dtype/device, or None to skip that param this step (its
+            momentum is left untouched). Not modified, also under ``weight_decay_mode="l2"``.
+        state: from ``init_state(params, hparams)``. **Updated in place** (momentum, step).
+        hparams: ``PolarGradHParams``.
+
+    Returns:
+        ``state`` (the same object), for convenience.
+
+    Raises:
+        TypeError/ValueError before any tensor is modified: list length mismatch, a grad whose
+        shape/dtype/device differs from its param, a 0-/1-D or non-float/complex/sparse tensor, or a
+        state built for other params.
+    """
+    if not isinstance(hparams, PolarGradHParams):
+        raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
+    if not isinstance(state, PolarGradState):
+        raise TypeError(f"state must be a PolarGradState from fpolar.init_state, got {type(state).__name__}")
+    check_params_and_grads(params, grads, matrices=True)
+    state.check_matches(params)
+
+    hp = hparams
+    beta = hp.momentum
+    if hp.weight_decay_mode == "l2":
+        grads = _with_l2(params, grads, hp.weight_decay)
+    state.step.add_(1)
+    for group, buffer in zip(state.groups, state.buffers):
+        live = [j for j, i in enumerate(group.indices) if grads[i] is not None]
+        if not live:
+            continue
+        everyone = len(live) == len(group.indices)
+        p = [params[group.indices[j]] for j in live]
+        g = [grads[group.indices[j]] for j in live]
+        mom = [state.momentum[group.indices[j]] for j in live]
+
+        if hp.order == "momentum_first":
+            torch._foreach_lerp_(mom, g, 1 - beta)
+            if hp.nesterov:
+                x = _stack_wide(torch._foreach_lerp(g, mom, beta), group)
+            else:
+                # The stacked buffer already is the batch: no copy when every param has a grad.
+                x = (buffer.mT if group.transposed else buffer) if everyone else _stack_wide(mom, group)
+            o = _polar_of(x, group, hp)
+            x_orient = x.mT if group.transposed else x
+            update = _upcast(o, group) * _step_size(hp, group, o, x_orient)
+        else:
+            x = _stack_wide(g, group)
+            o = _polar_of(x, group, hp)
+            x_orient = x.mT if group.transposed else x
+            step_size = _step_size(hp, group, o, x_orient)
+            o_views = group_views(o.contiguous(), _live_group(group, live), _shapes(params, group, live))
+            torch._foreach_lerp_(mom, [v.to(mo.dtype) for v, mo in zip(o_views, mom)], 1 - beta)
+            direction = (
+                _stack_wide(torch._foreach_lerp(o_views, mom, beta), group)
+                if hp.nesterov
+                else _stack_wide(mom, group)
+            )
+            direction = direction.mT if group.transposed else direction
+            update = _upcast(direction, group) * step_size
+
+        update = update.to(group.dtype).contiguous()
+        _apply_decay(p, hp)
+        torch._foreach_sub_(p, group_views(update, _live_group(group, live), _shapes(params, group, live)))
+    return state
+
+
+def _with_l2(params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], wd: Scalar) -> List[Optional[Tensor]]:
+    """G + λW for each live grad, as new tensors (the user's grads stay as they were)."""
+    live = [i for i, g in enumerate(grads) if g is not None]
+    out: List[Optional[Tensor]] = list(grads)
+    if not live:
+        return out
+    gl = [grads[i] for i in live]
+    pl = [params[i] for i in live]
+    if isinstance(wd, Tensor):
+        summed = torch._foreach_add(gl, torch._foreach_mul(pl, wd))
+    else:
+        summed = torch._foreach_add(gl, pl, alpha=wd)
+    for i, s in zip(live, summed):
+        out[i] = s
+    return out
+
+
+def _live_group(group: ShapeGroup, live: List[int]) -> ShapeGroup:
+    """The group restricted to the params at positions ``live`` (offsets renumbered)."""
+    if len(live) == len(group.indices):
+        return group
+    counts = tuple(group.counts[j] for j in live)
+    offsets, off = [], 0
+    for k in counts:
+        offsets.append(off)
+        off += k
+    return ShapeGroup(
+        indices=tuple(range(len(live))),
+        offsets=tuple(offsets),
+        counts=counts,
+        m=group.m,
+        n=group.n,
+        dtype=group.dtype,
+        device=group.device,
+    )
+
+
+def _shapes(params: Sequence[Tensor], group: ShapeGroup, live: List[int]) -> List[torch.Size]:
+    """Shapes indexed the way ``group_views`` expects for ``_live_group(group, live)``."""
+    if len(live) == len(group.indices):
+        return [p.shape for p in params]
+    return [params[group.indices[j]].shape for j in live]

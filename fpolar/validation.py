@@ -1,0 +1,91 @@
+"""Input checks shared by the steps, raised before any tensor is touched.
+
+Every message names the offending argument, index and value so the user can find it. The checks look
+only at metadata (shapes, dtypes, layouts, devices): no host sync, and under torch.compile they become
+guards rather than graph code.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_real_dense_float(t: Any, what: str) -> None:
+    """``t`` must be a dense, real, floating-point tensor."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{what} is a {t.layout} tensor; only dense (strided) tensors are supported")
+    if t.is_complex():
+        raise TypeError(f"{what} has complex dtype {t.dtype}; only real floating dtypes are supported")
+    if not t.is_floating_point():
+        raise TypeError(f"{what} has dtype {t.dtype}; only floating dtypes are supported")
+
+
+def check_matrix_tensor(t: Any, what: str) -> None:
+    """A real dense float tensor with at least 2 dims (a matrix or a batch of matrices)."""
+    check_real_dense_float(t, what)
+    if t.dim() < 2:
+        raise ValueError(
+            f"{what} has shape {tuple(t.shape)} ({t.dim()}-D); the polar step needs matrices "
+            "(2-D, 3-D batches, or ≥4-D flattened to (shape[0], rest)). Send 0-/1-D tensors to adamw_step."
+        )
+    if t.numel() == 0:
+        raise ValueError(f"{what} has shape {tuple(t.shape)} with no elements")
+
+
+def check_tensor_list(xs: Any, what: str) -> list:
+    if isinstance(xs, Tensor) or not isinstance(xs, Sequence):
+        raise TypeError(f"{what} must be a list or tuple of tensors, got {type(xs).__name__}")
+    return list(xs)
+
+
+def check_params_and_grads(
+    params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], *, matrices: bool
+) -> None:
+    """Lists of equal length; each grad None or the param's shape, dtype and device."""
+    params = check_tensor_list(params, "params")
+    grads = check_tensor_list(grads, "grads")
+    if len(params) != len(grads):
+        raise ValueError(f"got {len(params)} params but {len(grads)} grads; the lists must match")
+    check = check_matrix_tensor if matrices else check_real_dense_float
+    for i, (p, g) in enumerate(zip(params, grads)):
+        check(p, f"params[{i}]")
+        if g is None:
+            continue
+        check_real_dense_float(g, f"grads[{i}]")
+        if g.shape != p.shape:
+            raise ValueError(f"grads[{i}] has shape {tuple(g.shape)} but params[{i}] has shape {tuple(p.shape)}")
+        if g.device != p.device:
+            raise ValueError(f"grads[{i}] is on {g.device} but params[{i}] is on {p.device}")
+        if g.dtype != p.dtype:
+            raise ValueError(f"grads[{i}] has dtype {g.dtype} but params[{i}] has dtype {p.dtype}")
+
+
+def check_scalar(value: Any, what: str, *, low: float = 0.0, high: Optional[float] = None, high_open: bool = False) -> None:
+    """A Python real or a 0-d real floating tensor with low ≤ value (≤ or < high).
+
+    A tensor's value is read once here (at hparams construction), never in the step.
+    """
+    if isinstance(value, Tensor):
+        if value.dim() != 0:
+            raise ValueError(f"{what} must be a float or a 0-d tensor, got a tensor of shape {tuple(value.shape)}")
+        if not value.is_floating_point() or value.is_complex():
+            raise TypeError(f"{what} tensor must have a real floating dtype, got {value.dtype}")
+        if value.requires_grad:
+            raise ValueError(f"{what} tensor must not require grad")
+        v = float(value.detach().cpu())
+    elif isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{what} must be a float or a 0-d tensor, got {type(value).__name__} {value!r}")
+    else:
+        v = float(value)
+    if v != v:
+        raise ValueError(f"{what} is NaN")
+    if v < low:
+        raise ValueError(f"{what} must be ≥ {low}, got {v}")
+    if high is not None and (v >= high if high_open else v > high):
+        raise ValueError(f"{what} must be {'<' if high_open else '≤'} {high}, got {v}")
