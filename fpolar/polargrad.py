@@ -105,6 +105,8 @@ def polargrad_step(
         mom = [state.momentum[group.indices[j]] for j in live]
 
         if hp.order == "momentum_first":
+            if mom[0].dtype != g[0].dtype:  # momentum_dtype differs from the param dtype
+                g = [t.to(mom[0].dtype) for t in g]
             torch._foreach_lerp_(mom, g, 1 - beta)
             if hp.nesterov:
                 x = _stack_wide(torch._foreach_lerp(g, mom, beta), group)

@@ -1,0 +1,41 @@
+"""Float64 references and random inputs shared by the tests."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def exact_polar(x: Tensor) -> Tensor:
+    """U Vᵀ of each matrix, by float64 SVD (inputs here are full rank)."""
+    u, _, vh = torch.linalg.svd(x.double(), full_matrices=False)
+    return u @ vh
+
+
+def nuclear_norm(x: Tensor) -> Tensor:
+    return torch.linalg.svdvals(x.double()).sum(dim=-1)
+
+
+def with_condition(m: int, n: int, kappa: float, gen: torch.Generator | None = None, batch: int = 0) -> Tensor:
+    """A random float64 m×n matrix (or a batch) with singular values log-spaced in [1/κ, 1]."""
+    k = min(m, n)
+    shape = (batch,) if batch else ()
+    u, _ = torch.linalg.qr(torch.randn(*shape, m, k, dtype=torch.float64, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(*shape, n, k, dtype=torch.float64, generator=gen))
+    s = torch.logspace(0, -math.log10(kappa), k, dtype=torch.float64)
+    return (u * s) @ v.mT
+
+
+def orthogonality_error(o: Tensor) -> float:
+    """‖OOᵀ − I‖₂ on the small side, max over a batch."""
+    o = o.double()
+    g = o @ o.mT if o.size(-2) <= o.size(-1) else o.mT @ o
+    eye = torch.eye(g.size(-1), dtype=torch.float64)
+    return torch.linalg.matrix_norm(g - eye, 2).max().item()
+
+
+def rel_err(a: Tensor, b: Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
