@@ -64,7 +64,7 @@ class PolarGradHParams:
         kernels: "auto" (default), "torch" (cuBLAS batched matmul) or "triton" (fpolar's kernels).
         qdwh_iters, qdwh_l0, polish_steps: QDWH settings; defaults are the PolarGrad paper's
             (2 weighted Halley steps from l₀ = machine eps, then 1 Newton–Schulz polish step).
-        gram_restart: Gram Newton–Schulz restart period in steps. Default 2.
+        gram_restart: Gram Newton–Schulz restart period in steps. Default 3.
         momentum_dtype: dtype of the momentum buffers; None (default) = the param dtype.
     """
 
@@ -86,7 +86,7 @@ class PolarGradHParams:
     qdwh_iters: int = 2
     qdwh_l0: Optional[float] = None
     polish_steps: int = 1
-    gram_restart: int = 2
+    gram_restart: int = 3
     momentum_dtype: Optional[torch.dtype] = None
     polar_spec: PolarSpec = field(init=False, repr=False)
 

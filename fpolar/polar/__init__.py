@@ -65,7 +65,7 @@ class PolarSpec:
     qdwh_iters: int = 2
     qdwh_l0: Optional[float] = None
     polish_steps: int = 1
-    gram_restart: int = 2
+    gram_restart: int = 3
 
     @staticmethod
     def build(
@@ -80,7 +80,7 @@ class PolarSpec:
         qdwh_iters: int = 2,
         qdwh_l0: Optional[float] = None,
         polish_steps: int = 1,
-        gram_restart: int = 2,
+        gram_restart: int = 3,
     ) -> "PolarSpec":
         """Validate user-facing options and expand the coefficient schedule; raises naming the bad value."""
         if method not in POLAR_METHODS:
@@ -174,7 +174,7 @@ def polar(
     qdwh_iters: int = 2,
     qdwh_l0: Optional[float] = None,
     polish_steps: int = 1,
-    gram_restart: int = 2,
+    gram_restart: int = 3,
 ) -> Tensor:
     """The polar factor U Vᵀ of every matrix in ``x`` (…, m, n), where each matrix = U Σ Vᵀ.
 

@@ -4,7 +4,10 @@ Every NS step is X_{k+1} = p_k(R_k)·X_k with R_k = X_k X_kᵀ (m×m) and p_k(R)
 X_k = Q_k X₀ with Q_{k+1} = p_k(R_k) Q_k, and R_{k+1} = p_k(R_k) R_k p_k(R_k) (p_k(R_k) commutes with R_k).
 All the work per step is m×m; X is touched only by one Gram product and one final Q·X per block, which
 wins when n ≫ m. Low-precision error accumulates in R, so the iteration restarts (X ← QX, R ← XXᵀ) every
-``restart_every`` steps.
+``restart_every`` steps (default 3: 5 steps run as blocks of 3 + 2, the same split as the reference
+implementation's restart before step 2, mirrored).
+
+FLOPs for 5 steps on m×n, in units of m³ with n = 4m: 90 for dense NS, 60 here (no symmetry used).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def gram_newton_schulz(
     safety: float = 1.0,
     eps: float = 1e-7,
     dtype: torch.dtype = torch.bfloat16,
-    restart_every: int = 2,
+    restart_every: int = 3,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` (B, m, n), m ≤ n; same result as ``newton_schulz``
     with the same schedule, up to rounding. Returns (B, m, n) in ``dtype``."""
@@ -37,12 +40,14 @@ def gram_newton_schulz(
     m = x.size(-2)
     eye = torch.eye(m, dtype=dtype, device=x.device)
     for start in range(0, len(schedule), restart_every):
+        block = schedule[start : start + restart_every]
         r = torch.bmm(x, x.mT)
         q = None
-        for a, b, c in schedule[start : start + restart_every]:
+        for k, (a, b, c) in enumerate(block):
             # p = a·I + b·R + c·R²
             p = torch.baddbmm(r, r, r, beta=b, alpha=c) + a * eye
             q = p if q is None else torch.bmm(p, q)
-            r = torch.bmm(p, torch.bmm(r, p))
+            if k + 1 < len(block):  # the last step of a block needs no new R
+                r = torch.bmm(p, torch.bmm(r, p))
         x = torch.bmm(q, x)
     return x

@@ -1,0 +1,246 @@
+"""Polar-step and whole-step timings on the GPU, all measured in one run, printed as one table.
+
+    python benchmarks/polar_step.py [--json PATH] [--quick]
+
+Rows: per shape group of the GPT-2-small matrix set and for the whole set —
+  * plain stacked cuBLAS NS5 (bf16 X@Xᵀ, b·A + c·A², a·X + B·X: the baseline every Muon uses),
+  * fpolar's polar step through each implementation (cuBLAS ops, Triton kernels, Gram NS),
+  * fpolar's whole step (polargrad_step: momentum + polar + scale + apply), eager, compiled and
+    CUDA-graph replayed, vs torch.optim.Muon eager and compiled,
+  * the dense NS5 FLOP floor at the bf16 matmul ceiling measured in this run.
+Plus TFLOP/s achieved on 4096×4096 and 4096×16384.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+import fpolar
+from fpolar.coefficients import SCHEDULES, expand_schedule
+from fpolar.polar import PolarSpec, polar_wide
+
+GPT2_SMALL: List[Tuple[Tuple[int, int], int]] = [((2304, 768), 12), ((768, 768), 12), ((3072, 768), 12), ((768, 3072), 12)]
+MUON = SCHEDULES["muon"].coefficients[0]
+
+
+def bench(fn: Callable[[], object], ms: int = 200) -> float:
+    """Median milliseconds of ``fn`` (CUDA events via triton's do_bench, warm-up excluded)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=50, rep=ms, return_mode="median"))
+
+
+def ns5_flops(m: int, n: int, steps: int = 5) -> float:
+    """Dense NS FLOPs for one wide m×n matrix (m ≤ n): X Xᵀ, A·A and B·X per step."""
+    m, n = min(m, n), max(m, n)
+    return steps * (2 * m * m * n + 2 * m**3 + 2 * m * m * n)
+
+
+def matmul_ceiling() -> float:
+    """bf16 TFLOP/s of an 8192³ product on random data."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    t = bench(lambda: a @ b, ms=500)
+    return 2 * 8192**3 / (t * 1e-3) / 1e12
+
+
+def plain_stacked_ns5(x: torch.Tensor) -> torch.Tensor:
+    """The textbook batched Muon NS5 on a wide stack: the baseline."""
+    a_, b_, c_ = MUON
+    x = x.bfloat16()
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(5):
+        a = x @ x.mT
+        b = b_ * a + c_ * a @ a
+        x = a_ * x + b @ x
+    return x
+
+
+def polar_variants() -> Dict[str, PolarSpec]:
+    muon5 = dict(coefficients=[MUON], steps=5, dtype=torch.bfloat16)
+    out = {
+        "fpolar NS5 cuBLAS": PolarSpec.build("newton_schulz", kernels="torch", **muon5),
+        "fpolar NS5 Triton": PolarSpec.build("newton_schulz", kernels="triton", **muon5),
+        "fpolar NS5 auto": PolarSpec.build("newton_schulz", kernels="auto", **muon5),
+        "fpolar Gram-NS5": PolarSpec.build("gram_newton_schulz", **muon5),
+    }
+    return out
+
+
+def group_inputs(shapes: List[Tuple[Tuple[int, int], int]]) -> List[torch.Tensor]:
+    """Wide (B, m, n) bf16 stacks per shape group, as the step hands them to the polar backend."""
+    out = []
+    for (r, c), b in shapes:
+        x = torch.randn(b, r, c, device="cuda")
+        out.append((x.mT if r > c else x).contiguous())
+    return out
+
+
+def row(name: str, ms: float, floor_ms: float, ref_ms: float | None = None) -> Dict[str, object]:
+    return {"name": name, "ms": ms, "x_floor": ms / floor_ms, "x_ref": (ms / ref_ms) if ref_ms else None}
+
+
+def time_polar(results: list, shapes, ceiling: float) -> None:
+    xs = group_inputs(shapes)
+    floors = [sum(ns5_flops(x.shape[1], x.shape[2]) for _ in range(x.shape[0])) / (ceiling * 1e12) * 1e3 for x in xs]
+    base = [bench(lambda x=x: plain_stacked_ns5(x)) for x in xs]
+    for (shape, b), x, f, t in zip(shapes, xs, floors, base):
+        results.append({"group": f"{b}×{shape[0]}×{shape[1]}", **row("plain stacked cuBLAS NS5", t, f, t)})
+    for name, spec in polar_variants().items():
+        for (shape, b), x, f, t in zip(shapes, xs, floors, base):
+            try:
+                ms = bench(lambda x=x, spec=spec: polar_wide(x, spec))
+                results.append({"group": f"{b}×{shape[0]}×{shape[1]}", **row(name, ms, f, t)})
+            except Exception as e:  # noqa: BLE001 - report and continue
+                results.append({"group": f"{b}×{shape[0]}×{shape[1]}", "name": name, "error": repr(e)[:120]})
+
+
+def make_params(shapes) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    params, grads = [], []
+    for (r, c), b in shapes:
+        for _ in range(b):
+            params.append(torch.randn(r, c, device="cuda") * 0.02)
+            grads.append(torch.randn(r, c, device="cuda"))
+    return params, grads
+
+
+def whole_step_rows(shapes, floor_ms: float) -> List[Dict[str, object]]:
+    rows: List[Dict[str, object]] = []
+    params, grads = make_params(shapes)
+
+    # torch.optim.Muon, eager and compiled
+    tparams = [p.clone().requires_grad_() for p in params]
+    for p, g in zip(tparams, grads):
+        p.grad = g.clone()
+    opt = torch.optim.Muon(tparams, lr=0.02, weight_decay=0.0)
+    t_muon = bench(opt.step)
+    rows.append(row("torch.optim.Muon eager", t_muon, floor_ms, t_muon))
+    try:
+        cstep = torch.compile(opt.step)
+        for _ in range(3):
+            cstep()
+        rows.append(row("torch.optim.Muon compiled", bench(cstep), floor_ms, t_muon))
+    except Exception as e:  # noqa: BLE001
+        rows.append({"name": "torch.optim.Muon compiled", "error": repr(e)[:120]})
+
+    configs = {
+        "fpolar Muon": dict(scale="shape", nesterov=True, coefficients="muon", ns_steps=5),
+        "fpolar PolarGrad": dict(),
+    }
+    for label, kw in configs.items():
+        hp = fpolar.PolarGradHParams(lr=torch.tensor(0.02, device="cuda"), **kw)
+        ps = [p.clone() for p in params]
+        state = fpolar.init_state(ps, hp)
+
+        def step(ps=ps, state=state, hp=hp):
+            fpolar.polargrad_step(ps, grads, state, hp)
+
+        rows.append(row(f"{label} step eager", bench(step), floor_ms, t_muon))
+        try:
+            for t in [ps, state.buffers, [state.step], [hp.lr]]:
+                for tensor in t:
+                    torch._dynamo.mark_static_address(tensor)
+            cstep = torch.compile(step, fullgraph=True)
+            for _ in range(3):
+                cstep()
+            rows.append(row(f"{label} step compiled", bench(cstep), floor_ms, t_muon))
+        except Exception as e:  # noqa: BLE001
+            rows.append({"name": f"{label} step compiled", "error": repr(e)[:160]})
+        try:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            rows.append(row(f"{label} step CUDA graph", bench(graph.replay), floor_ms, t_muon))
+        except Exception as e:  # noqa: BLE001
+            rows.append({"name": f"{label} step CUDA graph", "error": repr(e)[:160]})
+    return rows
+
+
+def tflops_rows(ceiling: float) -> List[Dict[str, object]]:
+    rows = []
+    for m, n in [(4096, 4096), (4096, 16384)]:
+        x = torch.randn(1, m, n, device="cuda")
+        flops = ns5_flops(m, n)
+        t = bench(lambda: plain_stacked_ns5(x))
+        rows.append({"shape": f"{m}×{n}", "name": "plain stacked cuBLAS NS5", "ms": t, "tflops": flops / (t * 1e-3) / 1e12})
+        for name, spec in polar_variants().items():
+            try:
+                ms = bench(lambda spec=spec: polar_wide(x, spec))
+                rows.append({"shape": f"{m}×{n}", "name": name, "ms": ms, "tflops_dense_equiv": flops / (ms * 1e-3) / 1e12})
+            except Exception as e:  # noqa: BLE001
+                rows.append({"shape": f"{m}×{n}", "name": name, "error": repr(e)[:120]})
+    return rows
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default=None, help="write all rows to this JSON file")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("polar_step.py needs a CUDA GPU")
+        return 1
+    import triton
+
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"python {platform.python_version()}, {datetime.date.today()}")
+    torch.manual_seed(0)
+    ceiling = matmul_ceiling()
+    total_flops = sum(ns5_flops(*s) * b for s, b in GPT2_SMALL)
+    floor_ms = total_flops / (ceiling * 1e12) * 1e3
+    print(f"bf16 matmul ceiling {ceiling:.0f} TFLOP/s; GPT-2-small dense NS5 floor {floor_ms:.3f} ms "
+          f"({total_flops / 1e12:.3f} TFLOP)")
+    polar_rows: list = []
+    time_polar(polar_rows, GPT2_SMALL, ceiling)
+    print("\npolar step per shape group (ms; ×floor = / dense NS5 FLOPs at the ceiling; ×plain = / plain stacked NS5)")
+    for r in polar_rows:
+        if "error" in r:
+            print(f"  {r['group']:>14}  {r['name']:<28} error: {r['error']}")
+        else:
+            print(f"  {r['group']:>14}  {r['name']:<28} {r['ms']:8.3f} ms  ×floor {r['x_floor']:5.2f}  ×plain {r['x_ref']:5.2f}")
+    # whole set: sum of groups per variant
+    print("\nwhole GPT-2-small set, polar only (sum of groups)")
+    sums: Dict[str, float] = {}
+    for r in polar_rows:
+        if "error" not in r:
+            sums[r["name"]] = sums.get(r["name"], 0.0) + r["ms"]
+    for name, ms in sums.items():
+        print(f"  {name:<28} {ms:8.3f} ms  ×floor {ms / floor_ms:5.2f}")
+    step_rows = whole_step_rows(GPT2_SMALL, floor_ms)
+    print("\nwhole optimizer step, GPT-2-small set, fp32 params (×ref = / torch.optim.Muon eager)")
+    for r in step_rows:
+        if "error" in r:
+            print(f"  {r['name']:<34} error: {r['error']}")
+        else:
+            print(f"  {r['name']:<34} {r['ms']:8.3f} ms  ×floor {r['x_floor']:5.2f}  ×Muon {r['x_ref']:5.3f}")
+    tf_rows = tflops_rows(ceiling)
+    print("\nsingle large matrices, NS5 (dense-equivalent TFLOP/s: dense NS5 FLOPs / time)")
+    for r in tf_rows:
+        if "error" in r:
+            print(f"  {r['shape']:>11}  {r['name']:<28} error: {r['error']}")
+        else:
+            tf = r.get("tflops", r.get("tflops_dense_equiv"))
+            print(f"  {r['shape']:>11}  {r['name']:<28} {r['ms']:8.3f} ms  {tf:6.0f} TFLOP/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ceiling_tflops": ceiling, "floor_ms": floor_ms, "polar": polar_rows, "step": step_rows,
+                       "tflops": tf_rows, "torch": torch.__version__, "device": torch.cuda.get_device_name()}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
