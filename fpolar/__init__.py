@@ -12,6 +12,7 @@ non-matrix parameters with the same conventions; ``fpolar.optim`` holds the torc
 
 from .adamw import adamw_step
 from .coefficients import SCHEDULES
+from .describe import describe_plan
 from .hparams import AdamWHParams, PolarGradHParams
 from .polar import PolarSpec, polar
 from .polargrad import polargrad_step
@@ -29,6 +30,7 @@ __all__ = [
     "SCALE_RULES",
     "SCHEDULES",
     "adamw_step",
+    "describe_plan",
     "init_adamw_state",
     "init_state",
     "polar",

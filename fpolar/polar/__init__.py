@@ -25,6 +25,7 @@ from ..coefficients import (
     expand_schedule,
     resolve_named,
 )
+from .dispatch import choose_ns_ops, use_gram_space
 from .gram_newton_schulz import gram_newton_schulz
 from .newton_schulz import TORCH_OPS, NSOps, newton_schulz
 from .qdwh import qdwh_polar
@@ -131,8 +132,6 @@ class PolarSpec:
 
 def ns_ops_for(x: Tensor, spec: PolarSpec) -> NSOps:
     """cuBLAS batched matmul or the Triton kernels, per ``spec.kernels`` (see ``fpolar.polar.dispatch``)."""
-    from .dispatch import choose_ns_ops
-
     return choose_ns_ops(x, spec.kernels, spec.compute_dtype(x))
 
 
@@ -142,7 +141,10 @@ def polar_wide(x: Tensor, spec: PolarSpec) -> Tensor:
     ``x`` is not modified. No host sync for the Newton–Schulz family and QDWH.
     """
     dtype = spec.compute_dtype(x)
-    if spec.method == "newton_schulz":
+    method = spec.method
+    if method == "newton_schulz" and use_gram_space(x, spec.kernels, spec.normalization, dtype):
+        method = "gram_newton_schulz"
+    if method == "newton_schulz":
         return newton_schulz(
             x,
             spec.schedule,
@@ -152,11 +154,11 @@ def polar_wide(x: Tensor, spec: PolarSpec) -> Tensor:
             dtype=dtype,
             ops=ns_ops_for(x, spec),
         )
-    if spec.method == "gram_newton_schulz":
+    if method == "gram_newton_schulz":
         return gram_newton_schulz(
             x, spec.schedule, safety=spec.safety, eps=spec.eps, dtype=dtype, restart_every=spec.gram_restart
         )
-    if spec.method == "qdwh":
+    if method == "qdwh":
         return qdwh_polar(x, iters=spec.qdwh_iters, l0=spec.qdwh_l0, polish_steps=spec.polish_steps, dtype=dtype)
     return svd_polar(x.to(dtype))
 

@@ -1,9 +1,17 @@
-"""Which implementation runs the three Newton–Schulz lines for a shape group.
+"""Which implementation runs a Newton–Schulz polar step for a shape group, when ``kernels="auto"``.
 
-"torch" is cuBLAS (or the CPU BLAS) batched matmul; "triton" is ``fpolar.kernels``, whose symmetric
-products compute only the lower-triangle tiles. "auto" uses the Triton kernels only on CUDA and only
-where ``TRITON_MIN_SIDE`` says they were measured to win (see BENCHMARKS.md); everywhere else cuBLAS.
-The decision depends on shapes and dtypes only, so it is made at trace time and never recompiles.
+Two independent choices, made from shapes and dtypes only (at trace time, so they never recompile):
+
+1. **Gram space or not.** Gram Newton–Schulz iterates on the m×m Gram matrix and touches the m×n
+   matrix only at restarts; it does fewer FLOPs once n is a few times m. Measured on the H100
+   (torch 2.11, bf16, 5 steps; BENCHMARKS.md): 12×768×2304 1.09 → 0.87 ms, 12×768×3072 1.38 → 0.98 ms,
+   1×4096×16384 10.2 → 6.8 ms; square loses (12×768×768 0.55 → 0.76 ms, 4096² 3.4 → 4.1 ms).
+   Used for n ≥ ``GRAM_MIN_ASPECT``·m, on CUDA, with Frobenius normalization.
+2. **cuBLAS or Triton** for the three NS lines. The Triton kernels compute only the lower triangle of
+   the symmetric products. Measured: 4096² 3.37 → 2.86 ms, 768×3072 a tie (1.385 vs 1.363 ms),
+   768² slower (0.55 → 0.97 ms). Used where the Gram side m ≥ ``TRITON_MIN_SIDE``.
+
+CPU always gets the torch path (the Triton kernels run on CPU only in the interpreter, for tests).
 """
 
 from __future__ import annotations
@@ -13,9 +21,8 @@ from torch import Tensor
 
 from .newton_schulz import TORCH_OPS, NSOps
 
-# Smallest Gram side m (of a wide m×n batch) at which the Triton kernels beat cuBLAS on the H100.
-# Below it the symmetric saving does not pay for the lower efficiency of a Triton GEMM.
-TRITON_MIN_SIDE = 1 << 30  # set from measurement; until then "auto" means cuBLAS
+GRAM_MIN_ASPECT = 2.0
+TRITON_MIN_SIDE = 2048
 
 
 def triton_ops() -> NSOps:
@@ -25,16 +32,32 @@ def triton_ops() -> NSOps:
     return NSOps(ops.sym_gram, ops.sym_poly, ops.ns_apply)
 
 
-def choose_ns_ops(x: Tensor, kernels: str, dtype: torch.dtype) -> NSOps:
-    """NS implementation for wide batch ``x`` (B, m, n) iterated in ``dtype``."""
+def ns_implementation(m: int, n: int, on_cuda: bool, dtype: torch.dtype, kernels: str, normalization: str) -> str:
+    """"gram", "triton" or "torch": what runs NS on a wide (·, m, n) batch (m ≤ n) iterated in ``dtype``."""
     if kernels == "torch":
-        return TORCH_OPS
+        return "torch"
     if kernels == "triton":
+        return "triton"
+    if on_cuda and normalization == "frobenius" and n >= GRAM_MIN_ASPECT * m:
+        return "gram"
+    if on_cuda and dtype in (torch.bfloat16, torch.float16) and m >= TRITON_MIN_SIDE:
+        return "triton"
+    return "torch"
+
+
+def use_gram_space(x: Tensor, kernels: str, normalization: str, dtype: torch.dtype) -> bool:
+    """Whether wide batch ``x`` (B, m, n) runs as Gram Newton–Schulz."""
+    return ns_implementation(x.size(-2), x.size(-1), x.is_cuda, dtype, kernels, normalization) == "gram"
+
+
+def choose_ns_ops(x: Tensor, kernels: str, dtype: torch.dtype) -> NSOps:
+    """The three-line NS implementation for wide batch ``x`` (B, m, n) iterated in ``dtype``."""
+    # Gram space was decided by the caller (use_gram_space); "aol" here asks only cuBLAS vs Triton.
+    impl = ns_implementation(x.size(-2), x.size(-1), x.is_cuda, dtype, kernels, "aol")
+    if impl == "triton":
         if not x.is_cuda:
             raise ValueError(
                 f"kernels='triton' needs CUDA tensors, got a tensor on {x.device}; use 'auto' or 'torch'"
             )
-        return triton_ops()
-    if x.is_cuda and dtype in (torch.bfloat16, torch.float16) and x.size(-2) >= TRITON_MIN_SIDE:
         return triton_ops()
     return TORCH_OPS
