@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .hparams import AdamWHParams
+from .hparams import AdamWHParams, foreach_scalar
 from .state import AdamWState
 from .validation import check_params_and_grads
 
@@ -54,7 +54,7 @@ def adamw_step(
 
     torch._foreach_add_(steps, 1)
     if isinstance(wd, Tensor) or wd != 0.0:
-        torch._foreach_mul_(p, 1 - lr * wd)
+        torch._foreach_mul_(p, foreach_scalar(1 - lr * wd, p[0]))
     torch._foreach_lerp_(m, g, 1 - beta1)
     torch._foreach_mul_(v, beta2)
     torch._foreach_addcmul_(v, g, g, 1 - beta2)
@@ -73,7 +73,7 @@ def adamw_step(
     torch._foreach_div_(denom, bias2)
     torch._foreach_add_(denom, hparams.eps)
     step_size = torch._foreach_reciprocal(bias1)
-    torch._foreach_mul_(step_size, lr)
+    torch._foreach_mul_(step_size, foreach_scalar(lr, step_size[0]))
     update = torch._foreach_div(m, denom)
     torch._foreach_mul_(update, step_size)
     torch._foreach_sub_(p, update)

@@ -2,8 +2,8 @@
 
 Scheduled scalars (``lr``, ``weight_decay``) may be 0-d tensors: update them in place
 (``hp.lr.fill_(new_lr)``) and a compiled step sees the new value without recompiling. A Python float
-works too, but torch.compile specializes on it: each new value recompiles once, then dynamo marks it
-dynamic (see README, "Compile your whole train step").
+works too, but torch.compile specializes on it: the first new value recompiles once, then dynamo marks
+it dynamic (see README, "Compile your whole train step").
 """
 
 from __future__ import annotations
@@ -20,6 +20,24 @@ from .scale import SCALE_RULES, ScaleRule
 from .validation import check_scalar
 
 Scalar = Union[float, Tensor]
+
+
+def foreach_scalar(value: Scalar, like: Tensor) -> Scalar:
+    """``value`` in a form a ``torch._foreach_*`` scalar argument can take without recompiling.
+
+    Once dynamo has marked a Python-float lr dynamic, values derived from it are symbolic floats. A
+    symbolic float given to a foreach op as its scalar (or to ``torch.scalar_tensor``/``torch.full``)
+    is specialized by AOTAutograd: every new lr value then recompiles, until the recompile limit sends
+    the step back to eager (measured, torch 2.13). Multiplying a tensor by it does not specialize, so
+    under compile the float becomes ``ones(()) * value``, a 0-d tensor on ``like``'s device for the
+    foreach ``Tensor`` overloads. Eagerly it stays a float (one kernel fewer). Tensors pass through.
+    """
+    if isinstance(value, Tensor) or not torch.compiler.is_compiling():
+        return value
+    one = torch.ones((), dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
+    return one * value
+
+
 WeightDecayMode = Literal["decoupled", "independent", "l2"]
 Order = Literal["momentum_first", "polar_first"]
 WEIGHT_DECAY_MODES = ("decoupled", "independent", "l2")

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .hparams import PolarGradHParams
+from .hparams import PolarGradHParams, foreach_scalar
 from .polar import polar_wide
 from .scale import nuclear_scale, shape_scale
 from .state import PolarGradState, ShapeGroup, group_views
@@ -57,7 +57,7 @@ def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:
     if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
         return
     factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
-    torch._foreach_mul_(params, factor)
+    torch._foreach_mul_(params, foreach_scalar(factor, params[0]))
 
 
 def polargrad_step(
@@ -145,6 +145,7 @@ def _with_l2(params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], wd: Sc
         return out
     gl = [grads[i] for i in live]
     pl = [params[i] for i in live]
+    wd = foreach_scalar(wd, pl[0])
     if isinstance(wd, Tensor):
         summed = torch._foreach_add(gl, torch._foreach_mul(pl, wd))
     else:
