@@ -1,0 +1,176 @@
+"""``fpolar.optim.Muon``: torch.optim.Muon's arguments and numbers on fpolar's batched pipeline.
+
+Muon is PolarGrad with a shape rule instead of the nuclear norm. ``adjust_lr_fn`` maps onto fpolar's
+scale rules: None / "original" → "shape" (lr·√max(1, m/n)), "match_rms_adamw" → "rms_adamw"
+(lr·0.2·√max(m, n)). Weight decay is decoupled with the unadjusted lr, as in torch.optim.Muon.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from ..hparams import PolarGradHParams
+from .base import PolarOptimizer, Scalar
+from .polargrad import HPARAM_DEFAULTS as _HP
+
+ADJUST_LR_FNS: Dict[Optional[str], str] = {None: "shape", "original": "shape", "match_rms_adamw": "rms_adamw"}
+
+# torch.optim.Muon's keys first, then fpolar's.
+MUON_KEYS: Tuple[str, ...] = (
+    "lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps", "adjust_lr_fn",
+    "scale", "coefficients", "weight_decay_mode", "order", "extra_scale", "polar", "schedule_overflow",
+    "polar_dtype", "kernels", "qdwh_iters", "qdwh_l0", "polish_steps", "gram_restart", "momentum_dtype",
+)  # fmt: skip
+
+
+def _check_adjust_lr_fn(value: Any) -> None:
+    if not (value is None or isinstance(value, str)) or value not in ADJUST_LR_FNS:
+        raise ValueError(f"unknown adjust_lr_fn {value!r}; expected None, 'original' or 'match_rms_adamw'")
+
+
+class Muon(PolarOptimizer):
+    """Drop-in for ``torch.optim.Muon`` (same arguments, defaults and numbers), plus AdamW routing.
+
+    Per matrix param W with grad G::
+
+        M ← β·M + (1−β)·G;  X ← G.lerp(M, β) if nesterov else M
+        O ← NS(X)  (ns_steps Newton–Schulz steps with ns_coefficients, X / (‖X‖_F + eps) first)
+        W ← (1 − lr·λ)·W − lr·s·O,   s = √max(1, m/n) ("original") or 0.2·√max(m, n) ("match_rms_adamw")
+
+    Differences from torch.optim.Muon:
+        * Params that are not 2-D are not rejected. 3-D params are stacks of matrices and ≥ 4-D
+          (conv) params are flattened to (out, rest) — both run the polar step, with the shape rule on
+          each matrix's (m, n) (torch would use ``shape[:2]``). 0-/1-D params (and empty tensors) run
+          AdamW in the same ``step()``: a "polargrad" group holding them is split into two groups,
+          matrices then AdamW (``adamw_*`` settings). Embeddings / output heads are up to you: put them
+          in an ``"algorithm": "adamw"`` group, or use ``fpolar.optim.param_groups(model)``.
+        * Matrices of one shape run Newton–Schulz as one batch. The iteration runs in bf16 on CUDA
+          (as torch's) and in fp32 on CPU unless ``polar_dtype`` says otherwise; the input is divided
+          by ‖X‖_F + eps where torch divides by max(‖X‖_F, eps) (identical unless ‖X‖_F ≈ eps).
+        * bf16 momentum is not overwritten by the normalized NS input (torch.optim.Muon does that
+          when nesterov=False).
+        * momentum must lie in [0, 1).
+
+    Args:
+        params: tensors, ``(name, tensor)`` pairs, or param-group dicts; a group may set
+            ``"algorithm": "polargrad"`` (default; the Muon step) or ``"adamw"``.
+        lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn: as in
+            torch.optim.Muon, same defaults. ``lr`` / ``weight_decay``: float ≥ 0 or 0-d tensor.
+        scale: fpolar scale rule overriding ``adjust_lr_fn`` (give one of the two), e.g. "nuclear"
+            for PolarGrad scaling, "spectral", "unit_rms", "none". Default None: from adjust_lr_fn.
+        coefficients: a named NS schedule ("muon", "polar_express", "quintic", "aol") or a list of
+            (a, b, c) overriding ``ns_coefficients``. Default None: ``[ns_coefficients]`` repeated.
+        weight_decay_mode, order, extra_scale, polar, schedule_overflow, polar_dtype, kernels,
+        qdwh_iters, qdwh_l0, polish_steps, gram_restart, momentum_dtype: as in ``fpolar.PolarGradHParams``.
+        adamw_lr: lr of the AdamW part; None (default) = the group's lr (the intent of
+            "match_rms_adamw"; with the "original" rule you may want a smaller one, e.g. 3e-4).
+        adamw_betas, adamw_eps: default (0.9, 0.999), 1e-8 (torch.optim.AdamW's).
+        adamw_weight_decay: None (default) = the group's weight_decay.
+
+    Raises:
+        ValueError/TypeError naming the value: negative lr / weight_decay, momentum outside [0, 1),
+        unknown adjust_lr_fn or scale, ns_coefficients not three numbers, …
+    """
+
+    polar_keys = MUON_KEYS
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Scalar = 1e-3,
+        weight_decay: Scalar = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: Tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
+        eps: float = 1e-7,
+        ns_steps: int = 5,
+        adjust_lr_fn: Optional[str] = None,
+        *,
+        scale: Optional[str] = None,
+        coefficients: Any = None,
+        weight_decay_mode: str = _HP["weight_decay_mode"],
+        order: str = _HP["order"],
+        extra_scale: float = _HP["extra_scale"],
+        polar: str = _HP["polar"],
+        schedule_overflow: str = _HP["schedule_overflow"],
+        polar_dtype: Optional[torch.dtype] = _HP["polar_dtype"],
+        kernels: str = _HP["kernels"],
+        qdwh_iters: int = _HP["qdwh_iters"],
+        qdwh_l0: Optional[float] = _HP["qdwh_l0"],
+        polish_steps: int = _HP["polish_steps"],
+        gram_restart: int = _HP["gram_restart"],
+        momentum_dtype: Optional[torch.dtype] = _HP["momentum_dtype"],
+        adamw_lr: Optional[Scalar] = None,
+        adamw_betas: Sequence[float] = (0.9, 0.999),
+        adamw_eps: float = 1e-8,
+        adamw_weight_decay: Optional[Scalar] = None,
+    ) -> None:
+        _check_adjust_lr_fn(adjust_lr_fn)
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_coefficients=tuple(ns_coefficients),
+            eps=eps,
+            ns_steps=ns_steps,
+            adjust_lr_fn=adjust_lr_fn,
+            scale=scale,
+            coefficients=coefficients,
+            weight_decay_mode=weight_decay_mode,
+            order=order,
+            extra_scale=extra_scale,
+            polar=polar,
+            schedule_overflow=schedule_overflow,
+            polar_dtype=polar_dtype,
+            kernels=kernels,
+            qdwh_iters=qdwh_iters,
+            qdwh_l0=qdwh_l0,
+            polish_steps=polish_steps,
+            gram_restart=gram_restart,
+            momentum_dtype=momentum_dtype,
+            algorithm="polargrad",
+            adamw_lr=adamw_lr,
+            adamw_betas=tuple(adamw_betas),
+            adamw_eps=adamw_eps,
+            adamw_weight_decay=adamw_weight_decay,
+        )
+        super().__init__(params, defaults)
+
+    def _polar_hparams(self, group: Mapping[str, Any], lr: Scalar, weight_decay: Scalar) -> PolarGradHParams:
+        adjust, scale = group["adjust_lr_fn"], group["scale"]
+        _check_adjust_lr_fn(adjust)
+        if scale is None:
+            scale = ADJUST_LR_FNS[adjust]
+        elif adjust is not None:
+            raise ValueError(f"give scale ({scale!r}) or adjust_lr_fn ({adjust!r}), not both")
+        coefficients = group["coefficients"]
+        if coefficients is None:
+            ns = group["ns_coefficients"]
+            if isinstance(ns, str) or not isinstance(ns, (tuple, list)) or len(ns) != 3:
+                raise ValueError(f"ns_coefficients must be three numbers (a, b, c), got {ns!r}")
+            coefficients = [tuple(ns)]
+        return PolarGradHParams(
+            lr=lr,
+            momentum=group["momentum"],
+            nesterov=group["nesterov"],
+            weight_decay=weight_decay,
+            weight_decay_mode=group["weight_decay_mode"],
+            order=group["order"],
+            scale=scale,
+            extra_scale=group["extra_scale"],
+            polar=group["polar"],
+            coefficients=coefficients,
+            ns_steps=group["ns_steps"],
+            schedule_overflow=group["schedule_overflow"],
+            eps=group["eps"],
+            polar_dtype=group["polar_dtype"],
+            kernels=group["kernels"],
+            qdwh_iters=group["qdwh_iters"],
+            qdwh_l0=group["qdwh_l0"],
+            polish_steps=group["polish_steps"],
+            gram_restart=group["gram_restart"],
+            momentum_dtype=group["momentum_dtype"],
+        )

@@ -1,0 +1,118 @@
+"""``fpolar.optim.PolarGrad``: PolarGrad / PolarGradM as a torch.optim.Optimizer.
+
+Group keys are the field names of ``fpolar.PolarGradHParams`` with the same defaults (nuclear scale,
+momentum 0.95, no Nesterov, no weight decay), so a group is exactly the hparams of one functional call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from ..hparams import PolarGradHParams
+from .base import PolarOptimizer, Scalar
+from .group_state import SCHEDULED_KEYS
+
+POLARGRAD_KEYS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PolarGradHParams) if f.init)
+
+# The constructors take their defaults from the dataclass, so the two cannot drift apart.
+HPARAM_DEFAULTS: Dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(PolarGradHParams) if f.init and f.default is not dataclasses.MISSING
+}
+_HP = HPARAM_DEFAULTS
+
+
+class PolarGrad(PolarOptimizer):
+    """PolarGrad / PolarGradM on matrix params, AdamW on the rest, in one optimizer.
+
+    Per matrix param W with grad G (default order "momentum_first")::
+
+        M ← β·M + (1−β)·G;  X ← G.lerp(M, β) if nesterov else M
+        O ← polar(X);       W ← (1 − lr·λ)·W − lr·s·extra_scale·O,   s = ⟨O, X⟩ ≈ ‖X‖_* for "nuclear"
+
+    Args:
+        params: tensors, ``(name, tensor)`` pairs, or param-group dicts (e.g. from
+            ``fpolar.optim.param_groups(model)``). A group may set ``"algorithm": "polargrad"``
+            (default) or ``"adamw"``. In a "polargrad" group, params that are not matrices (0-/1-D,
+            empty) are moved to an AdamW group right after it (see ``fpolar.optim.groups``).
+        lr: step size, required: nuclear-norm scaling multiplies the polar factor by ‖X‖_*, so useful
+            lrs are orders of magnitude below Muon's and depend on the gradient scale. A float ≥ 0
+            (what LR schedulers change) or a 0-d tensor.
+        momentum, nesterov, weight_decay, weight_decay_mode, order, scale, extra_scale, polar,
+        coefficients, ns_steps, schedule_overflow, eps, polar_dtype, kernels, qdwh_iters, qdwh_l0,
+        polish_steps, gram_restart, momentum_dtype: as in ``fpolar.PolarGradHParams``, with its defaults.
+        adamw_lr: lr of the AdamW part split off a "polargrad" group (and the default lr of explicit
+            "adamw" groups). Default 1e-3 (torch.optim.AdamW's): nuclear-scaled lrs are not on AdamW's
+            scale. None means "the polar group's lr".
+        adamw_betas, adamw_eps: AdamW's (0.9, 0.999) and 1e-8.
+        adamw_weight_decay: None (default) means "the polar group's weight_decay".
+
+    Params are updated in place by ``step()``; bf16/fp16/fp32/fp64 params are supported (momentum in
+    the param dtype unless ``momentum_dtype``). See ``PolarOptimizer`` for state and checkpoints.
+    """
+
+    polar_keys = POLARGRAD_KEYS
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Scalar,
+        momentum: float = _HP["momentum"],
+        nesterov: bool = _HP["nesterov"],
+        weight_decay: Scalar = _HP["weight_decay"],
+        *,
+        weight_decay_mode: str = _HP["weight_decay_mode"],
+        order: str = _HP["order"],
+        scale: str = _HP["scale"],
+        extra_scale: float = _HP["extra_scale"],
+        polar: str = _HP["polar"],
+        coefficients: Any = _HP["coefficients"],
+        ns_steps: Optional[int] = _HP["ns_steps"],
+        schedule_overflow: str = _HP["schedule_overflow"],
+        eps: float = _HP["eps"],
+        polar_dtype: Optional[torch.dtype] = _HP["polar_dtype"],
+        kernels: str = _HP["kernels"],
+        qdwh_iters: int = _HP["qdwh_iters"],
+        qdwh_l0: Optional[float] = _HP["qdwh_l0"],
+        polish_steps: int = _HP["polish_steps"],
+        gram_restart: int = _HP["gram_restart"],
+        momentum_dtype: Optional[torch.dtype] = _HP["momentum_dtype"],
+        adamw_lr: Optional[Scalar] = 1e-3,
+        adamw_betas: Sequence[float] = (0.9, 0.999),
+        adamw_eps: float = 1e-8,
+        adamw_weight_decay: Optional[Scalar] = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            weight_decay_mode=weight_decay_mode,
+            order=order,
+            scale=scale,
+            extra_scale=extra_scale,
+            polar=polar,
+            coefficients=coefficients,
+            ns_steps=ns_steps,
+            schedule_overflow=schedule_overflow,
+            eps=eps,
+            polar_dtype=polar_dtype,
+            kernels=kernels,
+            qdwh_iters=qdwh_iters,
+            qdwh_l0=qdwh_l0,
+            polish_steps=polish_steps,
+            gram_restart=gram_restart,
+            momentum_dtype=momentum_dtype,
+            algorithm="polargrad",
+            adamw_lr=adamw_lr,
+            adamw_betas=tuple(adamw_betas),
+            adamw_eps=adamw_eps,
+            adamw_weight_decay=adamw_weight_decay,
+        )
+        super().__init__(params, defaults)
+
+    def _polar_hparams(self, group: Mapping[str, Any], lr: Scalar, weight_decay: Scalar) -> PolarGradHParams:
+        fields = {k: group[k] for k in POLARGRAD_KEYS if k not in SCHEDULED_KEYS}
+        return PolarGradHParams(lr=lr, weight_decay=weight_decay, **fields)
