@@ -1,0 +1,359 @@
+"""A whole train step — forward, backward, PolarGrad for the matrices, AdamW for the rest — built to be
+compiled or captured.
+
+Two recipes (README, "Compile your whole train step"):
+
+* **CUDA graph of the eager step** (the main GPU recipe)::
+
+      step = make_train_step(model, loss_fn, polar_hp, adamw_hp)          # backward="autograd"
+      graphed = capture_cuda_graph(step, x, y)                             # warm-up, capture once
+      for x, y in loader:
+          loss = graphed(x, y)                                             # copy batch in, replay
+
+* **torch.compile of the whole step**::
+
+      step = make_train_step(model, loss_fn, polar_hp, adamw_hp, backward="func")
+      compiled = torch.compile(step, fullgraph=True)                       # one frame, 0 graph breaks
+      # mode="reduce-overhead" on CUDA: every mutated tensor is marked static-address already.
+
+Why two backward modes: ``loss.backward()`` is a graph break for dynamo (torch 2.11–2.13 by default),
+so a fullgraph compile needs the gradient inside the traced program: ``torch.func.grad_and_value``
+over ``torch.func.functional_call`` traces as one graph. A CUDA graph records kernels, not Python, so
+the plain autograd step captures as it is, provided every tensor it touches keeps its address: the
+gradients live in ``.grad`` tensors allocated once and accumulated into in place.
+
+Everything the step mutates (parameters, ``.grad``, optimizer state) and the hparam tensors it reads
+are marked with ``torch._dynamo.mark_static_address`` at construction, so Inductor's CUDA graphs
+(``mode="reduce-overhead"``) are not skipped for mutated non-static inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .adamw import adamw_step
+from .hparams import AdamWHParams, PolarGradHParams
+from .polargrad import polargrad_step
+from .state import AdamWState, PolarGradState, init_adamw_state, init_state
+
+LossFn = Callable[..., Tensor]
+"""``loss_fn(model, *batch) -> loss``: a 0-d tensor. It calls ``model`` itself, so any forward works."""
+
+Split = Callable[[str, Tensor], bool]
+"""``split(name, param) -> True`` for parameters that go to PolarGrad, False for AdamW."""
+
+Backward = Literal["autograd", "func"]
+
+__all__ = [
+    "Backward",
+    "CUDAGraphTrainStep",
+    "LossFn",
+    "Split",
+    "TrainStep",
+    "capture_cuda_graph",
+    "make_train_step",
+    "matrices_to_polar",
+]
+
+
+def matrices_to_polar(name: str, param: Tensor) -> bool:
+    """The default split: every ≥ 2-D parameter to PolarGrad, 0-/1-D ones (biases, norms) to AdamW.
+
+    Embeddings and output heads are matrices too; pass a split that sends them to AdamW if you want
+    that, e.g. ``lambda name, p: p.dim() >= 2 and "embed" not in name``.
+    """
+    return param.dim() >= 2
+
+
+class _LossOf(nn.Module):
+    """``loss_fn(model, *batch)`` as a module, so ``functional_call`` can swap the model's parameters
+    under any user-written forward, not only ``model(*inputs)``."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, *batch: Tensor) -> Tensor:
+        return self.loss_fn(self.model, *batch)
+
+
+class TrainStep:
+    """``step(*batch) -> loss``: one forward + backward + optimizer step, parameters updated in place.
+
+    Build it with ``make_train_step``. Attributes (read them, do not rebind them: their addresses are
+    what a compiled or captured step relies on):
+
+        model, loss_fn, backward: as given.
+        polar_names, adamw_names: parameter names (``model.named_parameters()``) in each group.
+        polar_params, adamw_params: the parameters themselves; frozen ones (requires_grad=False) are in
+            neither group and are never touched.
+        polar_state, adamw_state: the optimizer state (``fpolar.init_state`` / ``init_adamw_state``).
+        polar_hparams, adamw_hparams: as given. Schedule 0-d tensor lr / weight decay with ``fill_``.
+        grads: ``backward="autograd"``: the ``.grad`` tensors, allocated once, zeroed in place each
+            step; empty for ``backward="func"`` (that mode leaves ``.grad`` alone).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        polar_hparams: PolarGradHParams,
+        adamw_hparams: AdamWHParams,
+        *,
+        split: Split = matrices_to_polar,
+        backward: Backward = "autograd",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(model, *batch), got {type(loss_fn).__name__}")
+        if not isinstance(polar_hparams, PolarGradHParams):
+            raise TypeError(f"polar_hparams must be PolarGradHParams, got {type(polar_hparams).__name__}")
+        if not isinstance(adamw_hparams, AdamWHParams):
+            raise TypeError(f"adamw_hparams must be AdamWHParams, got {type(adamw_hparams).__name__}")
+        if backward not in ("autograd", "func"):
+            raise ValueError(f"unknown backward {backward!r}; expected 'autograd' or 'func'")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.backward: Backward = backward
+        self.polar_hparams = polar_hparams
+        self.adamw_hparams = adamw_hparams
+        self._loss_of = _LossOf(model, loss_fn)
+
+        polar: List[Tuple[str, nn.Parameter]] = []
+        adamw: List[Tuple[str, nn.Parameter]] = []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (polar if split(name, p) else adamw).append((name, p))
+        self.polar_names: Tuple[str, ...] = tuple(n for n, _ in polar)
+        self.adamw_names: Tuple[str, ...] = tuple(n for n, _ in adamw)
+        self.polar_params: List[Tensor] = [p for _, p in polar]
+        self.adamw_params: List[Tensor] = [p for _, p in adamw]
+        self.polar_state: PolarGradState = init_state(self.polar_params, polar_hparams)
+        self.adamw_state: AdamWState = init_adamw_state(self.adamw_params, adamw_hparams)
+        # functional_call keys: the wrapper prefixes the model's parameter names with "model.".
+        self._func_params: Dict[str, Tensor] = {f"model.{n}": p for n, p in polar + adamw}
+
+        self.grads: List[Tensor] = []
+        if backward == "autograd":
+            for p in self.polar_params + self.adamw_params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            self.grads = [p.grad for p in self.polar_params + self.adamw_params]  # type: ignore[misc]
+        self.mark_static_addresses()
+
+    def mutable_tensors(self) -> List[Tensor]:
+        """Every tensor one step writes: parameters, ``.grad`` buffers, optimizer state, model buffers
+        (e.g. BatchNorm running statistics). Momentum views are covered by their stacked buffers."""
+        st, ast = self.polar_state, self.adamw_state
+        return [
+            *self.polar_params,
+            *self.adamw_params,
+            *self.grads,
+            st.step,
+            *st.buffers,
+            *ast.step,
+            *ast.exp_avg,
+            *ast.exp_avg_sq,
+            *self.model.buffers(),
+        ]
+
+    def mark_static_addresses(self) -> None:
+        """Mark the mutated tensors, the momentum views and the hparam tensors static-address.
+
+        Inductor's CUDA graphs (``mode="reduce-overhead"``) skip any graph that mutates an input it
+        cannot assume fixed; these tensors are allocated once and only ever updated in place.
+        ``guard=False``: a changed address re-records the CUDA graph rather than recompiling.
+        """
+        hp_tensors = [
+            v
+            for hp in (self.polar_hparams, self.adamw_hparams)
+            for v in (hp.lr, hp.weight_decay)
+            if isinstance(v, Tensor)
+        ]
+        for t in [*self.mutable_tensors(), *self.polar_state.momentum, *hp_tensors]:
+            torch._dynamo.mark_static_address(t, guard=False)
+
+    def __call__(self, *batch: Tensor) -> Tensor:
+        """One train step on ``batch`` (passed to ``loss_fn(model, *batch)``).
+
+        Returns the loss (0-d, detached) computed *before* the update. Mutates the parameters, the
+        optimizer state, and (``backward="autograd"``) the ``.grad`` tensors in place.
+        """
+        if self.backward == "func":
+            return self._func_step(batch)
+        return self._autograd_step(batch)
+
+    def _autograd_step(self, batch: Sequence[Tensor]) -> Tensor:
+        for p, g in zip(self.polar_params + self.adamw_params, self.grads):
+            if p.grad is not g:  # someone set .grad to None (zero_grad): re-attach the static buffer
+                p.grad = g
+        # Zeroed in place, not set to None: backward then accumulates into the same addresses.
+        if self.grads:
+            torch._foreach_zero_(self.grads)
+        with torch.enable_grad():
+            loss = self._loss_of(*batch)
+            loss.backward()
+        n = len(self.polar_params)
+        with torch.no_grad():
+            self._apply(self.grads[:n], self.grads[n:])
+        return loss.detach()
+
+    def _func_step(self, batch: Sequence[Tensor]) -> Tensor:
+        def loss_of(params: Dict[str, Tensor]) -> Tensor:
+            return torch.func.functional_call(self._loss_of, params, tuple(batch))
+
+        # torch.func.grad enables grad inside even under an outer no_grad, which the update needs.
+        with torch.no_grad():
+            grads, loss = torch.func.grad_and_value(loss_of)(self._func_params)
+            self._apply(
+                [grads[f"model.{n}"] for n in self.polar_names],
+                [grads[f"model.{n}"] for n in self.adamw_names],
+            )
+        return loss.detach()
+
+    def _apply(self, polar_grads: List[Tensor], adamw_grads: List[Tensor]) -> None:
+        if self.polar_params:
+            polargrad_step(self.polar_params, polar_grads, self.polar_state, self.polar_hparams)
+        if self.adamw_params:
+            adamw_step(self.adamw_params, adamw_grads, self.adamw_state, self.adamw_hparams)
+
+
+def make_train_step(
+    model: nn.Module,
+    loss_fn: LossFn,
+    polar_hparams: PolarGradHParams,
+    adamw_hparams: AdamWHParams,
+    *,
+    split: Split = matrices_to_polar,
+    backward: Backward = "autograd",
+) -> TrainStep:
+    """A train step for ``model``: ``step(*batch)`` runs ``loss_fn(model, *batch)``, its backward, then
+    ``polargrad_step`` on the parameters ``split`` selects (default: every ≥ 2-D one) and ``adamw_step``
+    on the other trainable parameters.
+
+    Args:
+        model: its trainable parameters are **updated in place** by every call.
+        loss_fn: ``loss_fn(model, *batch) -> loss`` (0-d tensor), e.g.
+            ``lambda m, x, y: F.cross_entropy(m(x), y)``.
+        polar_hparams, adamw_hparams: for the two groups. For a CUDA graph, give scheduled scalars as
+            0-d tensors on the parameters' device and change them with ``fill_``.
+        split: ``split(name, param) -> bool``, True for PolarGrad.
+        backward: ``"autograd"`` (default): ``loss.backward()`` into ``.grad`` tensors allocated here
+            and zeroed in place each step; runs eagerly and captures in a CUDA graph
+            (``capture_cuda_graph``); under torch.compile it graph-breaks at ``backward()``.
+            ``"func"``: gradients from ``torch.func.grad_and_value`` over ``functional_call``, so
+            ``torch.compile(step, fullgraph=True)`` traces forward + backward + both optimizer steps
+            as one graph; ``.grad`` is not touched. Forwards that mutate module buffers (BatchNorm in
+            train mode) need ``"autograd"``.
+
+    Returns:
+        a ``TrainStep``; its optimizer state is fresh (zero momentum, step 0).
+    """
+    return TrainStep(model, loss_fn, polar_hparams, adamw_hparams, split=split, backward=backward)
+
+
+class CUDAGraphTrainStep:
+    """A ``TrainStep`` captured in one ``torch.cuda.CUDAGraph``; ``graphed(*batch)`` copies the batch
+    into the static input buffers and replays.
+
+    Attributes:
+        step: the captured ``TrainStep`` (its parameters and state are the ones the graph updates).
+        graph: the ``torch.cuda.CUDAGraph``.
+        static_batch: the input buffers the graph reads, one per positional batch tensor.
+        static_loss: the 0-d tensor the graph writes the loss into.
+    """
+
+    def __init__(self, step: TrainStep, graph: "torch.cuda.CUDAGraph", static_batch: Tuple[Tensor, ...], static_loss: Tensor) -> None:
+        self.step = step
+        self.graph = graph
+        self.static_batch = static_batch
+        self.static_loss = static_loss
+
+    def __call__(self, *batch: Tensor) -> Tensor:
+        """Copy ``batch`` (same shapes and dtypes as the capture example; any device) into the static
+        buffers and replay the step.
+
+        Returns ``static_loss``: it is overwritten by the next call (``.clone()`` it to keep it).
+        """
+        if len(batch) != len(self.static_batch):
+            raise ValueError(f"the graph was captured with {len(self.static_batch)} batch tensors, got {len(batch)}")
+        for i, (s, b) in enumerate(zip(self.static_batch, batch)):
+            if not isinstance(b, Tensor) or b.shape != s.shape or b.dtype != s.dtype:
+                got = f"shape {tuple(b.shape)}, {b.dtype}" if isinstance(b, Tensor) else type(b).__name__
+                raise ValueError(
+                    f"batch[{i}] must match the captured input (shape {tuple(s.shape)}, {s.dtype}), got {got}; "
+                    "a CUDA graph replays fixed shapes: capture one graph per shape"
+                )
+            s.copy_(b, non_blocking=True)
+        self.graph.replay()
+        return self.static_loss
+
+
+def capture_cuda_graph(
+    step: TrainStep,
+    *example_batch: Tensor,
+    warmup_steps: int = 3,
+    pool: Optional[tuple] = None,
+) -> CUDAGraphTrainStep:
+    """Capture ``step`` (a whole forward + backward + optimizer step) in one CUDA graph.
+
+    The step is first run ``warmup_steps`` times on a side stream (cuBLAS/cuSOLVER workspaces, autograd
+    and allocator warm-up must happen outside the capture), then every tensor it mutates is restored to
+    its value before the warm-up, so the first replay is the first step: replays match the eager loop.
+
+    Args:
+        step: from ``make_train_step``; all its parameters on one CUDA device. Scheduled hparams must be
+            Python floats (frozen into the graph) or 0-d tensors on that device (read at every replay).
+        example_batch: tensors with the shapes and dtypes of every later batch; copied, not kept.
+        warmup_steps: eager steps before the capture (≥ 1).
+        pool: optional memory pool handle (``torch.cuda.graph_pool_handle()``) to share with other graphs.
+
+    Returns:
+        a ``CUDAGraphTrainStep``. Raises ValueError for CPU parameters, hparam tensors on another device
+        or a non-positive ``warmup_steps``.
+    """
+    if not isinstance(step, TrainStep):
+        raise TypeError(f"step must be a TrainStep from make_train_step, got {type(step).__name__}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
+        raise ValueError(f"warmup_steps must be an int ≥ 1, got {warmup_steps!r}")
+    params = step.polar_params + step.adamw_params
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    device = params[0].device
+    for name, p in zip(step.polar_names + step.adamw_names, params):
+        if p.device.type != "cuda" or p.device != device:
+            raise ValueError(f"CUDA graph capture needs every parameter on one CUDA device; {name} is on {p.device}")
+    for which, hp in (("polar_hparams", step.polar_hparams), ("adamw_hparams", step.adamw_hparams)):
+        for field in ("lr", "weight_decay"):
+            v = getattr(hp, field)
+            if isinstance(v, Tensor) and v.device != device:
+                raise ValueError(
+                    f"{which}.{field} is a tensor on {v.device}; a CUDA graph reads a tensor not on {device} "
+                    f"only once, at capture, so later fill_ calls would be ignored. Create it on {device}"
+                )
+    static_batch = tuple(b.detach().to(device).clone() for b in example_batch)
+
+    mutable = step.mutable_tensors()
+    with torch.no_grad():
+        saved = [t.detach().clone() for t in mutable]
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup_steps):
+            step(*static_batch)
+    torch.cuda.current_stream(device).wait_stream(side)
+    with torch.no_grad():
+        for t, s in zip(mutable, saved):
+            t.copy_(s)
+    del saved
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        static_loss = step(*static_batch)
+    return CUDAGraphTrainStep(step, graph, static_batch, static_loss)
