@@ -22,7 +22,7 @@ from ._common import (
     check_batched_matrix,
     check_finite_scalar,
     check_int32_addressable,
-    dot_input_precision,
+    dot_options,
     launch_options,
     require_triton,
     symmetric_tile_config,
@@ -43,7 +43,7 @@ def aol_gram_reference(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch
     gram = xf @ xf.mT
     s = (gram.abs().sum(dim=-1) + eps).rsqrt()
     x_scaled = s[..., :, None] * xf
-    gram_scaled = s[..., :, None] * gram * s[..., None, :]
+    gram_scaled = gram * (s[..., :, None] * s[..., None, :])
     return x_scaled.to(x.dtype), gram_scaled.to(x.dtype)
 
 
@@ -65,6 +65,7 @@ def _aol_gram_kernel(
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     batch = pid // lower_tiles
@@ -74,15 +75,15 @@ def _aol_gram_kernel(
     sum_base = row_abs_sum_ptr + batch.to(tl.int64) * stride_sb
     rows_i = ti * BLOCK + tl.arange(0, BLOCK)
     rows_j = tj * BLOCK + tl.arange(0, BLOCK)
-    acc = gram_tile(x_base, rows_i, rows_j, m, n, stride_xm, stride_xn, BLOCK, BLOCK_K, PRECISION)
-    off_diagonal = ti != tj
-    store_mirrored(gram_base, acc, rows_i, rows_j, off_diagonal, m, stride_gm, stride_gn, BLOCK)
+    acc = gram_tile(x_base, rows_i, rows_j, m, n, stride_xm, stride_xn, BLOCK, BLOCK_K, PRECISION, UPCAST)
+    store_mirrored(gram_base, acc, rows_i, rows_j, ti == tj, m, stride_gm, stride_gn)
     # Out-of-range rows and columns of acc are exact zeros (masked loads), so the sums need no mask.
     abs_acc = tl.abs(acc)
     tl.atomic_add(sum_base + rows_i, tl.sum(abs_acc, axis=1), mask=rows_i < m, sem="relaxed")
-    # The mirrored tile's rows are this tile's columns; a diagonal tile is its own mirror.
+    # The mirrored tile's rows are this tile's columns; a diagonal tile is its own mirror, and only
+    # off the diagonal (tj < ti) do all of rows_j lie before the tile's first row ti·BLOCK.
     tl.atomic_add(
-        sum_base + rows_j, tl.sum(abs_acc, axis=0), mask=(rows_j < m) & off_diagonal, sem="relaxed"
+        sum_base + rows_j, tl.sum(abs_acc, axis=0), mask=(rows_j < m) & (rows_j < ti * BLOCK), sem="relaxed"
     )
 
 
@@ -123,10 +124,12 @@ def _aol_scale_kernel(
     value = tl.load(
         src_base + rows[:, None] * stride_src_r + cols[None, :] * stride_src_c, mask=in_bounds, other=0.0
     ).to(tl.float32)
-    value = value * s_rows[:, None]
     if SCALE_COLS:
         s_cols = tl.div_rn(1.0, tl.sqrt_rn(tl.load(sum_base + cols, mask=valid_cols, other=1.0) + eps))
-        value = value * s_cols[None, :]
+        # s_i·s_j first: the product commutes, so a symmetric A stays exactly symmetric.
+        value = value * (s_rows[:, None] * s_cols[None, :])
+    else:
+        value = value * s_rows[:, None]
     out_base = out_ptr + batch.to(tl.int64) * stride_out_b
     tl.store(
         out_base + rows[:, None] * stride_out_r + cols[None, :] * stride_out_c,
@@ -192,7 +195,7 @@ def launch_aol_gram(
         return x_scaled, gram_scaled
     if n == 0:  # A = 0, so diag(s)·A·diag(s) = 0; also keeps a null data pointer away from the kernel
         return x_scaled, gram_scaled.zero_()
-    config = config or symmetric_tile_config(batch, m, x.dtype)
+    config = config or symmetric_tile_config(m, x.dtype)
     row_abs_sum = torch.zeros((batch, m), dtype=torch.float32, device=x.device)
     if gram_scaled.dtype == torch.float32:
         gram = gram_scaled
@@ -209,7 +212,7 @@ def launch_aol_gram(
         *gram.stride(),
         row_abs_sum.stride(0),
         lower_tiles,
-        PRECISION=dot_input_precision(x.dtype, x.device),
+        **dot_options(x.dtype, x.device),
         **launch_options(config),
     )
     _launch_scale(x, x_scaled, row_abs_sum, eps, scale_cols=False)

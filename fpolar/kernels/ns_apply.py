@@ -12,7 +12,8 @@ from ._common import (
     check_batched_matrix,
     check_finite_scalar,
     check_int32_addressable,
-    dot_input_precision,
+    dot_fp32_acc,
+    dot_options,
     launch_options,
     matmul_tile_config,
     require_triton,
@@ -53,6 +54,7 @@ def _ns_apply_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     tiles = tiles_m * tiles_n
@@ -81,7 +83,7 @@ def _ns_apply_kernel(
         valid_k = (k0 + ks) < m
         bm_tile = tl.load(bm_ptrs, mask=valid_rows[:, None] & valid_k[None, :], other=0.0)
         x_tile = tl.load(x_ptrs, mask=valid_k[:, None] & valid_cols[None, :], other=0.0)
-        acc = tl.dot(bm_tile, x_tile, acc, input_precision=PRECISION)
+        acc = dot_fp32_acc(bm_tile, x_tile, acc, PRECISION, UPCAST)
         bm_ptrs += BLOCK_K * stride_bk
         x_ptrs += BLOCK_K * stride_xm
 
@@ -111,14 +113,17 @@ def launch_ns_apply(
     require_triton()
     batch, m, n = x.shape
     if bm.shape != (batch, m, m):
-        raise ValueError(f"bm must have shape {(batch, m, m)} to multiply x of shape {tuple(x.shape)}, got {tuple(bm.shape)}")
+        raise ValueError(
+            f"bm must have shape {(batch, m, m)} to multiply x of shape {tuple(x.shape)}, "
+            f"got {tuple(bm.shape)}"
+        )
     if out.shape != x.shape:
         raise ValueError(f"out must have shape {tuple(x.shape)}, got {tuple(out.shape)}")
     for name, t in (("x", x), ("bm", bm), ("out", out)):
         check_int32_addressable(name, t)
     if out.numel() == 0:
         return out
-    config = config or matmul_tile_config(batch, m, n, x.dtype)
+    config = config or matmul_tile_config(m, n, x.dtype)
     tiles_m = -(-m // config.kwargs["BLOCK_M"])
     tiles_n = -(-n // config.kwargs["BLOCK_N"])
     _ns_apply_kernel[(batch * tiles_m * tiles_n,)](
@@ -133,7 +138,7 @@ def launch_ns_apply(
         *out.stride(),
         tiles_m,
         tiles_n,
-        PRECISION=dot_input_precision(x.dtype, x.device),
+        **dot_options(x.dtype, x.device),
         **launch_options(config),
     )
     return out

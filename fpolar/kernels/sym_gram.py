@@ -11,7 +11,7 @@ import torch
 from ._common import (
     check_batched_matrix,
     check_int32_addressable,
-    dot_input_precision,
+    dot_options,
     launch_options,
     require_triton,
     symmetric_tile_config,
@@ -45,6 +45,7 @@ def _sym_gram_kernel(
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     # One flat grid of batch × lower tiles: a flat axis has no 65535 limit on the batch size.
     pid = tl.program_id(0)
@@ -55,9 +56,9 @@ def _sym_gram_kernel(
     out_base = out_ptr + batch.to(tl.int64) * stride_ob
     rows_i = ti * BLOCK + tl.arange(0, BLOCK)
     rows_j = tj * BLOCK + tl.arange(0, BLOCK)
-    acc = gram_tile(x_base, rows_i, rows_j, m, n, stride_xm, stride_xn, BLOCK, BLOCK_K, PRECISION)
+    acc = gram_tile(x_base, rows_i, rows_j, m, n, stride_xm, stride_xn, BLOCK, BLOCK_K, PRECISION, UPCAST)
     value = acc.to(out_ptr.dtype.element_ty)
-    store_mirrored(out_base, value, rows_i, rows_j, ti != tj, m, stride_om, stride_on, BLOCK)
+    store_mirrored(out_base, value, rows_i, rows_j, ti == tj, m, stride_om, stride_on)
 
 
 def launch_sym_gram(
@@ -79,7 +80,7 @@ def launch_sym_gram(
         return out
     if n == 0:  # an empty sum; also keeps a null data pointer away from the kernel
         return out.zero_()
-    config = config or symmetric_tile_config(batch, m, x.dtype)
+    config = config or symmetric_tile_config(m, x.dtype)
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
     _sym_gram_kernel[(batch * lower_tiles,)](
         x,
@@ -89,7 +90,7 @@ def launch_sym_gram(
         *x.stride(),
         *out.stride(),
         lower_tiles,
-        PRECISION=dot_input_precision(x.dtype, x.device),
+        **dot_options(x.dtype, x.device),
         **launch_options(config),
     )
     return out

@@ -13,7 +13,7 @@ from ._common import (
     check_batched_matrix,
     check_finite_scalar,
     check_int32_addressable,
-    dot_input_precision,
+    dot_options,
     launch_options,
     require_triton,
     symmetric_tile_config,
@@ -48,6 +48,7 @@ def _sym_poly_kernel(
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     batch = pid // lower_tiles
@@ -56,14 +57,16 @@ def _sym_poly_kernel(
     out_base = out_ptr + batch.to(tl.int64) * stride_ob
     rows_i = ti * BLOCK + tl.arange(0, BLOCK)
     rows_j = tj * BLOCK + tl.arange(0, BLOCK)
-    a_squared = gram_tile(a_base, rows_i, rows_j, m, m, stride_am, stride_an, BLOCK, BLOCK_K, PRECISION)
+    a_squared = gram_tile(
+        a_base, rows_i, rows_j, m, m, stride_am, stride_an, BLOCK, BLOCK_K, PRECISION, UPCAST
+    )
     in_bounds = (rows_i[:, None] < m) & (rows_j[None, :] < m)
     a_tile = tl.load(
         a_base + rows_i[:, None] * stride_am + rows_j[None, :] * stride_an, mask=in_bounds, other=0.0
     )
     value = coef_b * a_tile.to(tl.float32) + coef_c * a_squared
     store_mirrored(
-        out_base, value.to(out_ptr.dtype.element_ty), rows_i, rows_j, ti != tj, m, stride_om, stride_on, BLOCK
+        out_base, value.to(out_ptr.dtype.element_ty), rows_i, rows_j, ti == tj, m, stride_om, stride_on
     )
 
 
@@ -84,7 +87,7 @@ def launch_sym_poly(
     check_int32_addressable("out", out)
     if out.numel() == 0:
         return out
-    config = config or symmetric_tile_config(batch, m, a.dtype)
+    config = config or symmetric_tile_config(m, a.dtype)
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
     _sym_poly_kernel[(batch * lower_tiles,)](
         a,
@@ -95,7 +98,7 @@ def launch_sym_poly(
         *a.stride(),
         *out.stride(),
         lower_tiles,
-        PRECISION=dot_input_precision(a.dtype, a.device),
+        **dot_options(a.dtype, a.device),
         **launch_options(config),
     )
     return out
