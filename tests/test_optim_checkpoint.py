@@ -371,3 +371,18 @@ def test_deepcopy_of_the_optimizer_continues_identically():
     # the deep copy itself holds working functional state
     assert all(opt2.state[p]["step"].item() == 2 for p in opt2.param_groups[0]["params"])
     assert opt2._runtime[0].state.momentum[0] is opt2.state[opt2.param_groups[0]["params"][0]]["momentum_buffer"]
+
+
+def test_empty_state_left_by_reading_opt_state_does_not_break_a_round_trip():
+    torch.manual_seed(19)
+    model = Net()
+    opt = make_muon(model)
+    late = nn.Parameter(torch.randn(4, 4))
+    opt.add_param_group({"params": [late]})
+    train(model, opt, None, batches(1, 20))
+    assert opt.state[late] == {}  # torch.optim's defaultdict: reading creates an empty entry
+    buf = save(opt)
+    fresh = make_muon(Net())
+    fresh.add_param_group({"params": [nn.Parameter(torch.randn(4, 4))]})
+    fresh.load_state_dict(torch.load(buf, weights_only=True)[0])
+    assert fresh._runtime[-1].state is None and len(fresh.state) == len(list(model.parameters()))

@@ -109,7 +109,9 @@ def _plan(opt: "PolarOptimizer", state_dict: Any) -> List[_GroupPlan]:
             new_group["param_names"] = group["param_names"]
         hparams = opt.validate_group(new_group, where)
 
-        present = [pos for pos, sid in enumerate(ids) if sid in saved_state]
+        # An empty dict counts as no state: reading opt.state[p] for a param without state (a
+        # defaultdict, as in torch.optim) leaves one behind.
+        present = [pos for pos, sid in enumerate(ids) if saved_state.get(sid)]
         entries = None
         if present:
             if len(present) != len(ids):
@@ -122,7 +124,7 @@ def _plan(opt: "PolarOptimizer", state_dict: Any) -> List[_GroupPlan]:
             _check_entries(entries, rt, where)
         plans.append(_GroupPlan(i, new_group, hparams, entries))
 
-    unknown = [k for k in saved_state if k not in used_ids]
+    unknown = [k for k, v in saved_state.items() if k not in used_ids and v]
     if unknown:
         raise ValueError(f"checkpoint 'state' has entries for param ids {unknown} that no param group lists")
     return plans

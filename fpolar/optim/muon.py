@@ -40,9 +40,9 @@ class Muon(PolarOptimizer):
         W ← (1 − lr·λ)·W − lr·s·O,   s = √max(1, m/n) ("original") or 0.2·√max(m, n) ("match_rms_adamw")
 
     Differences from torch.optim.Muon:
-        * Params that are not 2-D are not rejected. 3-D params are stacks of matrices and ≥ 4-D
-          (conv) params are flattened to (out, rest) — both run the polar step, with the shape rule on
-          each matrix's (m, n) (torch would use ``shape[:2]``). 0-/1-D params (and empty tensors) run
+        * Params that are not 2-D are not rejected (torch.optim.Muon raises). 3-D params are stacks of
+          matrices and ≥ 4-D (conv) params are flattened to (out, rest) — both run the polar step,
+          with the shape rule on each matrix's (m, n). 0-/1-D params (and empty tensors) run
           AdamW in the same ``step()``: a "polargrad" group holding them is split into two groups,
           matrices then AdamW (``adamw_*`` settings). Embeddings / output heads are up to you: put them
           in an ``"algorithm": "adamw"`` group, or use ``fpolar.optim.param_groups(model)``.
@@ -62,6 +62,7 @@ class Muon(PolarOptimizer):
             for PolarGrad scaling, "spectral", "unit_rms", "none". Default None: from adjust_lr_fn.
         coefficients: a named NS schedule ("muon", "polar_express", "quintic", "aol") or a list of
             (a, b, c) overriding ``ns_coefficients``. Default None: ``[ns_coefficients]`` repeated.
+            ``ns_steps`` still sets the step count (None = the schedule's own length).
         weight_decay_mode, order, extra_scale, polar, schedule_overflow, polar_dtype, kernels,
         qdwh_iters, qdwh_l0, polish_steps, gram_restart, momentum_dtype: as in ``fpolar.PolarGradHParams``.
         adamw_lr: lr of the AdamW part; None (default) = the group's lr (the intent of

@@ -37,9 +37,9 @@ class PolarGrad(PolarOptimizer):
             ``fpolar.optim.param_groups(model)``). A group may set ``"algorithm": "polargrad"``
             (default) or ``"adamw"``. In a "polargrad" group, params that are not matrices (0-/1-D,
             empty) are moved to an AdamW group right after it (see ``fpolar.optim.groups``).
-        lr: step size, required: nuclear-norm scaling multiplies the polar factor by ‖X‖_*, so useful
-            lrs are orders of magnitude below Muon's and depend on the gradient scale. A float ≥ 0
-            (what LR schedulers change) or a 0-d tensor.
+        lr: step size, required: nuclear-norm scaling multiplies the polar factor by ‖X‖_*, so the
+            useful lr depends on the gradient scale and is not Muon's (often orders of magnitude
+            apart). A float ≥ 0 (what LR schedulers change) or a 0-d tensor.
         momentum, nesterov, weight_decay, weight_decay_mode, order, scale, extra_scale, polar,
         coefficients, ns_steps, schedule_overflow, eps, polar_dtype, kernels, qdwh_iters, qdwh_l0,
         polish_steps, gram_restart, momentum_dtype: as in ``fpolar.PolarGradHParams``, with its defaults.
