@@ -70,7 +70,8 @@ def polar_variants() -> Dict[str, PolarSpec]:
         "fpolar NS5 cuBLAS": PolarSpec.build("newton_schulz", kernels="torch", **muon5),
         "fpolar NS5 Triton": PolarSpec.build("newton_schulz", kernels="triton", **muon5),
         "fpolar NS5 auto": PolarSpec.build("newton_schulz", kernels="auto", **muon5),
-        "fpolar Gram-NS5": PolarSpec.build("gram_newton_schulz", **muon5),
+        "fpolar Gram-NS5 cuBLAS": PolarSpec.build("gram_newton_schulz", kernels="torch", **muon5),
+        "fpolar Gram-NS5 Triton X-lines": PolarSpec.build("gram_newton_schulz", kernels="triton", **muon5),
     }
     return out
 
@@ -187,6 +188,24 @@ def tflops_rows(ceiling: float) -> List[Dict[str, object]]:
     return rows
 
 
+def per_op_rows() -> List[Dict[str, object]]:
+    """Each NS line alone, cuBLAS vs Triton, at the shapes the dispatch thresholds are drawn from."""
+    from fpolar.polar.dispatch import triton_ops
+    from fpolar.polar.newton_schulz import TORCH_OPS
+
+    rows = []
+    impls = {"cuBLAS": TORCH_OPS, "Triton": triton_ops()}
+    for b, m, n in [(12, 768, 768), (12, 768, 2304), (24, 768, 3072), (8, 1024, 2048), (4, 2048, 2048), (1, 4096, 4096)]:
+        x = torch.randn(b, m, n, device="cuda", dtype=torch.bfloat16) / n**0.5
+        a = x @ x.mT
+        for name, ops in impls.items():
+            rows.append({"shape": f"{b}×{m}×{n}", "impl": name,
+                         "gram_us": 1e3 * bench(lambda: ops.gram(x), ms=100),
+                         "poly_us": 1e3 * bench(lambda: ops.poly(a, -4.775, 2.0315), ms=100),
+                         "apply_us": 1e3 * bench(lambda: ops.apply(x, a, 3.4445), ms=100)})
+    return rows
+
+
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None, help="write all rows to this JSON file")
@@ -236,10 +255,14 @@ def main(argv: List[str] | None = None) -> int:
         else:
             tf = r.get("tflops", r.get("tflops_dense_equiv"))
             print(f"  {r['shape']:>14}  {r['name']:<28} {r['ms']:8.3f} ms  {tf:6.0f} TFLOP/s")
+    op_rows = per_op_rows()
+    print("\nper NS line (µs): X Xᵀ | b·A + c·A² | a·X + B·X")
+    for r in op_rows:
+        print(f"  {r['shape']:>14}  {r['impl']:<7} {r['gram_us']:8.1f} {r['poly_us']:8.1f} {r['apply_us']:8.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"ceiling_tflops": ceiling, "floor_ms": floor_ms, "polar": polar_rows, "step": step_rows,
-                       "tflops": tf_rows, "torch": torch.__version__, "device": torch.cuda.get_device_name()}, f, indent=1)
+                       "tflops": tf_rows, "per_op": op_rows, "torch": torch.__version__, "device": torch.cuda.get_device_name()}, f, indent=1)
     return 0
 
 

@@ -25,7 +25,7 @@ from ..coefficients import (
     expand_schedule,
     resolve_named,
 )
-from .dispatch import choose_ns_ops, use_gram_space
+from .dispatch import choose_ns_ops, gram_space_ops, use_gram_space
 from .gram_newton_schulz import gram_newton_schulz
 from .newton_schulz import TORCH_OPS, NSOps, newton_schulz
 from .qdwh import qdwh_polar
@@ -156,7 +156,13 @@ def polar_wide(x: Tensor, spec: PolarSpec) -> Tensor:
         )
     if method == "gram_newton_schulz":
         return gram_newton_schulz(
-            x, spec.schedule, safety=spec.safety, eps=spec.eps, dtype=dtype, restart_every=spec.gram_restart
+            x,
+            spec.schedule,
+            safety=spec.safety,
+            eps=spec.eps,
+            dtype=dtype,
+            restart_every=spec.gram_restart,
+            ops=gram_space_ops(x, spec.kernels, dtype),
         )
     if method == "qdwh":
         return qdwh_polar(x, iters=spec.qdwh_iters, l0=spec.qdwh_l0, polish_steps=spec.polish_steps, dtype=dtype)

@@ -61,3 +61,17 @@ def choose_ns_ops(x: Tensor, kernels: str, dtype: torch.dtype) -> NSOps:
             )
         return triton_ops()
     return TORCH_OPS
+
+
+# In Gram space only R = XXᵀ and Q·X touch the m×n matrix; the Triton kernels won both at
+# 12×768×3072 on the H100 (sym_gram 52 vs 70 µs, ns_apply 104 vs 135 µs).
+GRAM_SPACE_TRITON = True
+
+
+def gram_space_ops(x: Tensor, kernels: str, dtype: torch.dtype) -> NSOps:
+    """Implementation of the two m×n products of Gram Newton–Schulz on wide batch ``x``."""
+    if kernels == "triton" or (
+        kernels == "auto" and GRAM_SPACE_TRITON and x.is_cuda and dtype in (torch.bfloat16, torch.float16)
+    ):
+        return choose_ns_ops(x, "triton", dtype)
+    return TORCH_OPS

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..coefficients import Coefficient
-from .newton_schulz import frobenius_normalize
+from .newton_schulz import TORCH_OPS, NSOps, frobenius_normalize
 
 
 def gram_newton_schulz(
@@ -29,9 +29,13 @@ def gram_newton_schulz(
     eps: float = 1e-7,
     dtype: torch.dtype = torch.bfloat16,
     restart_every: int = 3,
+    ops: NSOps = TORCH_OPS,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` (B, m, n), m ≤ n; same result as ``newton_schulz``
-    with the same schedule, up to rounding. Returns (B, m, n) in ``dtype``."""
+    with the same schedule, up to rounding. Returns (B, m, n) in ``dtype``.
+
+    ``ops`` runs the two products that touch the m×n matrix (R = XXᵀ and X ← Q·X, as
+    ``ops.apply(x, q, 0)``); the m×m work stays on batched matmul."""
     if x.size(-2) > x.size(-1):
         raise ValueError(f"gram_newton_schulz expects wide matrices (m ≤ n), got shape {tuple(x.shape)}")
     if restart_every < 1:
@@ -41,7 +45,7 @@ def gram_newton_schulz(
     eye = torch.eye(m, dtype=dtype, device=x.device)
     for start in range(0, len(schedule), restart_every):
         block = schedule[start : start + restart_every]
-        r = torch.bmm(x, x.mT)
+        r = ops.gram(x)
         q = None
         for k, (a, b, c) in enumerate(block):
             # p = a·I + b·R + c·R²
@@ -49,5 +53,5 @@ def gram_newton_schulz(
             q = p if q is None else torch.bmm(p, q)
             if k + 1 < len(block):  # the last step of a block needs no new R
                 r = torch.bmm(p, torch.bmm(r, p))
-        x = torch.bmm(q, x)
+        x = ops.apply(x, q, 0.0)
     return x
