@@ -121,8 +121,8 @@ def polargrad_step(
             o = _polar_of(x, group, hp)
             x_orient = x.mT if group.transposed else x
             step_size = _step_size(hp, group, o, x_orient)
-            o_views = group_views(o.contiguous(), _live_group(group, live), _shapes(params, group, live))
-            torch._foreach_lerp_(mom, [v.to(mo.dtype) for v, mo in zip(o_views, mom)], 1 - beta)
+            o_views = group_views(o.to(mom[0].dtype).contiguous(), _live_group(group, live), _shapes(params, group, live))
+            torch._foreach_lerp_(mom, o_views, 1 - beta)
             direction = (
                 _stack_wide(torch._foreach_lerp(o_views, mom, beta), group)
                 if hp.nesterov

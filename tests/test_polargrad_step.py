@@ -186,3 +186,21 @@ def test_bf16_params_with_fp32_momentum():
     assert state.momentum[0].dtype == torch.float32
     fpolar.polargrad_step(params, [torch.randn(16, 8, dtype=torch.bfloat16)], state, hp)
     assert params[0].dtype == torch.bfloat16 and torch.isfinite(params[0]).all()
+
+
+@pytest.mark.parametrize("order", ["momentum_first", "polar_first"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_bf16_params_every_order(order, nesterov):
+    """bf16 params/grads with bf16 momentum: each order and Nesterov runs and tracks the fp32 run."""
+    shapes = [(16, 8), (8, 24)]
+    params32 = [torch.randn(s) for s in shapes]
+    grads32 = [torch.randn(s) for s in shapes]
+    hp = fpolar.PolarGradHParams(lr=1e-2, order=order, nesterov=nesterov)
+    p16 = [p.bfloat16() for p in params32]
+    state = fpolar.init_state(p16, hp)
+    fpolar.polargrad_step(p16, [g.bfloat16() for g in grads32], state, hp)
+    p32 = [p.clone() for p in params32]
+    fpolar.polargrad_step(p32, grads32, fpolar.init_state(p32, hp), hp)
+    for a, b, p0 in zip(p16, p32, params32):
+        assert a.dtype == torch.bfloat16
+        assert ((a.float() - b).norm() / (b - p0).norm()).item() < 0.1
