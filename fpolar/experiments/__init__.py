@@ -9,8 +9,7 @@ Modules, one idea each:
     runner                 the training loop that records a curve
     report, plot           markdown tables against the paper's figures; the PNG
     paper                  the paper's settings, references, and ``main`` (the command line)
+
+Nothing is imported here, so ``import fpolar`` and ``python -m fpolar.experiments.paper`` stay cheap and
+clean; import ``fpolar.experiments.paper`` for ``main`` and ``run_reproduction``.
 """
-
-from .paper import LOGISTIC, QUADRATIC, REPRODUCTIONS, main, run_reproduction
-
-__all__ = ["LOGISTIC", "QUADRATIC", "REPRODUCTIONS", "main", "run_reproduction"]

@@ -26,10 +26,12 @@ def plot_curves(panels: Sequence[Tuple[str, str, Dict[str, Curve]]], path: str) 
 
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
     for ax, (title, ylabel, curves) in zip(axes[0], panels):
-        for name, curve in curves.items():
+        colors = plt.get_cmap("tab20").colors  # 11 curves per panel: the default 10-colour cycle repeats
+        for i, (name, curve) in enumerate(curves.items()):
             pts = [(s, v) for s, v in zip(curve.steps, curve.values) if math.isfinite(v) and v > 0]
             label = name + (f" (diverged @{curve.diverged_at})" if curve.diverged_at is not None else "")
-            ax.semilogy([s for s, _ in pts], [v for _, v in pts], label=label)
+            style = "--" if "decay" in name else "-"
+            ax.semilogy([s for s, _ in pts], [v for _, v in pts], style, color=colors[(2 * i) % 20 + (i >= 10)], label=label)
         ax.set_title(title)
         ax.set_xlabel("iteration k")
         ax.set_ylabel(ylabel)
