@@ -188,6 +188,26 @@ def tflops_rows(ceiling: float) -> List[Dict[str, object]]:
     return rows
 
 
+def profile_whole_step(shapes, label: str, kw: dict) -> str:
+    """Where the compiled whole step spends GPU time: the top kernels over 5 steps."""
+    params, grads = make_params(shapes)
+    hp = fpolar.PolarGradHParams(lr=torch.tensor(0.02, device="cuda"), **kw)
+    state = fpolar.init_state(params, hp)
+    for t in [params, state.buffers, [state.step], [hp.lr]]:
+        for tensor in t:
+            torch._dynamo.mark_static_address(tensor)
+    step = torch.compile(lambda: fpolar.polargrad_step(params, grads, state, hp), fullgraph=True)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60)
+    return f"profile of the compiled {label} step (5 steps):\n{table}"
+
+
 def per_op_rows() -> List[Dict[str, object]]:
     """Each NS line alone, cuBLAS vs Triton, at the shapes the dispatch thresholds are drawn from."""
     from fpolar.polar.dispatch import triton_ops
@@ -255,6 +275,7 @@ def main(argv: List[str] | None = None) -> int:
         else:
             tf = r.get("tflops", r.get("tflops_dense_equiv"))
             print(f"  {r['shape']:>14}  {r['name']:<28} {r['ms']:8.3f} ms  {tf:6.0f} TFLOP/s")
+    print("\n" + profile_whole_step(GPT2_SMALL, "fpolar Muon", dict(scale="shape", nesterov=True, coefficients="muon", ns_steps=5)))
     op_rows = per_op_rows()
     print("\nper NS line (µs): X Xᵀ | b·A + c·A² | a·X + B·X")
     for r in op_rows:
