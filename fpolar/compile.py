@@ -55,6 +55,7 @@ __all__ = [
     "TrainStep",
     "capture_cuda_graph",
     "make_train_step",
+    "mark_static",
     "matrices_to_polar",
 ]
 
@@ -66,6 +67,32 @@ def matrices_to_polar(name: str, param: Tensor) -> bool:
     that, e.g. ``lambda name, p: p.dim() >= 2 and "embed" not in name``.
     """
     return param.dim() >= 2
+
+
+def mark_static(*objects: object) -> None:
+    """``torch._dynamo.mark_static_address`` on every tensor in ``objects``.
+
+    Accepts tensors, sequences of tensors, ``PolarGradState`` / ``AdamWState`` (all their tensors,
+    momentum views included) and ``PolarGradHParams`` / ``AdamWHParams`` (a tensor lr / weight decay).
+    Inductor's CUDA graphs (``mode="reduce-overhead"``) skip a graph that mutates an input whose address
+    they cannot assume fixed ("skipping cudagraphs due to mutated inputs"); optimizer state is allocated
+    once and only updated in place, so it can be marked. ``guard=False``: if an address did change, the
+    CUDA graph is re-recorded rather than the function recompiled. Call it before the first compiled
+    call; nothing is mutated but a marker attribute on each tensor.
+    """
+    for obj in objects:
+        if isinstance(obj, Tensor):
+            torch._dynamo.mark_static_address(obj, guard=False)
+        elif isinstance(obj, PolarGradState):
+            mark_static(obj.step, obj.buffers, obj.momentum)
+        elif isinstance(obj, AdamWState):
+            mark_static(obj.step, obj.exp_avg, obj.exp_avg_sq)
+        elif isinstance(obj, (PolarGradHParams, AdamWHParams)):
+            mark_static(*[v for v in (obj.lr, obj.weight_decay) if isinstance(v, Tensor)])
+        elif isinstance(obj, (list, tuple)):
+            mark_static(*obj)
+        else:
+            raise TypeError(f"mark_static takes tensors, lists of tensors, fpolar states or hparams, got {type(obj).__name__}")
 
 
 class _LossOf(nn.Module):
@@ -164,20 +191,18 @@ class TrainStep:
         ]
 
     def mark_static_addresses(self) -> None:
-        """Mark the mutated tensors, the momentum views and the hparam tensors static-address.
-
-        Inductor's CUDA graphs (``mode="reduce-overhead"``) skip any graph that mutates an input it
-        cannot assume fixed; these tensors are allocated once and only ever updated in place.
-        ``guard=False``: a changed address re-records the CUDA graph rather than recompiling.
-        """
-        hp_tensors = [
-            v
-            for hp in (self.polar_hparams, self.adamw_hparams)
-            for v in (hp.lr, hp.weight_decay)
-            if isinstance(v, Tensor)
-        ]
-        for t in [*self.mutable_tensors(), *self.polar_state.momentum, *hp_tensors]:
-            torch._dynamo.mark_static_address(t, guard=False)
+        """Mark the mutated tensors, the momentum views and the hparam tensors static-address (see
+        ``mark_static``)."""
+        mark_static(
+            self.polar_params,
+            self.adamw_params,
+            self.grads,
+            self.polar_state,
+            self.adamw_state,
+            self.polar_hparams,
+            self.adamw_hparams,
+            list(self.model.buffers()),
+        )
 
     def __call__(self, *batch: Tensor) -> Tensor:
         """One train step on ``batch`` (passed to ``loss_fn(model, *batch)``).

@@ -1,0 +1,120 @@
+"""The captured graphs, pinned: what a compiled step runs, as functionalized aten ops.
+
+Normalized by ``graph_ops``: ``namespace.op`` without overload suffixes or node ids, pure view ops
+dropped, the ``aten.`` prefix dropped, repeats folded (``(bmm baddbmm baddbmm) x5`` is five
+Newton–Schulz steps). fpolar's own kernels would show as ``fpolar.<op>``; on CPU the default path is
+pure torch, so none appear.
+
+Pinned to torch 2.13 (the CI version): decompositions move between releases (e.g. dynamo rewrites
+``_foreach_lerp_`` as ``_foreach_sub`` + ``full_like`` + ``_foreach_addcmul`` here), so other versions
+skip. To update after an intended change: ``EXPECTTEST_ACCEPT=1 python -m pytest compile_tests/test_graph_snapshot.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from expecttest import TestCase
+
+import fpolar
+from cases import MIXED_SHAPES, adamw_hparams, adamw_step, make_problem, polar_hparams, polar_step
+from graph_ops import aten_graph, compress, op_counts, op_sequence
+
+PINNED_TORCH = "2.13"
+
+pytestmark = pytest.mark.skipif(
+    not torch.__version__.startswith(PINNED_TORCH + "."),
+    reason=f"graph snapshots are pinned to torch {PINNED_TORCH}; this is {torch.__version__}",
+)
+
+
+class TestGraphSnapshot(TestCase):
+    def setUp(self) -> None:
+        torch._dynamo.reset()
+
+    def test_polargrad_default_step_wide_and_tall(self):
+        """One wide and one tall group, default hparams with decoupled decay: momentum (lerp through the
+        views of the stacked buffer), Frobenius normalization, 5 NS steps, ⟨O, X⟩, decay, apply — and no
+        stack copy of the momentum (the only clone is the tall group's transposed update)."""
+        params, grads = make_problem(((4, 8), (8, 4)))
+        hp = polar_hparams()
+        gm = aten_graph(polar_step, params, grads, fpolar.init_state(params, hp), hp)
+        self.assertExpectedInline(compress(op_sequence(gm)), """\
+add
+_foreach_sub
+full_like
+_foreach_addcmul
+as_strided_scatter
+linalg_vector_norm
+mul
+add
+div
+(bmm baddbmm baddbmm) x5
+mul
+sum
+mul x4
+rsub
+_foreach_mul
+_foreach_sub x2
+full_like
+_foreach_addcmul
+as_strided_scatter
+linalg_vector_norm
+mul
+add
+div
+(bmm baddbmm baddbmm) x5
+mul
+sum
+mul x3
+clone
+mul
+rsub
+_foreach_mul
+_foreach_sub""")
+
+    def test_polargrad_mixed_shapes_op_counts(self):
+        """4 shape groups → 4 batched polar calls: 4 norms, 20 Gram bmm, 40 baddbmm."""
+        params, grads = make_problem(MIXED_SHAPES)
+        hp = polar_hparams()
+        gm = aten_graph(polar_step, params, grads, fpolar.init_state(params, hp), hp)
+        self.assertExpectedInline(op_counts(op_sequence(gm)), """\
+_foreach_addcmul x4
+_foreach_mul x4
+_foreach_sub x8
+add x5
+as_strided_scatter x7
+baddbmm x40
+bmm x20
+clone x1
+div x4
+full_like x7
+linalg_vector_norm x4
+mul x24
+rsub x4
+sum x4""")
+
+    def test_adamw_step(self):
+        """Bias corrections from the step tensors on the device (pow/neg/add), all foreach."""
+        params, grads = make_problem(((16,), (4, 8)))
+        hp = adamw_hparams()
+        gm = aten_graph(adamw_step, params, grads, fpolar.init_adamw_state(params, hp), hp)
+        self.assertExpectedInline(compress(op_sequence(gm)), """\
+_foreach_add
+mul
+rsub
+_foreach_mul
+_foreach_sub
+full_like x2
+_foreach_addcmul
+_foreach_mul
+_foreach_addcmul
+(_foreach_pow _foreach_neg _foreach_add) x2
+_foreach_sqrt x2
+_foreach_div
+_foreach_add
+_foreach_reciprocal
+_foreach_mul
+_foreach_div
+_foreach_mul
+_foreach_sub""")
