@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fpolar
-from cases import (
+from compile_cases import (
     MIXED_SHAPES,
     POLAR_BACKENDS,
     adamw_hparams,
@@ -30,7 +30,7 @@ from cases import (
     tiny_model,
 )
 from fpolar.compile import make_train_step
-from results import record
+from compile_results import record
 
 INDUCTOR_TOL = dict(rtol=1e-5, atol=1e-5)
 AOT_TOL = dict(rtol=1e-6, atol=1e-6)

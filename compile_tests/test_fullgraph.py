@@ -13,7 +13,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import fpolar
-from cases import (
+from compile_cases import (
     MIXED_SHAPES,
     POLAR_BACKENDS,
     STEP_VARIANTS,
@@ -23,7 +23,7 @@ from cases import (
     polar_hparams,
     polar_step,
 )
-from results import record
+from compile_results import record
 
 
 def count_compile(fn, make_args):

@@ -17,7 +17,7 @@ import torch
 from expecttest import TestCase
 
 import fpolar
-from cases import MIXED_SHAPES, adamw_hparams, adamw_step, make_problem, polar_hparams, polar_step
+from compile_cases import MIXED_SHAPES, adamw_hparams, adamw_step, make_problem, polar_hparams, polar_step
 from graph_ops import aten_graph, compress, op_counts, op_sequence
 
 PINNED_TORCH = "2.13"

@@ -14,8 +14,8 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import fpolar
-from cases import MIXED_SHAPES, adamw_hparams, adamw_step, make_problem, polar_hparams, polar_step
-from results import record
+from compile_cases import MIXED_SHAPES, adamw_hparams, adamw_step, make_problem, polar_hparams, polar_step
+from compile_results import record
 
 STEPS = 50
 

@@ -2,7 +2,7 @@
 
 Backward "func" traces as one frame with no graph break (torch.func.grad_and_value over
 functional_call); backward "autograd" breaks once, at ``loss.backward()`` — the documented limit that
-makes it the CUDA-graph recipe instead (tests for the capture are in test_gpu.py).
+makes it the CUDA-graph recipe instead (tests for the capture are in test_cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import fpolar
-from cases import adamw_hparams, cross_entropy_loss, max_abs_diff, polar_hparams, tiny_batches, tiny_model
+from compile_cases import adamw_hparams, cross_entropy_loss, max_abs_diff, polar_hparams, tiny_batches, tiny_model
 from fpolar.compile import TrainStep, capture_cuda_graph, make_train_step, matrices_to_polar
-from results import record
+from compile_results import record
 
 STEPS = 6
 
