@@ -284,7 +284,8 @@ def test_float_lr_under_reduce_overhead_is_measured():
     assert frames[:2] == [1, 2] and frames[-1] == 2
 
 
-@pytest.mark.parametrize("backend", ["svd", "qdwh", "gram_newton_schulz", "aol"])
+# Gram Newton–Schulz is what "auto" picks on CUDA for n ≥ 2m, so the tests above already cover it.
+@pytest.mark.parametrize("backend", ["svd", "qdwh", "aol"])
 def test_other_polar_backends_under_reduce_overhead_are_measured(backend):
     """Which backends keep CUDA graphs (recorded, not asserted: SVD/QR may sync with the host)."""
     polar = dict(polar=backend) if backend != "aol" else dict(coefficients="aol")

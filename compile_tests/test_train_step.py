@@ -13,7 +13,7 @@ from torch._dynamo.testing import CompileCounter
 
 import fpolar
 from compile_cases import adamw_hparams, cross_entropy_loss, max_abs_diff, polar_hparams, tiny_batches, tiny_model
-from fpolar.compile import TrainStep, capture_cuda_graph, make_train_step, matrices_to_polar
+from fpolar.compile import TrainStep, capture_cuda_graph, make_train_step, mark_static, matrices_to_polar
 from compile_results import record
 
 STEPS = 6
@@ -83,6 +83,20 @@ def test_mutated_tensors_are_marked_static_address():
     step = make_train_step(tiny_model(), cross_entropy_loss, polar_hparams(), adamw_hparams())
     marked = [*step.mutable_tensors(), *step.polar_state.momentum, step.polar_hparams.lr, step.adamw_hparams.lr]
     assert all(getattr(t, "_dynamo_static_input_type", None) is not None for t in marked)
+
+
+def test_mark_static_covers_states_and_hparams():
+    """The optimizer-only recipe marks the user's own state objects."""
+    params = [torch.randn(4, 8), torch.randn(8, 4)]
+    biases = [torch.randn(4)]
+    hp, ahp = polar_hparams(), adamw_hparams()
+    state, astate = fpolar.init_state(params, hp), fpolar.init_adamw_state(biases, ahp)
+    mark_static(params, biases, state, astate, hp, ahp)
+    tensors = [*params, *biases, state.step, *state.buffers, *state.momentum, *astate.step, *astate.exp_avg,
+               *astate.exp_avg_sq, hp.lr, hp.weight_decay, ahp.lr, ahp.weight_decay]
+    assert all(getattr(t, "_dynamo_static_input_type", None) is not None for t in tensors)
+    with pytest.raises(TypeError, match="mark_static"):
+        mark_static({"not": "supported"})
 
 
 def test_func_step_is_one_frame_without_breaks():

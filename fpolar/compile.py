@@ -1,7 +1,7 @@
 """A whole train step — forward, backward, PolarGrad for the matrices, AdamW for the rest — built to be
 compiled or captured.
 
-Two recipes (README, "Compile your whole train step"):
+Three recipes (README, "Compile your whole train step"):
 
 * **CUDA graph of the eager step** (the main GPU recipe)::
 
@@ -16,15 +16,19 @@ Two recipes (README, "Compile your whole train step"):
       compiled = torch.compile(step, fullgraph=True)                       # one frame, 0 graph breaks
       # mode="reduce-overhead" on CUDA: every mutated tensor is marked static-address already.
 
+* **torch.compile of the optimizer step alone** (model compiled separately, ``loss.backward()`` as
+  usual): ``mark_static(params, grads, state, adamw_state, hp, adamw_hp)`` once, then
+  ``torch.compile(fn_calling_polargrad_step_and_adamw_step, fullgraph=True)``.
+
 Why two backward modes: ``loss.backward()`` is a graph break for dynamo (torch 2.11–2.13 by default),
 so a fullgraph compile needs the gradient inside the traced program: ``torch.func.grad_and_value``
 over ``torch.func.functional_call`` traces as one graph. A CUDA graph records kernels, not Python, so
 the plain autograd step captures as it is, provided every tensor it touches keeps its address: the
 gradients live in ``.grad`` tensors allocated once and accumulated into in place.
 
-Everything the step mutates (parameters, ``.grad``, optimizer state) and the hparam tensors it reads
-are marked with ``torch._dynamo.mark_static_address`` at construction, so Inductor's CUDA graphs
-(``mode="reduce-overhead"``) are not skipped for mutated non-static inputs.
+Everything the step mutates (parameters, ``.grad``, optimizer state, module buffers) and the hparam
+tensors it reads are marked with ``torch._dynamo.mark_static_address`` at construction, so Inductor's
+CUDA graphs (``mode="reduce-overhead"``) are not skipped for mutated non-static inputs.
 """
 
 from __future__ import annotations
