@@ -320,8 +320,13 @@ def test_cpu_ops_accept_non_contiguous_inputs():
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
-    pytest.importorskip("triton")
+    triton = pytest.importorskip("triton")
     pytest.importorskip("numpy")  # the Triton interpreter runs the kernels with numpy
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9):
+        # Seen with triton 3.6 + numpy 2.5 (the H100 image): every interpreted launch fails with
+        # "only 0-dimensional arrays can be converted to Python scalars". There the GPU tests run the
+        # kernels for real; CI installs a current triton.
+        pytest.skip(f"the Triton {triton.__version__} interpreter fails on this numpy; kernels are tested on the GPU")
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, TRITON_INTERPRET="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
