@@ -159,7 +159,6 @@ def matmul_ceiling_tflops(device: torch.device, n: int = 8192) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     ms = bench_ms(lambda: a @ b, device, warmup_ms=100, rep_ms=400)
-    del a, b
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 

@@ -31,7 +31,7 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -432,7 +432,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--warmup-ms", type=float, default=None)
     ap.add_argument("--rep-ms", type=float, default=None)
     ap.add_argument("--budget-s", type=float, default=None,
-                    help="skip rows that would start after this many seconds (default 330 on CUDA, none on CPU)")
+                    help="skip rows that would start after this many seconds (default 300 on CUDA, none on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write every number to this JSON file")
     args = ap.parse_args(argv)
@@ -448,7 +448,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     device = pick_device(args.device)
     if args.budget_s is None:
-        args.budget_s = 330.0 if device.type == "cuda" else float("inf")
+        args.budget_s = 300.0 if device.type == "cuda" else float("inf")
     # heavyball compiles one graph per matrix shape; dion and the compiled rows add more. Dynamo's
     # default limit of 8 recompiles per function would silently fall back to eager.
     for knob in ("recompile_limit", "cache_size_limit"):
