@@ -41,9 +41,7 @@ class TestGraphSnapshot(TestCase):
         gm = aten_graph(polar_step, params, grads, fpolar.init_state(params, hp), hp)
         self.assertExpectedInline(compress(op_sequence(gm)), """\
 add
-_foreach_sub
-full_like
-_foreach_addcmul
+lerp
 as_strided_scatter
 linalg_vector_norm
 mul
@@ -54,10 +52,9 @@ mul
 sum
 mul x4
 rsub
-_foreach_mul
-_foreach_sub x2
-full_like
-_foreach_addcmul
+mul
+sub
+lerp
 as_strided_scatter
 linalg_vector_norm
 mul
@@ -70,8 +67,8 @@ mul x3
 clone
 mul
 rsub
-_foreach_mul
-_foreach_sub""")
+mul
+sub""")
 
     def test_polargrad_mixed_shapes_op_counts(self):
         """4 shape groups → 4 batched polar calls: 4 norms, 20 Gram bmm, 40 baddbmm."""
@@ -79,19 +76,17 @@ _foreach_sub""")
         hp = polar_hparams()
         gm = aten_graph(polar_step, params, grads, fpolar.init_state(params, hp), hp)
         self.assertExpectedInline(op_counts(op_sequence(gm)), """\
-_foreach_addcmul x4
-_foreach_mul x4
-_foreach_sub x8
 add x5
 as_strided_scatter x7
 baddbmm x40
 bmm x20
 clone x1
 div x4
-full_like x7
+lerp x7
 linalg_vector_norm x4
-mul x24
+mul x31
 rsub x4
+sub x7
 sum x4""")
 
     def test_adamw_step(self):

@@ -70,17 +70,30 @@ def _float_schedule_frames(step_fn, params, grads, state, hp, field: str, base: 
     counter = CompileCounterWithBackend("aot_eager")
     step = torch.compile(step_fn, backend=counter, fullgraph=True)
     history = []
-    for i in range(STEPS):
+    for i in range(2):
         hp = dataclasses.replace(hp, **{field: cosine(i, base) + 1e-4})
-        if i == 2:  # the one recompile has happened: anything after it is a failure
-            stance = torch.compiler.set_stance("fail_on_recompile")
-            stance.__enter__()
         step(params, grads, state, hp)
         history.append(counter.frame_count)
-    stance.__exit__(None, None, None)
+    # the one recompile has happened: anything after it is a failure
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for i in range(2, STEPS):
+            hp = dataclasses.replace(hp, **{field: cosine(i, base) + 1e-4})
+            step(params, grads, state, hp)
+            history.append(counter.frame_count)
     return history
 
 
+# torch 2.11 (the H100 image) keeps guarding on each float value (``___as_tensor(hp.lr).item() == …``):
+# every new float recompiles until the recompile limit. Measured there 2026-11-22; the README says
+# to schedule 0-d tensors. strict: if a torch 2.11 build stops doing that, this must be revisited.
+FLOAT_GOES_DYNAMIC = pytest.mark.xfail(
+    tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 13),
+    reason="torch < 2.13 recompiles on every new float scalar",
+    strict=True,
+)
+
+
+@FLOAT_GOES_DYNAMIC
 @pytest.mark.parametrize(
     "name, field, hp",
     [
@@ -100,6 +113,7 @@ def test_float_scalar_recompiles_once_then_is_dynamic(name, field, hp):
     assert history[:2] == [1, 2] and history[-1] == 2
 
 
+@FLOAT_GOES_DYNAMIC
 def test_adamw_float_lr_recompiles_once_then_is_dynamic():
     params, grads = make_problem(((16,), (4, 8)))
     h = fpolar.AdamWHParams(lr=1e-2, weight_decay=0.05)

@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from . import tensor_lists
 from .hparams import PolarGradHParams, foreach_scalar
 from .polar import polar_wide
 from .scale import nuclear_scale, shape_scale
@@ -57,7 +58,7 @@ def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:
     if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
         return
     factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
-    torch._foreach_mul_(params, foreach_scalar(factor, params[0]))
+    tensor_lists.mul_(params, foreach_scalar(factor, params[0]))
 
 
 def polargrad_step(
@@ -107,9 +108,9 @@ def polargrad_step(
         if hp.order == "momentum_first":
             if mom[0].dtype != g[0].dtype:  # momentum_dtype differs from the param dtype
                 g = [t.to(mom[0].dtype) for t in g]
-            torch._foreach_lerp_(mom, g, 1 - beta)
+            tensor_lists.lerp_(mom, g, 1 - beta)
             if hp.nesterov:
-                x = _stack_wide(torch._foreach_lerp(g, mom, beta), group)
+                x = _stack_wide(tensor_lists.lerp(g, mom, beta), group)
             else:
                 # The stacked buffer already is the batch: no copy when every param has a grad.
                 x = (buffer.mT if group.transposed else buffer) if everyone else _stack_wide(mom, group)
@@ -122,9 +123,9 @@ def polargrad_step(
             x_orient = x.mT if group.transposed else x
             step_size = _step_size(hp, group, o, x_orient)
             o_views = group_views(o.to(mom[0].dtype).contiguous(), _live_group(group, live), _shapes(params, group, live))
-            torch._foreach_lerp_(mom, o_views, 1 - beta)
+            tensor_lists.lerp_(mom, o_views, 1 - beta)
             direction = (
-                _stack_wide(torch._foreach_lerp(o_views, mom, beta), group)
+                _stack_wide(tensor_lists.lerp(o_views, mom, beta), group)
                 if hp.nesterov
                 else _stack_wide(mom, group)
             )
@@ -133,7 +134,7 @@ def polargrad_step(
 
         update = update.to(group.dtype).contiguous()
         _apply_decay(p, hp)
-        torch._foreach_sub_(p, group_views(update, _live_group(group, live), _shapes(params, group, live)))
+        tensor_lists.sub_(p, group_views(update, _live_group(group, live), _shapes(params, group, live)))
     return state
 
 
