@@ -28,7 +28,7 @@ def test_ns_implementation(m, n, cuda, dtype, kernels, norm, expected):
 
 
 def test_thresholds_are_what_the_docs_say():
-    assert GRAM_MIN_ASPECT == 2.0 and TRITON_MIN_SIDE == 2048
+    assert GRAM_MIN_ASPECT == 2.0 and TRITON_MIN_SIDE == 4096
 
 
 def test_triton_on_cpu_is_refused_clearly():

@@ -8,8 +8,9 @@ Two independent choices, made from shapes and dtypes only (at trace time, so the
    1×4096×16384 10.2 → 6.8 ms; square loses (12×768×768 0.55 → 0.76 ms, 4096² 3.4 → 4.1 ms).
    Used for n ≥ ``GRAM_MIN_ASPECT``·m, on CUDA, with Frobenius normalization.
 2. **cuBLAS or Triton** for the three NS lines. The Triton kernels compute only the lower triangle of
-   the symmetric products. Measured: 4096² 3.37 → 2.86 ms, 768×3072 a tie (1.385 vs 1.363 ms),
-   768² slower (0.55 → 0.97 ms). Used where the Gram side m ≥ ``TRITON_MIN_SIDE``.
+   the symmetric products. Measured (5 bf16 steps): 1×4096² 3.51 → 2.86 ms, 4×2048² a tie (1.99 vs
+   2.01 ms), 12×768×3072 1.39 → 1.40 ms, 12×768² 0.57 → 1.52 ms. Used where the Gram side
+   m ≥ ``TRITON_MIN_SIDE``.
 
 CPU always gets the torch path (the Triton kernels run on CPU only in the interpreter, for tests).
 """
@@ -22,7 +23,7 @@ from torch import Tensor
 from .newton_schulz import TORCH_OPS, NSOps
 
 GRAM_MIN_ASPECT = 2.0
-TRITON_MIN_SIDE = 2048
+TRITON_MIN_SIDE = 4096
 
 
 def triton_ops() -> NSOps:
@@ -63,9 +64,10 @@ def choose_ns_ops(x: Tensor, kernels: str, dtype: torch.dtype) -> NSOps:
     return TORCH_OPS
 
 
-# In Gram space only R = XXᵀ and Q·X touch the m×n matrix; the Triton kernels won both at
-# 12×768×3072 on the H100 (sym_gram 52 vs 70 µs, ns_apply 104 vs 135 µs).
-GRAM_SPACE_TRITON = True
+# In Gram space only R = XXᵀ and Q·X touch the m×n matrix. With the Triton kernels for those two the
+# GPT-2-small polar step took 4.95 ms against 3.50 ms on cuBLAS (H100, BENCHMARKS.md), so auto keeps
+# cuBLAS; kernels="triton" still selects them.
+GRAM_SPACE_TRITON = False
 
 
 def gram_space_ops(x: Tensor, kernels: str, dtype: torch.dtype) -> NSOps:

@@ -41,6 +41,8 @@ def gram_newton_schulz(
     if restart_every < 1:
         raise ValueError(f"restart_every must be ≥ 1, got {restart_every}")
     x = frobenius_normalize(x, safety, eps, dtype)
+    if ops is not TORCH_OPS:
+        x = x.contiguous()  # see newton_schulz: one copy instead of one per Triton call
     m = x.size(-2)
     eye = torch.eye(m, dtype=dtype, device=x.device)
     for start in range(0, len(schedule), restart_every):

@@ -94,6 +94,10 @@ def newton_schulz(
     if x.size(-2) > x.size(-1):
         raise ValueError(f"newton_schulz expects wide matrices (m ≤ n), got shape {tuple(x.shape)}")
     x = frobenius_normalize(x, safety, eps, dtype)
+    if ops is not TORCH_OPS:
+        # A tall group arrives as a transposed view; cuBLAS takes that as is, the Triton ops would
+        # copy it inside each call. One copy here, fused into the normalization under compile.
+        x = x.contiguous()
     gram = None
     if normalization == "aol":
         x, gram = aol_precondition(x, eps, ops)
