@@ -5,12 +5,22 @@ loop) through ``compile_results.record`` when ``FPOLAR_RESULTS_DIR`` is set. Run
 
     FPOLAR_RESULTS_DIR=results/compile python -m pytest compile_tests/test_cuda_graphs.py -v -rs
 
-Tolerances are relative to how far the parameters moved: PolarGrad's polar factor is bf16 on CUDA, so
-a last-bit difference in its input (Inductor fuses and reorders fp32 work) can flip a bf16 rounding.
+Compiled-vs-eager tolerances are relative to how far the parameters moved from their start. On CUDA
+the polar iteration runs in bf16 by default, and Inductor's fused normalization rounds its fp32 input
+differently from eager, which flips bf16 roundings that training then amplifies. So the equality tests
+run the polar iteration in fp32 (``polar_dtype=torch.float32``) with TF32 matmuls off (``fp32_math``):
+eager and compiled then do the same fp32 math up to reduction order, held to 1e-5 relative for the
+optimizer step alone and 1e-4 for the whole train step (the loss feeds differences back). One test keeps
+the bf16 default, on a single step, at 3e-2 relative (a few bf16 ulps of the polar factor).
+
+``polar="svd"`` is not tested here: on CUDA it host-syncs (cuSOLVER's convergence check), so it does
+not belong in a CUDA graph (README, "Compile your whole train step"). ``measure_reduce_overhead_svd.py``
+records what it does under ``mode="reduce-overhead"``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import List
@@ -24,6 +34,7 @@ import fpolar
 from compile_cases import max_abs_diff
 from fpolar.compile import capture_cuda_graph, make_train_step, mark_static
 from compile_results import record
+from test_no_recompile import FLOAT_GOES_DYNAMIC
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -57,11 +68,30 @@ def loss_fn(model, x, y):
 
 
 def hparams(**polar):
-    """Scheduled scalars as 0-d tensors ON THE DEVICE: a CUDA graph reads them at every replay."""
+    """Scheduled scalars as 0-d tensors ON THE DEVICE: a CUDA graph reads them at every replay. The
+    polar iteration in fp32 unless ``polar_dtype`` is given (None: the bf16 default on CUDA)."""
+    polar.setdefault("polar_dtype", torch.float32)
     hp = fpolar.PolarGradHParams(
         lr=torch.tensor(3e-2, device=DEV), weight_decay=torch.tensor(0.01, device=DEV), **polar
     )
     return hp, fpolar.AdamWHParams(lr=torch.tensor(3e-3, device=DEV), weight_decay=torch.tensor(0.01, device=DEV))
+
+
+@contextlib.contextmanager
+def fp32_math():
+    """TF32 off for fp32 matmuls (eager cuBLAS and Inductor alike), restored on exit."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.fixture
+def no_tf32():
+    with fp32_math():
+        yield
 
 
 def set_lrs(step, i: int) -> None:
@@ -165,7 +195,7 @@ def test_cuda_graph_whole_train_step_replays_the_eager_loop(backward):
     torch.testing.assert_close(got_losses, want_losses, rtol=1e-3, atol=1e-4)
 
 
-def test_reduce_overhead_whole_train_step_runs_cuda_graphs_without_skips():
+def test_reduce_overhead_whole_train_step_runs_cuda_graphs_without_skips(no_tf32):
     start, want, want_losses = eager_run("func")
     model = gpu_model()
     step = make_train_step(model, loss_fn, *hparams(), backward="func")
@@ -194,11 +224,11 @@ def test_reduce_overhead_whole_train_step_runs_cuda_graphs_without_skips():
     )
     assert skips == 0 and not log.skips, log.skips
     assert graphs != 0
-    assert gap <= 2e-2, gap
+    assert gap <= 1e-4, gap
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_optimizer_step_with_lr_schedule_never_recompiles(mode):
+def test_compiled_optimizer_step_with_lr_schedule_never_recompiles(mode, no_tf32):
     """The other recipe: the model compiled (or not) on its own, the optimizer step compiled fullgraph."""
     steps = 50
     torch.manual_seed(0)
@@ -245,9 +275,33 @@ def test_compiled_optimizer_step_with_lr_schedule_never_recompiles(mode):
     )
     assert int(counters["stats"]["unique_graphs"]) == 1
     assert skips == 0 and not log.skips, log.skips
-    assert gap <= 2e-2, gap
+    if mode != "default":
+        assert recorded_cudagraphs() != 0
+    assert gap <= 1e-5, gap
 
 
+def test_compiled_optimizer_step_bf16_polar_one_step():
+    """The CUDA default (bf16 polar iteration, TF32 as the user left it): one compiled step against one
+    eager step. A flipped bf16 rounding moves an element of the polar factor by a few bf16 ulps
+    (2⁻⁸ relative each), so 3e-2 of the step's size."""
+    torch.manual_seed(0)
+    shapes = [(256, 64), (64, 256), (128, 128), (4, 64, 128), (256, 64)]
+    params = [torch.randn(s, device=DEV) * 0.05 for s in shapes]
+    grads = [torch.randn_like(p) * 0.01 for p in params]
+    ref = [p.clone() for p in params]
+    start = [p.clone() for p in params]
+    hp, _ = hparams(polar_dtype=None)
+    ref_hp, _ = hparams(polar_dtype=None)
+    state, ref_state = fpolar.init_state(params, hp), fpolar.init_state(ref, ref_hp)
+    fpolar.polargrad_step(ref, grads, ref_state, ref_hp)
+    torch.compile(fpolar.polargrad_step, fullgraph=True)(params, grads, state, hp)
+    torch.cuda.synchronize()
+    gap = relative_gap(params, ref, start)
+    record("compiled_optimizer_step_bf16_one_step", dict(max_abs_diff_params=max_abs_diff(params, ref), relative_gap=gap))
+    assert gap <= 3e-2, gap
+
+
+@FLOAT_GOES_DYNAMIC
 def test_float_lr_under_reduce_overhead_is_measured():
     """Not a recommendation: a Python-float lr recompiles once, then is a dynamic graph input. Records
     what that costs under CUDA graphs (recompiles, skips, re-recordings) on this torch."""
@@ -285,34 +339,40 @@ def test_float_lr_under_reduce_overhead_is_measured():
 
 
 # Gram Newton–Schulz is what "auto" picks on CUDA for n ≥ 2m, so the tests above already cover it.
-@pytest.mark.parametrize("backend", ["svd", "qdwh", "aol"])
-def test_other_polar_backends_under_reduce_overhead_are_measured(backend):
-    """Which backends keep CUDA graphs (recorded, not asserted: SVD/QR may sync with the host)."""
+# SVD host-syncs (README): measure_reduce_overhead_svd.py records it, no test asserts it.
+@pytest.mark.parametrize("backend", ["qdwh", "aol"])
+def test_other_polar_backends_run_as_cuda_graphs(backend, no_tf32):
+    """QDWH (QR + Cholesky, no info checks) and the AOL Newton–Schulz schedule: no CUDA-graph skip, a
+    graph recorded, and the same result as eager (fp32 math, 1e-4 of the distance travelled: QR and
+    Cholesky amplify last-bit differences more than Newton–Schulz does)."""
     polar = dict(polar=backend) if backend != "aol" else dict(coefficients="aol")
     torch.manual_seed(0)
     params = [torch.randn(64, 128, device=DEV), torch.randn(128, 64, device=DEV)]
+    ref, start = [p.clone() for p in params], [p.clone() for p in params]
     grads = [torch.randn_like(p) for p in params]
     hp, _ = hparams(**polar)
-    state = fpolar.init_state(params, hp)
+    ref_hp, _ = hparams(**polar)
+    state, ref_state = fpolar.init_state(params, hp), fpolar.init_state(ref, ref_hp)
     mark_static(params, grads, state, hp)
     counters.clear()
     torch._dynamo.reset()
     ro = torch.compile(fpolar.polargrad_step, mode="reduce-overhead", fullgraph=True)
-    error = None
     with CudagraphLog() as log:
-        try:
-            for _ in range(5):
-                torch.compiler.cudagraph_mark_step_begin()
-                ro(params, grads, state, hp)
-            torch.cuda.synchronize()
-        except Exception as e:  # recorded: the point is to learn which backends capture
-            error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        for _ in range(5):
+            fpolar.polargrad_step(ref, grads, ref_state, ref_hp)
+            torch.compiler.cudagraph_mark_step_begin()
+            ro(params, grads, state, hp)
+        torch.cuda.synchronize()
+    skips, graphs = int(counters["inductor"]["cudagraph_skips"]), recorded_cudagraphs()
+    gap = relative_gap(params, ref, start)
     record(
         f"reduce_overhead_backend_{backend}",
-        dict(cudagraph_skips=int(counters["inductor"]["cudagraph_skips"]), skip_messages=log.skips,
-             unique_graphs=int(counters["stats"]["unique_graphs"]), error=error),
+        dict(cudagraph_skips=skips, skip_messages=log.skips, recorded_cudagraphs=graphs,
+             unique_graphs=int(counters["stats"]["unique_graphs"]), relative_gap=gap),
     )
-    assert error is None, error
+    assert skips == 0 and not log.skips, log.skips
+    assert graphs != 0
+    assert gap <= 1e-4, gap
 
 
 def test_triton_kernels_appear_as_fpolar_ops_in_the_graph():
@@ -328,7 +388,7 @@ def test_triton_kernels_appear_as_fpolar_ops_in_the_graph():
     torch.manual_seed(0)
     params = [torch.randn(256, 512, device=DEV), torch.randn(512, 256, device=DEV)]
     grads = [torch.randn_like(p) for p in params]
-    hp, _ = hparams(kernels="triton")
+    hp, _ = hparams(kernels="triton", polar_dtype=None)
     state = fpolar.init_state(params, hp)
     torch._dynamo.reset()
     counts = op_counts(op_sequence(aten_graph(fpolar.polargrad_step, params, grads, state, hp)))
@@ -348,4 +408,4 @@ def test_triton_kernels_appear_as_fpolar_ops_in_the_graph():
              reduce_overhead_cudagraph_skips=int(counters["inductor"]["cudagraph_skips"]), skip_messages=log.skips),
     )
     assert fpolar_ops, counts
-    assert not log.skips, log.skips
+    assert int(counters["inductor"]["cudagraph_skips"]) == 0 and not log.skips, log.skips

@@ -42,7 +42,7 @@ class TestGraphSnapshot(TestCase):
         self.assertExpectedInline(compress(op_sequence(gm)), """\
 add
 lerp
-as_strided_scatter
+select_scatter
 linalg_vector_norm
 mul
 add
@@ -55,7 +55,7 @@ rsub
 mul
 sub
 lerp
-as_strided_scatter
+select_scatter
 linalg_vector_norm
 mul
 add
@@ -77,7 +77,6 @@ sub""")
         gm = aten_graph(polar_step, params, grads, fpolar.init_state(params, hp), hp)
         self.assertExpectedInline(op_counts(op_sequence(gm)), """\
 add x5
-as_strided_scatter x7
 baddbmm x40
 bmm x20
 clone x1
@@ -86,6 +85,8 @@ lerp x7
 linalg_vector_norm x4
 mul x31
 rsub x4
+select_scatter x6
+slice_scatter x1
 sub x7
 sum x4""")
 

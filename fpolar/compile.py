@@ -81,8 +81,16 @@ def mark_static(*objects: object) -> None:
     Inductor's CUDA graphs (``mode="reduce-overhead"``) skip a graph that mutates an input whose address
     they cannot assume fixed ("skipping cudagraphs due to mutated inputs"); optimizer state is allocated
     once and only updated in place, so it can be marked. ``guard=False``: if an address did change, the
-    CUDA graph is re-recorded rather than the function recompiled. Call it before the first compiled
-    call; nothing is mutated but a marker attribute on each tensor.
+    CUDA graph is re-recorded rather than the function recompiled (``guard=True`` is not needed for the
+    marking to count). Call it before the first compiled call: dynamo reads the marker when it first
+    traces a tensor, and a later mark takes effect only after ``torch._dynamo.reset()``. Nothing is
+    mutated but a marker attribute on each tensor.
+
+    The marks are lost if the compiled function's tensor inputs alias each other and one of them is
+    mutated: AOTAutograd then traces through a synthetic base and drops every static-input index, so
+    every mutated input counts again. ``polargrad_step`` therefore takes its momentum views from the
+    stacked buffers inside the graph under torch.compile; do not pass the same storage twice (e.g. a
+    parameter and a view of it) to a compiled step yourself.
     """
     for obj in objects:
         if isinstance(obj, Tensor):

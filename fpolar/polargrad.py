@@ -103,7 +103,7 @@ def polargrad_step(
         everyone = len(live) == len(group.indices)
         p = [params[group.indices[j]] for j in live]
         g = [grads[group.indices[j]] for j in live]
-        mom = [state.momentum[group.indices[j]] for j in live]
+        mom = _momentum_views(state, group, buffer, live)
 
         if hp.order == "momentum_first":
             if mom[0].dtype != g[0].dtype:  # momentum_dtype differs from the param dtype
@@ -136,6 +136,18 @@ def polargrad_step(
         _apply_decay(p, hp)
         tensor_lists.sub_(p, group_views(update, _live_group(group, live), _shapes(params, group, live)))
     return state
+
+
+def _momentum_views(state: PolarGradState, group: ShapeGroup, buffer: Tensor, live: List[int]) -> List[Tensor]:
+    """The live params' momentum: ``state.momentum`` eagerly; under torch.compile, views of ``buffer``
+    made inside the graph. ``state.momentum`` holds views of ``buffer``, and a compiled graph whose
+    inputs alias each other with one mutated is traced through a synthetic base, which discards
+    every static-address mark (``mark_static``), so CUDA graphs (``mode="reduce-overhead"``) would
+    be skipped for "mutated inputs". Views made in the graph leave ``buffer`` the only input."""
+    if torch.compiler.is_compiling():
+        views = group_views(buffer, group, state.shapes)
+        return [views[j] for j in live]
+    return [state.momentum[group.indices[j]] for j in live]
 
 
 def _with_l2(params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], wd: Scalar) -> List[Optional[Tensor]]:
