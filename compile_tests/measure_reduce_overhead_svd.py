@@ -16,6 +16,7 @@ import torch
 from torch._dynamo.utils import counters
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fpolar  # noqa: E402
 from compile_results import record  # noqa: E402
