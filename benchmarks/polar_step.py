@@ -153,6 +153,10 @@ def whole_step_rows(shapes, floor_ms: float) -> List[Dict[str, object]]:
             for _ in range(3):
                 cstep()
             rows.append(row(f"{label} step compiled", bench(cstep), floor_ms, t_muon))
+            rstep = torch.compile(step, fullgraph=True, mode="reduce-overhead")
+            for _ in range(3):
+                rstep()
+            rows.append(row(f"{label} step compiled reduce-overhead", bench(rstep), floor_ms, t_muon))
         except Exception as e:  # noqa: BLE001
             rows.append({"name": f"{label} step compiled", "error": repr(e)[:160]})
         try:
