@@ -42,7 +42,6 @@ class TestGraphSnapshot(TestCase):
         self.assertExpectedInline(compress(op_sequence(gm)), """\
 add
 lerp
-select_scatter
 linalg_vector_norm
 mul
 add
@@ -55,7 +54,6 @@ rsub
 mul
 sub
 lerp
-select_scatter
 linalg_vector_norm
 mul
 add
@@ -79,14 +77,13 @@ sub""")
 add x5
 baddbmm x40
 bmm x20
+cat x1
 clone x1
 div x4
-lerp x7
+lerp x4
 linalg_vector_norm x4
 mul x31
 rsub x4
-select_scatter x6
-slice_scatter x1
 sub x7
 sum x4""")
 

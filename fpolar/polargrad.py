@@ -28,9 +28,16 @@ from .validation import check_params_and_grads
 Scalar = Union[float, Tensor]
 
 
+def _stack(tensors: Sequence[Tensor], group: ShapeGroup) -> Tensor:
+    """Stack per-param tensors into the group's (B, m, n) batch, in the parameters' orientation."""
+    if len(tensors) == 1:
+        return tensors[0].reshape(-1, group.m, group.n)
+    return torch.cat([t.reshape(-1, group.m, group.n) for t in tensors])
+
+
 def _stack_wide(tensors: Sequence[Tensor], group: ShapeGroup) -> Tensor:
-    """Stack per-param tensors into the group's (B, m, n) batch, as a wide (m ≤ n) view."""
-    x = torch.cat([t.reshape(-1, group.m, group.n) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1, group.m, group.n)
+    """``_stack`` as a wide (m ≤ n) view."""
+    x = _stack(tensors, group)
     return x.mT if group.transposed else x
 
 
@@ -105,7 +112,20 @@ def polargrad_step(
         g = [grads[group.indices[j]] for j in live]
         mom = _momentum_views(state, group, buffer, live)
 
-        if hp.order == "momentum_first":
+        # Under torch.compile, with every grad present, the momentum update runs on the whole stacked
+        # buffer: per-param in-place ops on views of it are functionalized into one full-buffer
+        # scatter per param (measured on the H100: 0.2 ms kernels, the compiled step 7.7 ms vs 5.8
+        # eager). The stack of grads fuses into the lerp kernel. Eagerly, foreach over the views
+        # reads each grad once and needs no stack copy.
+        stacked = everyone and torch.compiler.is_compiling()
+        if hp.order == "momentum_first" and stacked:
+            gs = _stack(g, group).to(buffer.dtype)
+            buffer.lerp_(gs, 1 - beta)
+            xs = gs.lerp(buffer, beta) if hp.nesterov else buffer
+            x = xs.mT if group.transposed else xs
+            o = _polar_of(x, group, hp)
+            update = _upcast(o, group) * _step_size(hp, group, o, xs)
+        elif hp.order == "momentum_first":
             if mom[0].dtype != g[0].dtype:  # momentum_dtype differs from the param dtype
                 g = [t.to(mom[0].dtype) for t in g]
             tensor_lists.lerp_(mom, g, 1 - beta)
@@ -122,14 +142,19 @@ def polargrad_step(
             o = _polar_of(x, group, hp)
             x_orient = x.mT if group.transposed else x
             step_size = _step_size(hp, group, o, x_orient)
-            o_views = group_views(o.to(mom[0].dtype).contiguous(), _live_group(group, live), _shapes(params, group, live))
-            tensor_lists.lerp_(mom, o_views, 1 - beta)
-            direction = (
-                _stack_wide(tensor_lists.lerp(o_views, mom, beta), group)
-                if hp.nesterov
-                else _stack_wide(mom, group)
-            )
-            direction = direction.mT if group.transposed else direction
+            if stacked:
+                om = o.to(buffer.dtype)
+                buffer.lerp_(om, 1 - beta)
+                direction = om.lerp(buffer, beta) if hp.nesterov else buffer
+            else:
+                o_views = group_views(o.to(mom[0].dtype).contiguous(), _live_group(group, live), _shapes(params, group, live))
+                tensor_lists.lerp_(mom, o_views, 1 - beta)
+                direction = (
+                    _stack_wide(tensor_lists.lerp(o_views, mom, beta), group)
+                    if hp.nesterov
+                    else _stack_wide(mom, group)
+                )
+                direction = direction.mT if group.transposed else direction
             update = _upcast(direction, group) * step_size
 
         update = update.to(group.dtype).contiguous()
