@@ -113,7 +113,8 @@ def test_float_scalar_recompiles_once_then_is_dynamic(name, field, hp):
     assert history[:2] == [1, 2] and history[-1] == 2
 
 
-@FLOAT_GOES_DYNAMIC
+# AdamW's float lr goes dynamic after one recompile on torch 2.11 too (XPASS there, H100 2026-11-22):
+# only the polar step's use of the float (lr·s in the update scale) stays specialized on 2.11.
 def test_adamw_float_lr_recompiles_once_then_is_dynamic():
     params, grads = make_problem(((16,), (4, 8)))
     h = fpolar.AdamWHParams(lr=1e-2, weight_decay=0.05)
