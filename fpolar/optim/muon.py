@@ -13,7 +13,9 @@ import torch
 
 from ..hparams import PolarGradHParams
 from .base import PolarOptimizer, Scalar
+from .group_state import SCHEDULED_KEYS
 from .polargrad import HPARAM_DEFAULTS as _HP
+from .polargrad import POLARGRAD_KEYS
 
 ADJUST_LR_FNS: Dict[Optional[str], str] = {None: "shape", "original": "shape", "match_rms_adamw": "rms_adamw"}
 
@@ -153,25 +155,6 @@ class Muon(PolarOptimizer):
             if isinstance(ns, str) or not isinstance(ns, (tuple, list)) or len(ns) != 3:
                 raise ValueError(f"ns_coefficients must be three numbers (a, b, c), got {ns!r}")
             coefficients = [tuple(ns)]
-        return PolarGradHParams(
-            lr=lr,
-            momentum=group["momentum"],
-            nesterov=group["nesterov"],
-            weight_decay=weight_decay,
-            weight_decay_mode=group["weight_decay_mode"],
-            order=group["order"],
-            scale=scale,
-            extra_scale=group["extra_scale"],
-            polar=group["polar"],
-            coefficients=coefficients,
-            ns_steps=group["ns_steps"],
-            schedule_overflow=group["schedule_overflow"],
-            eps=group["eps"],
-            polar_dtype=group["polar_dtype"],
-            kernels=group["kernels"],
-            qdwh_iters=group["qdwh_iters"],
-            qdwh_l0=group["qdwh_l0"],
-            polish_steps=group["polish_steps"],
-            gram_restart=group["gram_restart"],
-            momentum_dtype=group["momentum_dtype"],
-        )
+        fields = {k: group[k] for k in POLARGRAD_KEYS if k not in SCHEDULED_KEYS}
+        fields.update(scale=scale, coefficients=coefficients)
+        return PolarGradHParams(lr=lr, weight_decay=weight_decay, **fields)
