@@ -117,6 +117,8 @@ def polargrad_step(
         # reads each grad once and needs no stack copy.
         stacked = everyone and torch.compiler.is_compiling()
         mom = [] if stacked else _momentum_views(state, group, buffer, live)
+        # the live params' layout in a (B_live, m, n) stack, for handing stacked results back per param
+        live_group, live_shapes = _live_group(group, live), _shapes(params, group, live)
         if hp.order == "momentum_first" and stacked:
             gs = _stack(g, group).to(buffer.dtype)
             buffer.lerp_(gs, 1 - beta)
@@ -146,7 +148,7 @@ def polargrad_step(
                 buffer.lerp_(om, 1 - beta)
                 direction = om.lerp(buffer, beta) if hp.nesterov else buffer
             else:
-                o_views = group_views(o.to(mom[0].dtype).contiguous(), _live_group(group, live), _shapes(params, group, live))
+                o_views = group_views(o.to(mom[0].dtype).contiguous(), live_group, live_shapes)
                 tensor_lists.lerp_(mom, o_views, 1 - beta)
                 direction = (
                     _stack_wide(tensor_lists.lerp(o_views, mom, beta), group)
@@ -158,7 +160,7 @@ def polargrad_step(
 
         update = update.to(group.dtype).contiguous()
         _apply_decay(p, hp)
-        tensor_lists.sub_(p, group_views(update, _live_group(group, live), _shapes(params, group, live)))
+        tensor_lists.sub_(p, group_views(update, live_group, live_shapes))
     return state
 
 
