@@ -22,8 +22,7 @@ def describe_plan(state: PolarGradState, hparams: PolarGradHParams) -> List[Dict
     rows = []
     for g in state.groups:
         m, n = min(g.m, g.n), max(g.m, g.n)
-        probe = torch.empty(0, device=g.device, dtype=g.dtype)
-        dtype = spec.compute_dtype(probe)
+        dtype = spec.compute_dtype_for(g.dtype, g.device.type == "cuda")
         impl = spec.method
         if spec.method == "newton_schulz":
             impl = ns_implementation(m, n, g.device.type == "cuda", dtype, spec.kernels, spec.normalization)

@@ -123,11 +123,15 @@ class PolarSpec:
 
     def compute_dtype(self, x: Tensor) -> torch.dtype:
         """The dtype the iteration runs in for input ``x``."""
+        return self.compute_dtype_for(x.dtype, x.is_cuda)
+
+    def compute_dtype_for(self, input_dtype: torch.dtype, on_cuda: bool) -> torch.dtype:
+        """The dtype the iteration runs in for inputs of ``input_dtype``, on CUDA or not."""
         if self.dtype is not None:
             return self.dtype
-        if self.method in ("newton_schulz", "gram_newton_schulz") and x.is_cuda:
+        if self.method in ("newton_schulz", "gram_newton_schulz") and on_cuda:
             return torch.bfloat16
-        return torch.promote_types(x.dtype, torch.float32)
+        return torch.promote_types(input_dtype, torch.float32)
 
 
 def ns_ops_for(x: Tensor, spec: PolarSpec) -> NSOps:
