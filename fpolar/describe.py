@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-import torch
 
 from .hparams import PolarGradHParams
 from .polar.dispatch import ns_implementation
