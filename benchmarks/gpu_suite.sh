@@ -4,9 +4,9 @@
 # Results land in $OUT (default ./gpu_results): at most 8 files.
 #
 #   bash benchmarks/gpu_suite.sh            # from the repository root, on a CUDA machine
-#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper train
+#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper
 # A device call is limited to 10 minutes, so the parts are run as three calls there:
-# "tests compile", "polar peers", "lm paper"; "train" (the whole-step benchmark, about 8 min) alone.
+# "tests compile", "polar peers", "lm paper".
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
