@@ -36,7 +36,7 @@ for part in $PARTS; do
     polar) timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" 2>&1 | tee -a "$log" ;;
     peers) timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" 2>&1 | tee -a "$log" ;;
     lm)    timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" 2>&1 | tee -a "$log" ;;
-    train) timeout 470 python3 benchmarks/train.py --budget-s 420 --json "$OUT/train.json" --md "$OUT/train.md" 2>&1 | tee -a "$log" ;;
+    train) timeout 450 python3 benchmarks/train.py --budget-s 400 --json "$OUT/train.json" --md "$OUT/train.md" 2>&1 | tee -a "$log" ;;
     paper) timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" 2>&1 | tee -a "$log" ;;
     *) echo "unknown part $part" | tee -a "$log" ;;
   esac
