@@ -18,8 +18,8 @@ device, sets the pace. ``StepProgram`` runs it as one program instead:
   are graph inputs, so a schedule does not recompile.
 
 The layout — which groups step, which of their params have a grad, the identity of each group's
-state and hparams objects (new ones come with a changed static hparam or a first step), and whether
-an AdamW group's weight decay is zero — is checked at every step; a new layout is warmed up and
+state and hparams objects (new ones come with a changed static hparam or a first step), whether an
+AdamW group's weight decay is zero, and the params' addresses — is checked at every step; a new layout is warmed up and
 captured again, and the old graph is dropped.
 """
 
@@ -123,8 +123,10 @@ class StepProgram:
         ]
         if not work:
             return
+        # Param addresses too: a graph writes where the params were at capture (``p.data = …`` moves one).
         layout = tuple(
-            (id(rt), id(rt.state), id(rt.hparams), tuple(g is not None for g in grads), decay)
+            (id(rt), id(rt.state), id(rt.hparams), tuple(g is not None for g in grads), decay,
+             tuple(p.data_ptr() for p in rt.params))
             for rt, grads, decay in work
         )
         if self.backend == "compile":
