@@ -11,8 +11,8 @@ Muon runs 5 Newton–Schulz steps, momentum 0.95 with Nesterov, no weight decay.
 
 Per recipe, with the model eager and with ``torch.compile(model)``: median ms per step (CUDA events, one
 step each, after the first and ``--warmup-steps`` more), first-step seconds (building the optimizer,
-compiling and capturing land here; the compiled model's own compile is done before the column starts
-and reported apart), the peak allocated memory over the timed steps, and the optimizer overhead = step
+compiling and capturing land here, or in the warm-up steps' seconds, also kept, for a capture made at a
+later step; the compiled model's own compile is done before the column starts and reported apart), the peak allocated memory over the timed steps, and the optimizer overhead = step
 − the AdamW-only step of the same model mode in the same run. The loss of the first and last step is
 kept as a check that the recipe trains (the batch is fixed, so it must fall).
 
@@ -194,6 +194,11 @@ def fpolar_muon_eager(run: Run) -> Step:
     return _loop(run, _fpolar_muon(run, compiled=False))
 
 
+def fpolar_muon_grads_kept(run: Run) -> Step:
+    # .grad tensors zeroed in place keep their addresses: the captured step reads them, no copy
+    return _loop(run, _fpolar_muon(run), set_to_none=False)
+
+
 def _hparams(device: torch.device) -> Tuple[fpolar.PolarGradHParams, fpolar.AdamWHParams]:
     """torch.optim.Muon's math on fpolar's functional step; 0-d tensor lrs on the device."""
     polar = fpolar.PolarGradHParams(
@@ -277,6 +282,7 @@ def recipes() -> List[Recipe]:
         Recipe("heavyball Muon + fused AdamW", "peer", heavyball_muon, needs="heavyball", compiles=True),
         Recipe("Emerging-Optimizers Muon + fused AdamW", "peer", eo_muon, needs="emerging_optimizers"),
         Recipe("fpolar.optim.Muon(param_groups(model))", "fpolar", fpolar_muon),
+        Recipe("fpolar.optim.Muon, zero_grad(set_to_none=False)", "fpolar", fpolar_muon_grads_kept, cuda_only=True),
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
         Recipe("fpolar step compiled apart (torch.compile)", "fpolar", _fpolar_optimizer_compiled(None), compiles=True),
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),
@@ -349,9 +355,11 @@ def measure(recipe: Recipe, run: Run, batch: Tuple[Tensor, Tensor], args: argpar
     first_loss = step(*batch)
     sync(device)
     first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     for _ in range(args.warmup_steps):
         step(*batch)
     sync(device)
+    warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, last_loss = step_times_ms(step, batch, args.steps, device)
@@ -359,6 +367,7 @@ def measure(recipe: Recipe, run: Run, batch: Tuple[Tensor, Tensor], args: argpar
         "ms": statistics.median(times),
         "ms_min": min(times),
         "first_step_s": first_s,
+        "warmup_steps_s": warmup_s,  # captures made at a later step (CUDA graphs) land here
         "loss_first": float(first_loss),
         "loss_last": float(last_loss),
     }
