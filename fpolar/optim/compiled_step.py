@@ -17,7 +17,8 @@ device, sets the pace. ``StepProgram`` runs it as one program instead:
   ``torch.compile(fullgraph=True)``; dynamo's guards recompile for a new layout, and the lr tensors
   are graph inputs, so a schedule does not recompile.
 
-The layout — which groups step, which of their params have a grad, the identity of each group's
+Layouts that cannot be captured (a group on the SVD backend, whose solver syncs with the host, or a
+capture that fails: a warning says so) run eagerly. The layout — which groups step, which of their params have a grad, the identity of each group's
 state and hparams objects (new ones come with a changed static hparam or a first step), whether an
 AdamW group's weight decay is zero, and the params' addresses — is checked at every step; a new layout is warmed up and
 captured again, and the old graph is dropped.
@@ -25,6 +26,7 @@ captured again, and the old graph is dropped.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -78,6 +80,12 @@ def _decays(group: dict) -> bool:
     return isinstance(wd, Tensor) or float(wd) != 0.0
 
 
+def _capturable(work: Work) -> bool:
+    """Whether the math can be recorded in a CUDA graph: not with the SVD backend, whose solver
+    checks convergence on the host."""
+    return not any(rt.algorithm == "polargrad" and rt.hparams.polar == "svd" for rt, _, _ in work)  # type: ignore[union-attr]
+
+
 def run_math(work: Work, fused_adamw: bool) -> None:
     """The functional steps of the stepping groups, in order (what eager ``_apply`` does)."""
     for rt, grads, decay in work:
@@ -110,6 +118,7 @@ class StepProgram:
         self._graph_grads: List[List[Optional[Tensor]]] = []
         self._compiled: Optional[Callable[[Work, bool], None]] = None
         self._compiler = compiler
+        self._eager_layout: Optional[tuple] = None  # a layout whose capture failed: it runs eagerly
 
     def __call__(self, optimizer: Any) -> None:
         """One step's math for ``optimizer`` (a ``PolarOptimizer`` whose ``_prepare`` just ran):
@@ -133,6 +142,8 @@ class StepProgram:
             self._run_compiled(work)
         elif torch.cuda.is_current_stream_capturing():
             run_math(work, fused_adamw=self._fused(work))  # inside the user's own capture: just record
+        elif layout == self._eager_layout or not _capturable(work):
+            run_math(work, fused_adamw=self._fused(work))
         else:
             self._run_graph(work, layout)
         self.layout = layout
@@ -170,10 +181,17 @@ class StepProgram:
             self._warm = True
             return
         if self._graph is None:
-            self._graph_grads = [list(grads) for _, grads, _ in work]  # kept: the graph reads these
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            try:
+                with torch.cuda.graph(graph):
+                    run_math(work, fused)
+            except RuntimeError as e:  # nothing ran during the failed capture: run this step eagerly
+                warnings.warn(f"fpolar.optim: capturing the step in a CUDA graph failed ({str(e).strip()[:200]}); "
+                              "this parameter layout runs eagerly (pass compiled=False to skip the attempt)")
+                self._eager_layout, self._warm = layout, False
                 run_math(work, fused)
+                return
+            self._graph_grads = [list(grads) for _, grads, _ in work]  # kept: the graph reads these
             self._graph = graph
             self.captures += 1
         else:

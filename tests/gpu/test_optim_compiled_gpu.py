@@ -100,3 +100,17 @@ def test_fused_adamw_matches_foreach_on_cuda():
         fused_adamw_step(hp_params, grads, s_f, hp)
         fpolar.adamw_step(ref, grads, s_r, hp)
     torch.testing.assert_close(hp_params, ref, **TOL)
+
+
+def test_svd_backend_is_not_captured_and_still_steps():
+    """The SVD solver checks convergence on the host, so its layouts run eagerly, never captured."""
+    p_e, p_g = make_params(), make_params()
+    kw = dict(lr=0.02, weight_decay=0.0, polar="svd", polar_dtype=torch.float32)
+    opt_e, opt_g = fo.Muon(p_e[:4], compiled=False, **kw), fo.Muon(p_g[:4], **kw)
+    for k in range(3):
+        write_grads(p_e[:4], k, in_place=False)
+        write_grads(p_g[:4], k, in_place=False)
+        opt_e.step()
+        opt_g.step()
+    assert opt_g._program is not None and opt_g._program.captures == 0
+    torch.testing.assert_close(p_g[:4], p_e[:4], **TOL)
