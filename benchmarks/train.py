@@ -152,7 +152,7 @@ def dion_muon_cuda_graph(run: Run) -> Step:
     from dion.cuda_graph import CudaGraphOptimizer
 
     # its wrapper captures the optimizer step after the warm-up steps; .grad must keep its address
-    return _loop(run, CudaGraphOptimizer(_dion_muon(run), warmup_steps=3), set_to_none=False)
+    return _loop(run, CudaGraphOptimizer(_dion_muon(run), warmup_steps=2), set_to_none=False)
 
 
 def heavyball_muon(run: Run) -> Step:
