@@ -43,6 +43,7 @@ run_part() {
     polar)   timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" ;;
     peers)   timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" ;;
     lm)      timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" ;;
+    train)   timeout 450 python3 benchmarks/train.py --budget-s 400 --json "$OUT/train.json" --md "$OUT/train.md" ;;
     paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
     *)       echo "unknown part $1; parts: $ALL_PARTS"; return 2 ;;
   esac
