@@ -316,14 +316,15 @@ class TuningPlan:
 # Known good ranges: AdamW's matrix lr ~1e-3..3e-3 at this size; match_rms_adamw makes Muon's lr
 # AdamW's; the shape rule's ~0.01..0.05. PolarGrad's step is lr·⟨O, M⟩·O with ‖M‖_* of the blocks'
 # gradients ≈ 2..15 at init here, so an update RMS like AdamW's (≈ 0.2·lr_adamw ≈ 4e-4) needs
-# lr ≈ 4e-4·√max(m, n)/‖M‖_* ≈ 1e-3..6e-3; ‖M‖_* falls as training goes on, pushing the best lr up
-# (lm.py's small model settled at 0.08), hence a wide grid for it (the edge extension covers more).
+# lr ≈ 4e-4·√max(m, n)/‖M‖_* ≈ 1e-3..6e-3 at init (CPU, one batch); the EMA momentum's ‖M‖_* is
+# smaller than a gradient's and falls as training goes on, pushing the best lr up (lm.py's small model
+# on easy text settled at 0.08), hence 5 points up to 4e-2 (the edge extension reaches 0.16).
 FULL_PLAN = TuningPlan(
     grids={
         "adamw": (5e-4, 1e-3, 2e-3, 4e-3),
         "muon_rms": (5e-4, 1e-3, 2e-3, 4e-3),
         "muon_shape": (5e-3, 1e-2, 2e-2, 4e-2),
-        "polargrad": (2.5e-3, 1e-2, 4e-2, 1.6e-1),
+        "polargrad": (2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2),
     },
     aux={"adamw": None, "muon_rms": None, "muon_shape": 2e-3, "polargrad": 2e-3},
     variants=(("muon_rms", "polar_express"), ("polargrad", "muon_coefs"), ("polargrad", "qdwh")),
@@ -696,6 +697,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps, small plan: a pipeline test")
     ap.add_argument("--runs", default=None, help="explicit runs family:lr:aux[:variant[:seed]],… instead of the plan")
     ap.add_argument("--steps", type=int, default=None, help="override the config's step count")
+    ap.add_argument("--batch", type=int, default=None, help="override the batch size (e.g. for a CPU check)")
     ap.add_argument("--eval-batches", type=int, default=None, help="validation batches of the curve (default 16)")
     ap.add_argument("--final-windows", type=int, default=None, help="validation windows for the final loss (default all)")
     ap.add_argument("--workers", type=int, default=None, help="training processes sharing the device (default 8; 2 quick)")
@@ -711,6 +713,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = QUICK if args.quick else FULL
     if args.steps:
         cfg = dataclasses.replace(cfg, steps=args.steps, eval_every=max(1, min(cfg.eval_every, args.steps)))
+    if args.batch:
+        cfg = dataclasses.replace(cfg, batch=args.batch)
     if args.eval_batches:
         cfg = dataclasses.replace(cfg, eval_batches=args.eval_batches)
     if args.final_windows:
@@ -752,7 +756,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary = summarize(plan, results, step_ms, cfg)
     pending = [s.run_id for _, s in (plan_all(plan, results) if plan else [("", s) for s in explicit])
                if s.run_id not in results]
-    payload = {**meta, "step_ms": step_ms, "runs": list(results.values()), "summary": summary, "errors": errors,
+    payload = {**meta, "step_ms": step_ms, "runs": [results[k] for k in sorted(results)], "summary": summary, "errors": errors,
                "pending": pending, "wall_s": time.time() - t_start}
     with open(os.path.join(args.out, "lm_text.json"), "w") as f:
         json.dump(payload, f, indent=1, default=str)
