@@ -479,6 +479,9 @@ def run_pool(plan: Optional[TuningPlan], explicit: List[RunSpec], cfg: Config, c
     """Train every run of ``plan`` (or the ``explicit`` list) on ``workers`` processes until all are
     finished or ``deadline`` passes. ``results`` (finished runs) is updated in place; ``step_ms`` gets
     each configuration's ms/step (measured first, alone, when missing). Returns the errors."""
+    if plan is not None and all(s.run_id in results for _, s in plan_all(plan, results)) and all(
+            f"{f}+{v}" in step_ms for f, v in plan.variants) and all(f in step_ms for f in plan.grids):
+        return []  # everything finished earlier: no processes to start
     ctx = mp.get_context("spawn")
     corpus_path = os.path.join(run_dir, "corpus.pt")
     torch.save({k: getattr(corpus, k) for k in ("root", "train_files", "val_files", "train", "val")}, corpus_path)
