@@ -96,7 +96,8 @@ def _check_common(state_dict: Any, kind: str, shapes: Sequence[torch.Size], keys
     saved_kind = state_dict.get("kind")
     if saved_kind != kind:
         if saved_kind in ("PolarGradState", "AdamWState"):
-            raise ValueError(f"this is a {saved_kind} checkpoint; load it into a {saved_kind}, not a {kind}")
+            a = "an" if saved_kind.startswith("A") else "a"
+            raise ValueError(f"this is {a} {saved_kind} checkpoint; load it into {a} {saved_kind}, not into this {kind}")
         raise ValueError(f"not a {kind} checkpoint ('kind' is {saved_kind!r}); expected the dict from {kind}.state_dict()")
     missing = [k for k in ("shapes", *keys) if k not in state_dict]
     if missing:

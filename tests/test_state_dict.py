@@ -125,3 +125,22 @@ def test_scheduled_lr_is_not_pinned_and_no_hparams_means_tensors_only():
     state.load_state_dict(saved, hparams=fpolar.PolarGradHParams(lr=0.001, weight_decay=0.1))
     state.load_state_dict(saved)  # no hparams to compare: the tensors' layout is still checked
     assert state.step.item() == 1
+
+
+def test_adamw_checkpoint_that_does_not_fit_is_refused_and_changes_nothing():
+    hp = fpolar.AdamWHParams(lr=1e-2)
+    params = _params(AD_SHAPES)
+    state = fpolar.init_adamw_state(params, hp)
+    fpolar.adamw_step(params, _grads(params, torch.Generator().manual_seed(5)), state, hp)
+    saved = _save_load(state.state_dict(hparams=hp))
+    cases = [
+        (fpolar.init_adamw_state(_params([(7,), (), (5, 3)])), None, r"params\[2\] of shape \(3, 5\) but this state's params\[2\] has shape \(5, 3\)"),
+        (fpolar.init_adamw_state(_params(AD_SHAPES, dtype=torch.float64)), None, r"exp_avg\[0\] is torch.float32 but this state's is torch.float64"),
+        (fpolar.init_adamw_state(_params(AD_SHAPES)), fpolar.AdamWHParams(lr=1e-2, betas=(0.9, 0.95)), r"betas: saved \[0.9, 0.999\], given \[0.9, 0.95\]"),
+        (fpolar.init_state(_params(SHAPES)), None, r"this is an AdamWState checkpoint; load it into an AdamWState, not into this PolarGradState"),
+    ]
+    for target, load_hp, error in cases:
+        before = copy.deepcopy(_tensors(target))
+        with pytest.raises(ValueError, match=error):
+            target.load_state_dict(saved, hparams=load_hp)
+        assert all(torch.equal(a, b) for a, b in zip(before, _tensors(target)))
