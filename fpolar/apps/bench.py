@@ -8,9 +8,9 @@ bf16; its float32 row runs the same code with the iteration in fp32 (patched for
 CUDA both libraries iterate in bf16; on CPU fpolar defaults to fp32 (bf16 matmuls are much slower
 there), so the CPU table has both dtypes.
 
-How long: 6 rows × (about 4 + --reps) steps on CPU, 3 rows on CUDA. On a 2-core CPU the bf16 rows
-dominate: several minutes with the defaults, and more on a busy machine (--reps 2 for a quick look);
-seconds on a GPU. The full GPU benchmarks (per shape group, kernels, peers, the FLOP floor) live in
+How long: 6 rows × (about 4 + --reps) steps on CPU, 3 rows on CUDA. On CPU the bf16 rows dominate:
+--reps 2 took 2 minutes on a busy shared 2-core CPU, and the default --reps 10 takes about three times
+as many steps; seconds on a GPU. The full GPU benchmarks (per shape group, kernels, peers, the FLOP floor) live in
 the repository's ``benchmarks/``.
 """
 
