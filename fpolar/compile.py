@@ -46,6 +46,7 @@ from .inductor_options import inductor_options
 from .polargrad import polargrad_step
 from .routing import is_matrix
 from .state import AdamWState, PolarGradState, init_adamw_state, init_state
+from .validation import check_real_dense_float
 
 LossFn = Callable[..., Tensor]
 """``loss_fn(model, *batch) -> loss``: a 0-d tensor. It calls ``model`` itself, so any forward works."""
@@ -175,6 +176,16 @@ class TrainStep:
             if not p.requires_grad:
                 continue
             (polar if split(name, p) else adamw).append((name, p))
+        # Checked here with the model's names ("0.weight"), before init_state would name "params[0]".
+        for name, p in polar + adamw:
+            check_real_dense_float(p, f"parameter {name!r}")
+        for name, p in polar:
+            if not is_matrix(p):
+                raise ValueError(
+                    f"split sent parameter {name!r} of shape {tuple(p.shape)} to PolarGrad, which takes non-empty "
+                    "tensors with ≥ 2 dims; return False for it from split (the default split, "
+                    "fpolar.compile.matrices_to_polar, sends it to AdamW)"
+                )
         self.polar_names: Tuple[str, ...] = tuple(n for n, _ in polar)
         self.adamw_names: Tuple[str, ...] = tuple(n for n, _ in adamw)
         self.polar_params: List[Tensor] = [p for _, p in polar]
@@ -253,12 +264,31 @@ class TrainStep:
 
         # torch.func.grad enables grad inside even under an outer no_grad, which the update needs.
         with torch.no_grad():
-            grads, loss = torch.func.grad_and_value(loss_of)(self._func_params)
+            try:
+                grads, loss = torch.func.grad_and_value(loss_of)(self._func_params)
+            except RuntimeError as e:
+                if "mutate a captured Tensor" not in str(e):
+                    raise
+                raise RuntimeError(self._buffer_mutation_hint()) from e
             self._apply(
                 [grads[f"model.{n}"] for n in self.polar_names],
                 [grads[f"model.{n}"] for n in self.adamw_names],
             )
         return loss.detach()
+
+    def _buffer_mutation_hint(self) -> str:
+        stateful = [
+            f"{name!r} ({type(m).__name__})"
+            for name, m in self.model.named_modules()
+            if m.training and any(True for _ in m.buffers(recurse=False))
+        ]
+        which = f" (modules with buffers in train mode: {', '.join(stateful)})" if stateful else ""
+        return (
+            f"backward='func' cannot run a forward that updates module buffers in place{which}, e.g. BatchNorm's "
+            "running statistics: torch.func's gradient transform refuses in-place writes to captured tensors. "
+            "Build the step with make_train_step(..., backward='autograd') (it also captures in a CUDA graph), "
+            "or put those modules in eval mode. Nothing was updated."
+        )
 
     def _apply(self, polar_grads: List[Tensor], adamw_grads: List[Tensor]) -> None:
         if self.polar_params:

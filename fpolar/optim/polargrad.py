@@ -49,7 +49,9 @@ class PolarGrad(PolarOptimizer):
             "adamw" groups). Default 1e-3 (torch.optim.AdamW's): nuclear-scaled lrs are not on AdamW's
             scale. None means "the polar group's lr".
         adamw_betas, adamw_eps: AdamW's (0.9, 0.999) and 1e-8.
-        adamw_weight_decay: None (default) means "the polar group's weight_decay".
+        adamw_weight_decay: None (default): the AdamW part split off a "polargrad" group uses that
+            group's weight_decay; an explicit "adamw" group (e.g. from ``param_groups``) uses
+            torch.optim.AdamW's default 0.01.
         compiled: how ``step()`` runs the math after its eager checks. None (default): on CUDA,
             one CUDA graph per parameter layout (AdamW groups through torch's fused AdamW kernel),
             captured at a layout's second step and replayed after, recaptured when the layout changes
