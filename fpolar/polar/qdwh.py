@@ -29,6 +29,30 @@ def qdwh_weights(l: float) -> tuple[float, float, float, float]:
     return a, b, c, min(l_next, 1.0)
 
 
+def check_l0(l0: object, iters: int) -> None:
+    """Refuse a ``qdwh_l0`` the weights can't be computed from, naming it: not a real number, outside
+    (0, 1], or so small that l0⁴ underflows (the weights divide by it) or √c overflows float32 (the QR
+    form multiplies the input by √c). Runs once, when the hparams are built."""
+    if isinstance(l0, bool) or not isinstance(l0, (int, float)):
+        raise TypeError(f"qdwh_l0 must be a float in (0, 1] or None, got {type(l0).__name__} {l0!r}")
+    v = float(l0)
+    if not (0.0 < v <= 1.0):
+        raise ValueError(f"qdwh_l0 must lie in (0, 1], got {l0!r}")
+    l = v
+    try:
+        for _ in range(iters):
+            a, b, c, l = qdwh_weights(l)
+            ok = all(math.isfinite(t) for t in (a, b, c, l)) and math.sqrt(c) < torch.finfo(torch.float32).max
+            if not ok:
+                raise OverflowError
+    except (ZeroDivisionError, OverflowError, ValueError):
+        raise ValueError(
+            f"qdwh_l0={l0!r} is too small: the Halley weights computed from it underflow or overflow "
+            "(values down to about 1e-57 work; the default, machine eps of the dtype, is what the "
+            "method is built for)"
+        ) from None
+
+
 def _halley_qr(x: Tensor, a: float, b: float, c: float) -> Tensor:
     """One step in QR form on wide x (m ≤ n): stable for any c.
 
