@@ -95,15 +95,16 @@ def zero_where(found: Tensor, x: Tensor) -> Tensor:
 
 
 def select_scalar(found: Tensor, if_found: float, value: Scalar) -> Tensor:
-    """``if_found`` where ``found`` else ``value`` (a float, 0-d or broadcastable tensor), as a tensor
-    on ``found``'s device in at least float32."""
+    """``if_found`` where ``found`` else ``value`` (a float, 0-d or broadcastable tensor), as a tensor on
+    ``found``'s device: a float becomes float64 (a Python float's own precision; as a 0-d tensor it
+    does not promote the tensors it multiplies), a tensor keeps its dtype promoted to float32."""
     if isinstance(value, Tensor):
         dtype = torch.promote_types(value.dtype, torch.float32)
         return torch.where(found, torch.full((), if_found, dtype=dtype, device=value.device), value.to(dtype))
     return torch.where(
         found,
-        torch.full((), if_found, dtype=torch.float32, device=found.device),
-        torch.full((), value, dtype=torch.float32, device=found.device),
+        torch.full((), if_found, dtype=torch.float64, device=found.device),
+        torch.full((), value, dtype=torch.float64, device=found.device),
     )
 
 

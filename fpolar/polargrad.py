@@ -20,10 +20,11 @@ from torch import Tensor
 
 from . import tensor_lists
 from .hparams import PolarGradHParams, foreach_scalar
+from .nonfinite import Snapshot, count_step, found_nonfinite, select_scalar, unscale_grads, zero_where
 from .polar import polar_wide
 from .scale import nuclear_scale, shape_scale
 from .state import PolarGradState, ShapeGroup, group_views
-from .validation import check_params_and_grads
+from .validation import check_amp_tensors, check_params_and_grads
 
 Scalar = Union[float, Tensor]
 
@@ -41,18 +42,25 @@ def _stack_wide(tensors: Sequence[Tensor], group: ShapeGroup) -> Tensor:
     return x.mT if group.transposed else x
 
 
-def _polar_of(x_wide: Tensor, group: ShapeGroup, hp: PolarGradHParams) -> Tensor:
-    """Polar factor of the wide batch, returned in the param orientation (B, m, n)."""
+def _polar_of(x_wide: Tensor, group: ShapeGroup, hp: PolarGradHParams, found: Optional[Tensor]) -> Tensor:
+    """Polar factor of the wide batch, returned in the param orientation (B, m, n). On a skipped call
+    (``found``) the input is zeros, so no backend sees NaN and the factor is exactly zero."""
+    if found is not None:
+        x_wide = zero_where(found, x_wide)
     o = polar_wide(x_wide, hp.polar_spec)
     return o.mT if group.transposed else o
 
 
-def _step_size(hp: PolarGradHParams, group: ShapeGroup, o: Tensor, x: Tensor) -> Union[Tensor, float]:
-    """lr·s·extra_scale: a (B, 1, 1) tensor for nuclear scaling, else a scalar (float or 0-d tensor)."""
+def _step_size(
+    hp: PolarGradHParams, group: ShapeGroup, o: Tensor, x: Tensor, found: Optional[Tensor]
+) -> Union[Tensor, float]:
+    """lr·s·extra_scale: a (B, 1, 1) tensor for nuclear scaling, else a scalar (float or 0-d tensor);
+    exactly 0 on a skipped call (a select: ⟨O, X⟩ is NaN there)."""
     if hp.scale == "nuclear":
-        s = nuclear_scale(o, x)[:, None, None]
-        return s * (hp.lr * hp.extra_scale)
-    return hp.lr * (shape_scale(hp.scale, group.m, group.n) * hp.extra_scale)
+        size = nuclear_scale(o, x)[:, None, None] * (hp.lr * hp.extra_scale)
+    else:
+        size = hp.lr * (shape_scale(hp.scale, group.m, group.n) * hp.extra_scale)
+    return size if found is None else select_scalar(found, 0.0, size)
 
 
 def _upcast(t: Tensor, group: ShapeGroup) -> Tensor:
@@ -60,11 +68,13 @@ def _upcast(t: Tensor, group: ShapeGroup) -> Tensor:
     return t.to(torch.promote_types(group.dtype, torch.float32))
 
 
-def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:
+def _apply_decay(params: List[Tensor], hp: PolarGradHParams, found: Optional[Tensor]) -> None:
     wd = hp.weight_decay
     if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
         return
     factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
+    if found is not None:
+        factor = select_scalar(found, 1.0, factor)  # p·1 keeps every bit
     tensor_lists.mul_(params, foreach_scalar(factor, params[0]))
 
 
@@ -73,23 +83,35 @@ def polargrad_step(
     grads: Sequence[Optional[Tensor]],
     state: PolarGradState,
     hparams: PolarGradHParams,
+    *,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
 ) -> PolarGradState:
     """One PolarGrad / PolarGradM / Muon step (see ``PolarGradHParams`` for the math).
 
     Args:
-        params: matrix parameters (each ≥ 2-D, real float, dense). **Updated in place.**
+        params: matrix parameters (each ≥ 2-D, real float, dense, distinct). **Updated in place.**
         grads: one per param, same shape/dtype/device, or None to skip that param this step (its
             momentum is left untouched). Not modified, also under ``weight_decay_mode="l2"``.
-        state: from ``init_state(params, hparams)``. **Updated in place** (momentum, step).
+        state: from ``init_state(params, hparams)``. **Updated in place** (momentum, step, skipped).
         hparams: ``PolarGradHParams``.
+        grad_scale: optional 0-d tensor (GradScaler-style): the grads are divided by it first.
+        found_inf: optional one-element tensor (GradScaler-style): nonzero makes the call a no-op, as a
+            non-finite grad does under ``nonfinite="skip"``.
+
+    With ``hparams.nonfinite="skip"`` (default), a call where any grad holds NaN/±inf (or
+    ``found_inf`` is nonzero) leaves params, momentum and ``state.step`` bitwise unchanged and adds 1
+    to ``state.skipped``; the decision stays on the device (no host sync, one compiled graph).
+    The math runs under ``torch.no_grad()``, so params that require grad need no context.
 
     Returns:
         ``state`` (the same object), for convenience.
 
     Raises:
         TypeError/ValueError before any tensor is modified: list length mismatch, a grad whose
-        shape/dtype/device differs from its param, a 0-/1-D or non-float/complex/sparse tensor, or a
-        state built for other params.
+        shape/dtype/device differs from its param, a 0-/1-D or non-float/complex/sparse tensor, a param
+        listed twice, an expanded or inference-mode param, or a state built for other params or
+        edited (a momentum tensor of another shape/dtype).
     """
     if not isinstance(hparams, PolarGradHParams):
         raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
@@ -97,16 +119,39 @@ def polargrad_step(
         raise TypeError(f"state must be a PolarGradState from fpolar.init_state, got {type(state).__name__}")
     check_params_and_grads(params, grads, matrices=True)
     state.check_matches(params)
+    hparams.polar_spec.check_runnable(state.groups)
+    check_amp_tensors(grad_scale, found_inf)
+    with torch.no_grad():
+        _polargrad_step(params, grads, state, hparams, grad_scale, found_inf)
+    return state
 
-    hp = hparams
+
+def _polargrad_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: PolarGradState,
+    hp: PolarGradHParams,
+    grad_scale: Optional[Tensor],
+    found_inf: Optional[Tensor],
+) -> None:
     beta = hp.momentum
+    grads = unscale_grads(grads, grad_scale)
     if hp.weight_decay_mode == "l2":
         grads = _with_l2(params, grads, hp.weight_decay)
-    state.step.add_(1)
+    found: Optional[Tensor] = None
+    if hp.nonfinite == "skip":
+        found = found_nonfinite(grads, state.step.device, found_inf)
+    elif found_inf is not None:
+        found = found_nonfinite([], state.step.device, found_inf)
+    if found is None:
+        state.step.add_(1)
+    else:
+        count_step(state.step, state.skipped, found)  # type: ignore[arg-type]
     for group, buffer in zip(state.groups, state.buffers):
         live = [j for j, i in enumerate(group.indices) if grads[i] is not None]
         if not live:
             continue
+        snapshot = None if found is None else Snapshot([buffer])
         everyone = len(live) == len(group.indices)
         p = [params[group.indices[j]] for j in live]
         g = [grads[group.indices[j]] for j in live]
@@ -124,8 +169,8 @@ def polargrad_step(
             buffer.lerp_(gs, 1 - beta)
             xs = gs.lerp(buffer, beta) if hp.nesterov else buffer
             x = xs.mT if group.transposed else xs
-            o = _polar_of(x, group, hp)
-            update = _upcast(o, group) * _step_size(hp, group, o, xs)
+            o = _polar_of(x, group, hp, found)
+            update = _upcast(o, group) * _step_size(hp, group, o, xs, found)
         elif hp.order == "momentum_first":
             if mom[0].dtype != g[0].dtype:  # momentum_dtype differs from the param dtype
                 g = [t.to(mom[0].dtype) for t in g]
@@ -135,14 +180,14 @@ def polargrad_step(
             else:
                 # The stacked buffer already is the batch: no copy when every param has a grad.
                 x = (buffer.mT if group.transposed else buffer) if everyone else _stack_wide(mom, group)
-            o = _polar_of(x, group, hp)
+            o = _polar_of(x, group, hp, found)
             x_orient = x.mT if group.transposed else x
-            update = _upcast(o, group) * _step_size(hp, group, o, x_orient)
+            update = _upcast(o, group) * _step_size(hp, group, o, x_orient, found)
         else:
             x = _stack_wide(g, group)
-            o = _polar_of(x, group, hp)
+            o = _polar_of(x, group, hp, found)
             x_orient = x.mT if group.transposed else x
-            step_size = _step_size(hp, group, o, x_orient)
+            step_size = _step_size(hp, group, o, x_orient, found)
             if stacked:
                 om = o.to(buffer.dtype)
                 buffer.lerp_(om, 1 - beta)
@@ -159,9 +204,10 @@ def polargrad_step(
             update = _upcast(direction, group) * step_size
 
         update = update.to(group.dtype).contiguous()
-        _apply_decay(p, hp)
+        _apply_decay(p, hp, found)
         tensor_lists.sub_(p, group_views(update, live_group, live_shapes))
-    return state
+        if snapshot is not None:
+            snapshot.restore(found)  # type: ignore[arg-type]
 
 
 def _momentum_views(state: PolarGradState, group: ShapeGroup, buffer: Tensor, live: List[int]) -> List[Tensor]:

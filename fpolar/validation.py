@@ -148,9 +148,23 @@ def check_scalar(
         raise ValueError(f"{what} is NaN")
     if v in (math.inf, -math.inf):
         raise ValueError(f"{what} must be finite, got {v}")
-    if low_open and v <= low:
-        raise ValueError(f"{what} must be > {low}, got {v}")
     if v < low:
         raise ValueError(f"{what} must be ≥ {low}, got {v}")
+    if low_open and v == low:
+        raise ValueError(f"{what} must be > {low}, got {v}")
     if high is not None and (v >= high if high_open else v > high):
         raise ValueError(f"{what} must be {'<' if high_open else '≤'} {high}, got {v}")
+
+
+def check_amp_tensors(grad_scale: Any, found_inf: Any) -> None:
+    """GradScaler-style arguments: ``grad_scale`` a one-element floating tensor, ``found_inf`` a
+    one-element real or bool tensor; either may be None."""
+    for what, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{what} must be a one-element tensor or None, got {type(t).__name__} {t!r}")
+        if t.numel() != 1 or t.is_complex() or t.device.type == "meta":
+            raise ValueError(f"{what} must be a one-element real tensor on a real device, got shape {tuple(t.shape)}, {t.dtype} on {t.device}")
+    if grad_scale is not None and not grad_scale.is_floating_point():
+        raise TypeError(f"grad_scale must be a floating tensor, got {grad_scale.dtype}")

@@ -13,7 +13,7 @@ Backends (``method``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -120,6 +120,16 @@ class PolarSpec:
             polish_steps=polish_steps,
             gram_restart=gram_restart,
         )
+
+    def check_runnable(self, groups: Sequence[Any]) -> None:
+        """Raise ValueError for settings that could only fail inside a step on these shape groups
+        (anything with ``.device``): Triton kernels asked for on a device without them."""
+        if self.kernels == "triton" and self.method in ("newton_schulz", "gram_newton_schulz"):
+            for g in groups:
+                if g.device.type != "cuda":
+                    raise ValueError(
+                        f"kernels='triton' needs CUDA tensors, but params are on {g.device}; use 'auto' or 'torch'"
+                    )
 
     def compute_dtype(self, x: Tensor) -> torch.dtype:
         """The dtype the iteration runs in for input ``x``."""
