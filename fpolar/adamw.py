@@ -54,16 +54,29 @@ def adamw_step(
     Returns:
         ``state``. Raises TypeError/ValueError before touching any tensor on bad input.
     """
-    if not isinstance(hparams, AdamWHParams):
-        raise TypeError(f"hparams must be AdamWHParams, got {type(hparams).__name__}")
     if not isinstance(state, AdamWState):
         raise TypeError(f"state must be an AdamWState from fpolar.init_adamw_state, got {type(state).__name__}")
-    check_params_and_grads(params, grads, matrices=False)
-    state.check_matches(params)
-    check_amp_tensors(grad_scale, found_inf)
+    check_step_inputs(params, grads, state, hparams, grad_scale, found_inf)
     with torch.no_grad():
         _adamw_step(params, grads, state, hparams, grad_scale, found_inf)
     return state
+
+
+def check_step_inputs(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: Optional[AdamWState],
+    hparams: AdamWHParams,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """Every check ``adamw_step`` makes before it changes anything (``state=None``: a fresh state)."""
+    if not isinstance(hparams, AdamWHParams):
+        raise TypeError(f"hparams must be AdamWHParams, got {type(hparams).__name__}")
+    check_params_and_grads(params, grads, matrices=False)
+    if state is not None:
+        state.check_matches(params)
+    check_amp_tensors(grad_scale, found_inf)
 
 
 def _adamw_step(

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .coefficients import CoefficientSpec, Overflow
 from .nonfinite import NonfiniteMode, check_nonfinite_mode
-from .polar import PolarMethod, PolarSpec
+from .polar import POLAR_OPTIONS, PolarMethod, PolarSpec
 from .scale import SCALE_RULES, ScaleRule
 from .validation import check_scalar
 
@@ -88,6 +88,8 @@ class PolarGradHParams:
         nonfinite: "skip" (default): a call whose grads hold any NaN/±inf changes nothing (params,
             momentum, step) and adds 1 to ``state.skipped``, decided on the device without a host
             sync; "propagate": no check, the non-finite values flow into the update.
+        polar_spec: derived, not an argument: the ``PolarSpec`` built from ``polar`` and the fields
+            named in ``fpolar.polar.POLAR_OPTIONS`` (the same names ``fpolar.polar()`` takes).
     """
 
     lr: Scalar
@@ -137,19 +139,7 @@ class PolarGradHParams:
         ):
             raise TypeError(f"momentum_dtype must be a floating torch.dtype or None, got {self.momentum_dtype!r}")
         check_nonfinite_mode(self.nonfinite)
-        spec = PolarSpec.build(
-            self.polar,
-            coefficients=self.coefficients,
-            steps=self.ns_steps,
-            overflow=self.schedule_overflow,
-            eps=self.eps,
-            dtype=self.polar_dtype,
-            kernels=self.kernels,
-            qdwh_iters=self.qdwh_iters,
-            qdwh_l0=self.qdwh_l0,
-            polish_steps=self.polish_steps,
-            gram_restart=self.gram_restart,
-        )
+        spec = PolarSpec.build(self.polar, **{name: getattr(self, name) for name in POLAR_OPTIONS})
         object.__setattr__(self, "polar_spec", spec)
 
 

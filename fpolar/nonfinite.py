@@ -54,7 +54,7 @@ def found_nonfinite(
     """
     buckets: Dict[tuple, List[Tensor]] = {}
     for g in grads:
-        if g is not None:
+        if g is not None and g.numel() > 0:  # an empty tensor holds nothing to check (and max has no identity)
             buckets.setdefault((g.device, g.dtype), []).append(g)
     flags: List[Tensor] = []
     for (dev, _), gs in buckets.items():

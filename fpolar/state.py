@@ -3,7 +3,8 @@
 The plan groups matrix parameters by (matrix shape, dtype, device). Each group keeps its momentum as
 ONE stacked buffer (B, m, n); every parameter's momentum is a view into it. The momentum update writes
 through the views (foreach), and the polar step reads the stacked buffer directly: no stack copy per
-step.
+step. The plan also holds, per group, the one dispatch decision of how its polar factor is computed
+(``PolarImpl``: method, kernels, iteration dtype), taken here and read by the step and ``describe_plan``.
 
 How parameters become matrices:
     2-D (m, n)              one matrix
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .hparams import AdamWHParams, PolarGradHParams
+from .polar import PolarImpl, PolarSpec
 from .validation import check_matrix_tensor, check_real_dense_float, check_tensor_list
 
 
@@ -90,6 +92,11 @@ def plan_shape_groups(params: Sequence[Tensor]) -> Tuple[ShapeGroup, ...]:
     return tuple(groups)
 
 
+def plan_polar_impls(groups: Sequence[ShapeGroup], spec: PolarSpec) -> Tuple[PolarImpl, ...]:
+    """Per shape group, how ``spec`` computes its polar factor (``PolarSpec.impl_for``)."""
+    return tuple(spec.impl_for(g.m, g.n, g.dtype, g.device) for g in groups)
+
+
 def group_views(stacked: Tensor, group: ShapeGroup, shapes: Sequence[torch.Size]) -> List[Tensor]:
     """Per-parameter views of a contiguous (B, m, n) group tensor, each reshaped to its param's shape."""
     return [
@@ -110,6 +117,8 @@ class PolarGradState:
         shapes: the param shapes the state was built for.
         skipped: 0-d int64 tensor, calls skipped for a non-finite grad (``nonfinite="skip"``); such a
             call leaves ``step``, the momentum and the params unchanged.
+        polar_spec: the ``PolarSpec`` that ``polar_impls`` were decided for (None: not decided yet).
+        polar_impls: per group, how its polar factor is computed (see ``polar_impls_for``).
     """
 
     step: Tensor
@@ -118,6 +127,16 @@ class PolarGradState:
     groups: Tuple[ShapeGroup, ...]
     shapes: Tuple[torch.Size, ...]
     skipped: Optional[Tensor] = None
+    polar_spec: Optional[PolarSpec] = None
+    polar_impls: Tuple[PolarImpl, ...] = ()
+
+    def polar_impls_for(self, spec: PolarSpec) -> Tuple[PolarImpl, ...]:
+        """Per group, how ``spec`` computes its polar factor: the decisions taken by ``init_state``, or,
+        for a spec other than the one they were taken for (hparams changed since), the same rule applied
+        now. Shapes, dtypes and options only: no tensor is read."""
+        if spec is self.polar_spec or spec == self.polar_spec:
+            return self.polar_impls
+        return plan_polar_impls(self.groups, spec)
 
     def __post_init__(self) -> None:
         if self.skipped is None:
@@ -182,16 +201,15 @@ def _check_counter(t: object, what: str, dtype: torch.dtype, device: Optional[to
 def init_state(params: Sequence[Tensor], hparams: Optional[PolarGradHParams] = None) -> PolarGradState:
     """Fresh ``polargrad_step`` state for ``params`` (each ≥ 2-D): zero momentum, step 0.
 
-    Momentum buffers have the param dtype (or ``hparams.momentum_dtype``) and device. Params are not
-    modified. Raises TypeError/ValueError for non-matrix or non-float params.
+    Momentum buffers have the param dtype (or ``hparams.momentum_dtype``) and device. With ``hparams``,
+    each shape group's polar implementation is decided here (``PolarGradState.polar_impls``). Params are
+    not modified. Raises TypeError/ValueError for non-matrix or non-float params.
     """
     params = check_tensor_list(params, "params")
     for i, p in enumerate(params):
         check_matrix_tensor(p, f"params[{i}]")
     mdtype = hparams.momentum_dtype if hparams is not None else None
     groups = plan_shape_groups(params)
-    if hparams is not None:
-        hparams.polar_spec.check_runnable(groups)
     shapes = tuple(p.shape for p in params)
     momentum: List[Optional[Tensor]] = [None] * len(params)
     buffers = []
@@ -202,7 +220,17 @@ def init_state(params: Sequence[Tensor], hparams: Optional[PolarGradHParams] = N
             momentum[i] = view
     device = params[0].device if params else torch.device("cpu")
     step = torch.zeros((), dtype=torch.float32, device=device)
-    return PolarGradState(step=step, momentum=momentum, buffers=buffers, groups=groups, shapes=shapes)  # type: ignore[arg-type]
+    spec = hparams.polar_spec if hparams is not None else None
+    impls = plan_polar_impls(groups, spec) if spec is not None else ()
+    return PolarGradState(
+        step=step,
+        momentum=momentum,  # type: ignore[arg-type]
+        buffers=buffers,
+        groups=groups,
+        shapes=shapes,
+        polar_spec=spec,
+        polar_impls=impls,
+    )
 
 
 @dataclass

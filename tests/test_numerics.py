@@ -76,7 +76,7 @@ def test_qdwh_l0_limits_named():
     with pytest.raises(TypeError, match="qdwh_l0 must be a float in \\(0, 1\\] or None, got str 'tiny'"):
         check_l0("tiny", 2)
     x = torch.randn(2, 8, 12)
-    assert torch.isfinite(qdwh_polar(x, l0=1e-57, iters=6)).all()
+    assert torch.isfinite(qdwh_polar(x, qdwh_l0=1e-57, qdwh_iters=6)).all()
 
 
 def test_qdwh_rank_deficient_limits():
@@ -85,10 +85,10 @@ def test_qdwh_rank_deficient_limits():
     u, v = torch.randn(3, 8, 1), torch.randn(3, 1, 12)
     r1 = u @ v
     top = (u / u.norm(dim=-2, keepdim=True)) @ (v / v.norm(dim=-1, keepdim=True))  # the exact polar factor
-    o = qdwh_polar(r1, iters=2)
+    o = qdwh_polar(r1, qdwh_iters=2)
     sv = torch.linalg.svdvals(o.double())
     assert sv[:, 1].max().item() > 0.05  # the limit is real (a second direction appears)
     assert (o * top).sum((-2, -1)).min().item() > 0.75  # the true direction still leads
-    o = qdwh_polar(r1, iters=2, l0=1e-3)
+    o = qdwh_polar(r1, qdwh_iters=2, qdwh_l0=1e-3)
     sv = torch.linalg.svdvals(o.double())
     assert sv[:, 1].max().item() < 2e-3 and sv[:, 0].min().item() > 0.99

@@ -23,7 +23,10 @@ import torch
 from torch import Tensor
 
 from ..adamw import adamw_step
+from ..adamw import check_step_inputs as check_adamw_inputs
 from ..hparams import AdamWHParams, PolarGradHParams
+from ..nonfinite import found_nonfinite
+from ..polargrad import check_step_inputs as check_polargrad_inputs
 from ..polargrad import polargrad_step
 from ..validation import check_params_and_grads, check_real_dense_float
 from . import checkpoint
@@ -66,8 +69,12 @@ class PolarOptimizer(torch.optim.Optimizer):
     """
 
     polar_keys: Tuple[str, ...] = ()
+    # "skip": a step() whose grads (any group) hold NaN/±inf changes nothing and is counted in
+    # ``skipped_steps``, decided on the device; "propagate": no check. Set it on the instance.
+    nonfinite: str = "skip"
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
+        self._skipped: Optional[Tensor] = None
         if isinstance(params, set):
             raise TypeError("params must be an ordered collection (a list), not a set: set order changes between runs")
         # add_param_group (called by the base constructor) appends here.
@@ -86,7 +93,9 @@ class PolarOptimizer(torch.optim.Optimizer):
     def _hparams(self, group: Mapping[str, Any], algorithm: str, lr: Scalar, weight_decay: Scalar) -> HParams:
         if algorithm == "polargrad":
             return self._polar_hparams(group, lr, weight_decay)
-        return AdamWHParams(lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=weight_decay)
+        return AdamWHParams(
+            lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=weight_decay, nonfinite="propagate"
+        )
 
     def validate_group(self, group: Mapping[str, Any], where: str) -> HParams:
         """Check a complete single-algorithm group's keys and values; returns hparams with the group's
@@ -231,6 +240,12 @@ class PolarOptimizer(torch.optim.Optimizer):
                     fill_scalar(lr_t, lr)
                     fill_scalar(wd_t, wd)
                     rebuilt = (self._hparams(group, rt.algorithm, lr_t, wd_t), lr_t, wd_t)
+                # the functional step's own checks, now, so no group steps before all pass
+                hp = rebuilt[0] if rebuilt is not None else rt.hparams
+                if rt.algorithm == "polargrad":
+                    check_polargrad_inputs(rt.params, grads, rt.state, hp)  # type: ignore[arg-type]
+                else:
+                    check_adamw_inputs(rt.params, grads, rt.state, hp)  # type: ignore[arg-type]
             plans.append((rt, key, rebuilt, lr, wd, any(g is not None for g in grads)))
 
         for rt, key, rebuilt, lr, wd, has_grad in plans:
@@ -243,16 +258,45 @@ class PolarOptimizer(torch.optim.Optimizer):
             fill_scalar(rt.weight_decay, wd)  # type: ignore[arg-type]
 
     def _apply(self) -> None:
+        calls = []
         for rt in self._runtime:
             if rt.state is None:
                 continue
             grads = [p.grad for p in rt.params]
             if all(g is None for g in grads):
                 continue  # nothing to do; leaves the group's step count alone as well
+            calls.append((rt, grads))
+        if not calls:
+            return
+        found = self._found_nonfinite(calls)
+        for rt, grads in calls:
             if rt.algorithm == "polargrad":
-                polargrad_step(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+                polargrad_step(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
             else:
-                adamw_step(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+                adamw_step(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
+
+    def _found_nonfinite(self, calls: List[Tuple[GroupRuntime, List[Optional[Tensor]]]]) -> Optional[Tensor]:
+        """One 0-d bool for the whole step(): any grad of any group NaN/±inf, or a scheduled lr /
+        weight decay tensor non-finite (set after construction; CUDA tensors are not read on the host).
+        Counted in ``skipped_steps``. None with ``nonfinite="propagate"``."""
+        if self.nonfinite != "skip":
+            return None
+        device = calls[0][0].params[0].device
+        every_grad = [g for _, grads in calls for g in grads]
+        scalars = [t for rt, _ in calls for t in (rt.lr, rt.weight_decay) if isinstance(t, Tensor)]
+        found = found_nonfinite(every_grad + scalars, device)
+        if self._skipped is None or self._skipped.device != device:
+            self._skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self._skipped.add_(found)
+        return found
+
+    @property
+    def skipped_steps(self) -> Tensor:
+        """0-d int64 tensor: ``step()`` calls skipped because a grad (or a scheduled lr / weight decay
+        tensor) was NaN/±inf. Read it with ``.item()`` when a host sync is fine (e.g. for logging)."""
+        if self._skipped is None:
+            return torch.zeros((), dtype=torch.int64)
+        return self._skipped
 
     def _install_state(self, rt: GroupRuntime, state: Any) -> None:
         """Make ``state`` the group's functional state and expose its tensors as ``self.state[p]``."""
@@ -295,7 +339,7 @@ class PolarOptimizer(torch.optim.Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        checkpoint.load(self, state_dict)
+        self._load(state_dict)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -307,7 +351,22 @@ class PolarOptimizer(torch.optim.Optimizer):
             per_param = self.state
             self.state = defaultdict(dict)
             self._runtime = [GroupRuntime(g["algorithm"], list(g["params"])) for g in self.param_groups]
-            checkpoint.load(self, checkpoint.pack(self.param_groups, per_param))
+            self._load(checkpoint.pack(self.param_groups, per_param))
+
+    @torch.no_grad()
+    def _load(self, state_dict: Any) -> None:
+        """Validate the whole checkpoint (``checkpoint.plan_load``; raises before any change), then
+        replace each group's dict and state."""
+        loads = checkpoint.plan_load(state_dict, self.param_groups, self._runtime, self.validate_group)
+        for load in loads:
+            rt = self._runtime[load.index]
+            self.param_groups[load.index] = load.group
+            rt.key = None  # hparams are rebuilt from the loaded group at the next step
+            state = checkpoint.loaded_state(load, rt)
+            if state is None:
+                self._drop_state(rt)
+            else:
+                self._install_state(rt, state)
 
 
 def _params_and_names(params: Any, where: str) -> Tuple[List[Tensor], Optional[List[str]]]:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..coefficients import Coefficient
+from .frobenius import frobenius_normalize  # noqa: F401  (re-exported: Gram NS uses it too)
 
 
 class NSOps(NamedTuple):
@@ -46,16 +47,6 @@ def _torch_apply(x: Tensor, bm: Tensor, a: float) -> Tensor:
 TORCH_OPS = NSOps(_torch_gram, _torch_poly, _torch_apply)
 
 
-def frobenius_normalize(x: Tensor, safety: float, eps: float, dtype: torch.dtype) -> Tensor:
-    """X / (safety·‖X‖_F + eps), the norm reduced in at least fp32, result cast to ``dtype``.
-
-    ‖X‖_F ≥ σ_max, so afterwards every singular value lies in [0, 1/safety].
-    """
-    acc = torch.promote_types(x.dtype, torch.float32)
-    norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True, dtype=acc)
-    return (x.to(acc) / (norm * safety + eps)).to(dtype)
-
-
 def aol_precondition(x: Tensor, eps: float, ops: NSOps) -> tuple[Tensor, Tensor]:
     """AOL row scaling (Turbo-Muon): with A = XXᵀ and s_i = 1/√(Σ_j |A_ij|), return (diag(s)X, diag(s)A diag(s)).
 
@@ -76,7 +67,7 @@ def newton_schulz(
     safety: float = 1.0,
     normalization: Literal["frobenius", "aol"] = "frobenius",
     eps: float = 1e-7,
-    dtype: torch.dtype = torch.bfloat16,
+    polar_dtype: torch.dtype = torch.bfloat16,
     ops: NSOps = TORCH_OPS,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` by Newton–Schulz.
@@ -84,16 +75,20 @@ def newton_schulz(
     Args:
         x: (B, m, n) with m ≤ n, any float dtype; not modified.
         schedule: the (a, b, c) of each step, already expanded to the step count.
-        safety, normalization, eps: how X is scaled before the first step (see ``coefficients``).
-        dtype: the dtype the iteration runs in (matmuls accumulate in fp32 on GPU).
+        safety, normalization, eps: how X is scaled before the first step (see ``coefficients``):
+            X / (safety·‖X‖_F + eps), then for "aol" also the AOL row scaling (``aol_precondition``).
+        polar_dtype: the dtype the iteration runs in (matmuls accumulate in fp32 on GPU).
         ops: the implementation of the three lines.
 
     Returns:
-        (B, m, n) in ``dtype``. A zero matrix maps to zero.
+        (B, m, n) in ``polar_dtype``. A zero matrix maps to zero.
     """
     if x.size(-2) > x.size(-1):
         raise ValueError(f"newton_schulz expects wide matrices (m ≤ n), got shape {tuple(x.shape)}")
-    x = frobenius_normalize(x, safety, eps, dtype)
+    # Every schedule starts from X/‖X‖_F, cast to the iteration dtype. AOL then scales the rows; its
+    # s_i are invariant to a scalar factor on X, so the Frobenius step before it changes the result
+    # only through eps and rounding.
+    x = frobenius_normalize(x, safety, eps, polar_dtype)
     if ops is not TORCH_OPS:
         # A tall group arrives as a transposed view; cuBLAS takes that as is, the Triton ops would
         # copy it inside each call. One copy here, fused into the normalization under compile.
