@@ -98,9 +98,9 @@ def mark_static(*objects: object) -> None:
         if isinstance(obj, Tensor):
             torch._dynamo.mark_static_address(obj, guard=False)
         elif isinstance(obj, PolarGradState):
-            mark_static(obj.step, obj.buffers, obj.momentum)
+            mark_static(obj.step, obj.skipped, obj.buffers, obj.momentum)
         elif isinstance(obj, AdamWState):
-            mark_static(obj.step, obj.exp_avg, obj.exp_avg_sq)
+            mark_static(obj.step, obj.skipped, obj.exp_avg, obj.exp_avg_sq)
         elif isinstance(obj, (PolarGradHParams, AdamWHParams)):
             mark_static(*[v for v in (obj.lr, obj.weight_decay) if isinstance(v, Tensor)])
         elif isinstance(obj, (list, tuple)):
@@ -197,8 +197,10 @@ class TrainStep:
             *self.adamw_params,
             *self.grads,
             st.step,
+            st.skipped,
             *st.buffers,
             *ast.step,
+            ast.skipped,
             *ast.exp_avg,
             *ast.exp_avg_sq,
             *self.model.buffers(),
