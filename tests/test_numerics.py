@@ -92,3 +92,65 @@ def test_qdwh_rank_deficient_limits():
     o = qdwh_polar(r1, qdwh_iters=2, qdwh_l0=1e-3)
     sv = torch.linalg.svdvals(o.double())
     assert sv[:, 1].max().item() < 2e-3 and sv[:, 0].min().item() > 0.99
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("name", ["polar_express", "quintic", "muon"])
+def test_gram_newton_schulz_bf16_stays_finite_at_any_step_count(name):
+    """Near-square bf16 inputs, 8 to 32 steps: finite, and the tail keeps σ near 1 (bf16 rounding)."""
+    import fpolar
+
+    for m, n in ((48, 48), (44, 48)):
+        x = torch.randn(3, m, n, device=DEVICE)
+        for steps in (8, 16, 32):
+            o = fpolar.polar(x, "gram_newton_schulz", coefficients=name, ns_steps=steps, polar_dtype=torch.bfloat16)
+            assert torch.isfinite(o).all(), (m, n, steps)
+            sv = torch.linalg.svdvals(o.float().cpu())
+            assert (sv - 1).abs().max().item() < 0.05, (m, n, steps, sv.min().item(), sv.max().item())
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_polar_continued_past_the_list_reaches_singular_values_one(name):
+    """Through fpolar.polar (float64): 16 steps of a named schedule give σ = 1 to 1e-3."""
+    import fpolar
+
+    x = torch.randn(2, 24, 72, dtype=torch.float64)
+    o = fpolar.polar(x, coefficients=name, ns_steps=16, polar_dtype=torch.float64)
+    sv = torch.linalg.svdvals(o)
+    assert (sv - 1).abs().max().item() < 1e-3
+
+
+def test_cycle_refused_where_it_diverges_and_kept_where_bounded():
+    import fpolar
+
+    with pytest.raises(ValueError, match="schedule_overflow='cycle' with coefficients='polar_express' and 9 steps diverges"):
+        fpolar.PolarGradHParams(lr=0.1, coefficients="polar_express", ns_steps=9, schedule_overflow="cycle")
+    fpolar.PolarGradHParams(lr=0.1, coefficients="polar_express", ns_steps=5, schedule_overflow="cycle")
+    x = torch.randn(2, 16, 40, dtype=torch.float64)
+    o = fpolar.polar(x, coefficients="quintic", ns_steps=16, schedule_overflow="cycle", polar_dtype=torch.float64)
+    assert torch.linalg.svdvals(o).max().item() < 1.5
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+@pytest.mark.parametrize("rule", ["nuclear", "shape"])
+def test_step_direction_is_scale_invariant(scale, rule):
+    """Grads ×1e20 or ×1e-30 (float32) give the update direction grads ×1 give (fresh state). The params
+    start at zero so that a nuclear-scaled update of ~1e-33 is not lost in the params' rounding."""
+    import fpolar
+
+    torch.manual_seed(0)
+    base = [torch.zeros(6, 4), torch.zeros(4, 9)]
+    grads = [torch.randn(6, 4), torch.randn(4, 9)]
+    hp = fpolar.PolarGradHParams(lr=1e-3, scale=rule, momentum=0.0)
+    moves = []
+    for c in (1.0, scale):
+        params = [p.clone() for p in base]
+        state = fpolar.init_state(params, hp)
+        fpolar.polargrad_step(params, [g * c for g in grads], state, hp)
+        moves.append([(b - p).double() for b, p in zip(base, params)])
+    for ref, got in zip(*moves):
+        assert torch.isfinite(got).all() and got.norm() > 0
+        cos = (ref * got).sum() / (ref.norm() * got.norm())
+        assert cos.item() > 1 - 1e-4

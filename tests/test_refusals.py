@@ -105,3 +105,72 @@ def test_inference_param_refused_outside_inference_mode():
     with pytest.raises(ValueError, match=r"params\[0\] was created under torch.inference_mode"):
         fpolar.polargrad_step([p], [torch.randn(6, 4)], state, hp)
     assert same_bits(polar_tensors([p], state), before)
+
+
+@pytest.mark.parametrize(
+    "kw, err, match",
+    [
+        (dict(polar="svd", polar_dtype=torch.bfloat16), ValueError, "svd runs in float32 or float64, got polar_dtype=torch.bfloat16"),
+        (dict(polar="svd", polar_dtype=torch.float8_e4m3fn), ValueError, "svd runs in float32 or float64"),
+        (dict(polar="qdwh", qdwh_l0=1e-300), ValueError, "qdwh_l0=1e-300 is too small"),
+        (dict(polar="qdwh", qdwh_l0="small"), TypeError, "qdwh_l0 must be a float in \\(0, 1\\] or None, got str 'small'"),
+        (dict(eps=0.0), ValueError, "eps must be a finite float > 0, got 0.0"),
+        (dict(eps=math.inf), ValueError, "eps must be a finite float > 0, got inf"),
+        (dict(coefficients=[(3.0, "b", 1.0)]), TypeError, r"coefficients\[0\] = \(3.0, 'b', 1.0\) holds str 'b', not a real number"),
+        (dict(nonfinite="ignore"), ValueError, "unknown nonfinite 'ignore'"),
+    ],
+)
+def test_settings_that_could_only_fail_mid_step_are_refused_at_construction(kw, err, match):
+    with pytest.raises(err, match=match):
+        fpolar.PolarGradHParams(lr=0.1, **kw)
+
+
+def test_adamw_eps_must_be_positive():
+    with pytest.raises(ValueError, match="eps must be > 0.0, got 0.0"):
+        fpolar.AdamWHParams(eps=0.0)
+
+
+def test_leaf_params_that_require_grad_step_without_no_grad():
+    """The steps run their math under no_grad, like torch.optim: no error, and the same result."""
+    ps = [torch.randn(6, 4, requires_grad=True)]
+    ref = [ps[0].detach().clone()]
+    g = [torch.randn(6, 4)]
+    hp = fpolar.PolarGradHParams(lr=0.1)
+    fpolar.polargrad_step(ps, g, fpolar.init_state(ps, hp), hp)
+    fpolar.polargrad_step(ref, g, fpolar.init_state(ref, hp), hp)
+    assert torch.equal(ps[0].detach(), ref[0]) and ps[0].requires_grad and ps[0].grad_fn is None
+    a = [torch.randn(5, requires_grad=True)]
+    aref = [a[0].detach().clone()]
+    ga = [torch.randn(5)]
+    ahp = fpolar.AdamWHParams()
+    fpolar.adamw_step(a, ga, fpolar.init_adamw_state(a, ahp), ahp)
+    fpolar.adamw_step(aref, ga, fpolar.init_adamw_state(aref, ahp), ahp)
+    assert torch.equal(a[0].detach(), aref[0])
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda st: st.momentum.__setitem__(1, torch.zeros(4, 5)), r"state.momentum\[1\] must be a view of state.buffers"),
+        (lambda st: st.momentum.__setitem__(0, torch.zeros(6, 4, dtype=torch.float64)), r"state.momentum\[0\] must be a view"),
+        (lambda st: st.momentum.__setitem__(0, torch.zeros(6, 4)), r"state.momentum\[0\] must be a view"),
+        (lambda st: st.buffers.__setitem__(0, torch.zeros(2, 6, 4)), r"state.buffers\[0\] must be a floating tensor of shape"),
+        (lambda st: setattr(st, "step", torch.zeros((), dtype=torch.int32)), "state.step must be a 0-d torch.float32 tensor"),
+    ],
+)
+def test_edited_polar_state_is_refused_before_any_change(edit, match):
+    params, state, hp = polar_setup()
+    before = bits(polar_tensors(params, state))
+    edit(state)
+    with pytest.raises(ValueError, match=match):
+        fpolar.polargrad_step(params, [torch.randn(6, 4), torch.randn(5, 5)], state, hp)
+    assert same_bits(list(params), before[: len(params)])
+
+
+def test_edited_adamw_state_is_refused_before_any_change():
+    params, state, hp = adamw_setup()
+    before = bits(adamw_tensors(params, state))
+    state.exp_avg_sq[1] = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match=r"AdamW state.exp_avg_sq\[1\] must have params\[1\]'s shape \(4, 2\)"):
+        fpolar.adamw_step(params, [torch.randn(3), torch.randn(4, 2)], state, hp)
+    assert same_bits(list(params), before[: len(params)])
