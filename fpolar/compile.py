@@ -33,13 +33,17 @@ CUDA graphs (``mode="reduce-overhead"``) are not skipped for mutated non-static 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple
+import contextlib
+import dataclasses
+import re
+from typing import Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .adamw import adamw_step
 from .hparams import AdamWHParams, PolarGradHParams
+from .nonfinite import found_nonfinite
 from .polargrad import polargrad_step
 from .routing import is_matrix
 from .state import AdamWState, PolarGradState, init_adamw_state, init_state
@@ -109,6 +113,22 @@ def mark_static(*objects: object) -> None:
             raise TypeError(f"mark_static takes tensors, lists of tensors, fpolar states or hparams, got {type(obj).__name__}")
 
 
+@contextlib.contextmanager
+def _named(names: Sequence[str]) -> Iterator[None]:
+    """Errors that say ``params[i]`` also name the parameter by its module path (``'0.weight'``)."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        if torch.compiler.is_compiling():
+            raise
+
+        def named(m: "re.Match[str]") -> str:
+            i = int(m.group(1))
+            return f"{names[i]!r} ({m.group(0)})" if i < len(names) else m.group(0)
+
+        raise type(e)(re.sub(r"(?<![\w.])params\[(\d+)\]", named, str(e))) from None
+
+
 class _LossOf(nn.Module):
     """``loss_fn(model, *batch)`` as a module, so ``functional_call`` can swap the model's parameters
     under any user-written forward, not only ``model(*inputs)``."""
@@ -175,8 +195,14 @@ class TrainStep:
         self.adamw_names: Tuple[str, ...] = tuple(n for n, _ in adamw)
         self.polar_params: List[Tensor] = [p for _, p in polar]
         self.adamw_params: List[Tensor] = [p for _, p in adamw]
-        self.polar_state: PolarGradState = init_state(self.polar_params, polar_hparams)
-        self.adamw_state: AdamWState = init_adamw_state(self.adamw_params, adamw_hparams)
+        with _named(self.polar_names):
+            self.polar_state: PolarGradState = init_state(self.polar_params, polar_hparams)
+        with _named(self.adamw_names):
+            self.adamw_state: AdamWState = init_adamw_state(self.adamw_params, adamw_hparams)
+        # One skip decision for the whole step (both calls), made here; the calls take it as found_inf.
+        self._skip = "skip" in (polar_hparams.nonfinite, adamw_hparams.nonfinite)
+        self._polar_call = dataclasses.replace(polar_hparams, nonfinite="propagate")
+        self._adamw_call = dataclasses.replace(adamw_hparams, nonfinite="propagate")
         # functional_call keys: the wrapper prefixes the model's parameter names with "model.".
         self._func_params: Dict[str, Tensor] = {f"model.{n}": p for n, p in polar + adamw}
 
@@ -259,10 +285,16 @@ class TrainStep:
         return loss.detach()
 
     def _apply(self, polar_grads: List[Tensor], adamw_grads: List[Tensor]) -> None:
+        found = None
+        if self._skip and (self.polar_params or self.adamw_params):
+            device = (self.polar_params or self.adamw_params)[0].device
+            found = found_nonfinite(list(polar_grads) + list(adamw_grads), device)
         if self.polar_params:
-            polargrad_step(self.polar_params, polar_grads, self.polar_state, self.polar_hparams)
+            with _named(self.polar_names):
+                polargrad_step(self.polar_params, polar_grads, self.polar_state, self._polar_call, found_inf=found)
         if self.adamw_params:
-            adamw_step(self.adamw_params, adamw_grads, self.adamw_state, self.adamw_hparams)
+            with _named(self.adamw_names):
+                adamw_step(self.adamw_params, adamw_grads, self.adamw_state, self._adamw_call, found_inf=found)
 
 
 def make_train_step(

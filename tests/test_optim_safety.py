@@ -131,3 +131,23 @@ def test_checkpoint_with_a_meta_tensor_is_refused_before_any_copy(key):
     with pytest.raises(ValueError, match=f"'{key}' is a tensor on the meta device"):
         opt.load_state_dict(saved)
     assert same(everything(model, opt), before)
+
+
+def test_train_step_skips_both_calls_together_and_names_params():
+    from fpolar.compile import make_train_step
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    step = make_train_step(
+        model, lambda m, x: m(x).square().mean(), fpolar.PolarGradHParams(lr=0.01), fpolar.AdamWHParams()
+    )
+    step(torch.randn(5, 4))
+    before = [p.detach().clone() for p in model.parameters()] + [b.clone() for b in step.polar_state.buffers]
+    x = torch.randn(5, 4)
+    x[0, 0] = math.nan  # every grad that sees the first sample is NaN
+    step(x)
+    after = [p.detach().clone() for p in model.parameters()] + [b.clone() for b in step.polar_state.buffers]
+    assert same(after, before)
+    assert step.polar_state.skipped.item() == 1 and step.adamw_state.skipped.item() == 1
+    with pytest.raises(ValueError, match=r"grads\[0\] has shape \(2, 2\) but '0.weight' \(params\[0\]\) has shape \(3, 4\)"):
+        step._apply([torch.randn(2, 2), torch.randn(2, 3)], [torch.randn(3), torch.randn(2)])
