@@ -3,20 +3,17 @@ cycling the list stays bounded.
 
 Each step maps every singular value σ by the odd quintic p(σ) = aσ + bσ³ + cσ⁵. The tuned lists
 (muon, quintic, polar_express, aol) push [0, 1] into a band around 1 in few steps, but none has 1 as
-a fixed point: repeating polar_express's last triple (a + b + c ≈ 1.06) settles σ near 1.035, the
-quintic's near 0.989, and muon's keeps oscillating in about [0.68, 1.13]. PolarGrad's scale ⟨O, X⟩
-then misstates ‖X‖_* by the same few percent.
+a fixed point: repeating polar_express's last triple (a + b + c ≈ 1.06) settles σ near 1.035, and
+PolarGrad's scale ⟨O, X⟩ then overstates ‖X‖_* by as much.
 
-``STABLE_TAIL`` is the classic quintic Newton–Schulz step (15/8, −5/4, 3/8): p(1) = 1 and
-p'(1) = p''(1) = 0: a + b + c = 1 makes 1 a fixed point, a + 3b + 5c = 0 makes it super-attracting,
-and p'' vanishing there too means the error is cubed at each step. p is increasing on [0, 1]
-with p(σ) ≥ σ there, and every σ ∈ (0, 1.5] converges to 1 (1.5 ↦ 1.44 ↦ … ; 1.6 diverges), so the bands the tuned lists
-leave (measured in float64: within [0.68, 1.25]) converge to 1 in a few steps.
+``STABLE_TAIL`` is the classic quintic Newton–Schulz step (15/8, −5/4, 3/8): a + b + c = 1 makes 1 a
+fixed point, and p'(1) = p''(1) = 0 make it super-attracting (the error is cubed at each step). p is
+increasing on [0, 1] with p(σ) ≥ σ there, and σ up to 1.5 converges to 1 (1.6 diverges; both pinned
+in tests/test_numerics.py), so the band a tuned list leaves converges to 1 in a few more steps.
 
 Cycling a list restarts it from its first triple, which expects σ near 0, with σ already near 1:
-polar_express's first step maps 1 to 1.55 and diverges (NaN within 9 steps). ``cycle_is_bounded``
-iterates the scalar map on a grid of σ and says whether cycling stays within the range one pass of the
-list reaches.
+polar_express's first step maps 1 to 1.55 and diverges. ``cycle_is_bounded`` iterates the scalar map on
+a grid of σ and says whether cycling stays within the range one pass of the list reaches.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ def test_stable_tail_fixes_one():
     assert a + b + c == 1.0 and a + 3 * b + 5 * c == 0.0
     for s in (0.3, 0.7, 1.2, 1.5):
         assert abs(scalar_map([STABLE_TAIL] * 12, s) - 1.0) < 1e-12
+    pe = SCHEDULES["polar_express"].coefficients[0]
+    assert abs(scalar_map([pe], 1.0) - 1.55) < 0.01
     assert scalar_map([STABLE_TAIL] * 12, 1.7) == math.inf
 
 

@@ -103,6 +103,12 @@ def qdwh_polar(
         polar_dtype: float32 or float64, the dtype of the whole computation and of the result.
 
     The input is scaled by 1/√(‖X‖₁‖X‖_∞) ≥ 1/σ_max first. A zero matrix maps to zero.
+
+    Limit (rank-deficient input): QDWH cannot tell rounding noise (σ ≈ eps·σ_max) from signal above
+    ``qdwh_l0``, so the null directions of a rank-deficient X (a rank-1 gradient from a batch of one) are
+    lifted like signal: a second direction appears, and more iterations fill in an orthogonal completion
+    (tests/test_numerics.py pins both). Set ``qdwh_l0`` above the noise (e.g. 1e-3 in float32) to keep
+    them out, at the price of converging only σ ≥ l0·σ_max, or use ``"svd"``, which drops them.
     """
     if polar_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"qdwh runs in float32 or float64, got polar_dtype={polar_dtype}")
