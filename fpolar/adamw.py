@@ -109,7 +109,10 @@ def _adamw_step(
         v = [state.exp_avg_sq[i] for i in idx]
         steps = [state.step[i] for i in idx]
         if f is not None:
-            torch._foreach_add_(steps, (~f).to(torch.float32))
+            # a list of the one 0-d tensor: the single-Tensor overload of _foreach_add_ reads its value
+            # on the host under torch.compile (a graph break)
+            keep = (~f).to(torch.float32)
+            torch._foreach_add_(steps, [keep] * len(steps))
         else:
             torch._foreach_add_(steps, 1)
         bias1, bias2 = _bias_corrections(steps, hp, gated=f is not None)

@@ -101,11 +101,10 @@ def select_scalar(found: Tensor, if_found: float, value: Scalar) -> Tensor:
     if isinstance(value, Tensor):
         dtype = torch.promote_types(value.dtype, torch.float32)
         return torch.where(found, torch.full((), if_found, dtype=dtype, device=value.device), value.to(dtype))
-    return torch.where(
-        found,
-        torch.full((), if_found, dtype=torch.float64, device=found.device),
-        torch.full((), value, dtype=torch.float64, device=found.device),
-    )
+    # ones · value, not full((), value): under torch.compile a float lr that went dynamic is a symbolic
+    # float, and full/scalar_tensor of it specialize (recompile per value); a multiply does not.
+    one = torch.ones((), dtype=torch.float64, device=found.device)
+    return torch.where(found, one * if_found, one * value)
 
 
 def count_step(step: Tensor, skipped: Tensor, found: Tensor) -> None:
