@@ -13,8 +13,10 @@ Three recipes (README, "Compile your whole train step"):
 * **torch.compile of the whole step**::
 
       step = make_train_step(model, loss_fn, polar_hp, adamw_hp, backward="func")
-      compiled = torch.compile(step, fullgraph=True)                       # one frame, 0 graph breaks
-      # mode="reduce-overhead" on CUDA: every mutated tensor is marked static-address already.
+      compiled = compile_train_step(step)                                  # one frame, 0 graph breaks
+      # = torch.compile(step, fullgraph=True, options=inductor_options()): the Inductor settings this
+      # torch needs (fpolar.inductor_options). mode="reduce-overhead" on CUDA: every mutated tensor
+      # is marked static-address already.
 
 * **torch.compile of the optimizer step alone** (model compiled separately, ``loss.backward()`` as
   usual): ``mark_static(params, grads, state, adamw_state, hp, adamw_hp)`` once, then
@@ -43,6 +45,7 @@ from torch import Tensor, nn
 
 from .adamw import adamw_step
 from .hparams import AdamWHParams, PolarGradHParams
+from .inductor_options import inductor_options
 from .nonfinite import found_nonfinite
 from .polargrad import polargrad_step
 from .routing import is_matrix
@@ -63,6 +66,7 @@ __all__ = [
     "Split",
     "TrainStep",
     "capture_cuda_graph",
+    "compile_train_step",
     "make_train_step",
     "mark_static",
     "matrices_to_polar",
@@ -329,6 +333,19 @@ def make_train_step(
         a ``TrainStep``; its optimizer state is fresh (zero momentum, step 0).
     """
     return TrainStep(model, loss_fn, polar_hparams, adamw_hparams, split=split, backward=backward)
+
+
+def compile_train_step(step: "TrainStep", *, mode: Optional[str] = None, dynamic: Optional[bool] = None) -> Callable[..., Tensor]:
+    """``torch.compile(step, fullgraph=True)`` with the Inductor options this torch needs for a whole
+    train step (``fpolar.inductor_options``: on torch < 2.13, no loop reordering after fusion, which
+    asserts on a transformer's step), scoped to this compile. ``mode`` as in torch.compile.
+
+    Returns the compiled callable (``compiled(*batch) -> loss``); it compiles at its first call.
+    Raises TypeError if ``step`` is not a ``TrainStep``, ValueError for an unknown ``mode``.
+    """
+    if not isinstance(step, TrainStep):
+        raise TypeError(f"step must be a TrainStep from make_train_step, got {type(step).__name__}")
+    return torch.compile(step, fullgraph=True, dynamic=dynamic, options=inductor_options(mode))
 
 
 class CUDAGraphTrainStep:

@@ -88,7 +88,7 @@ def polargrad_step(
         else:
             count_step(state.step, state.skipped, found)  # type: ignore[arg-type]
         for group, buffer, impl in zip(state.groups, state.buffers, impls):
-            batch = live_batch(group, buffer, impl, params, grads, state)
+            batch = live_batch(group, buffer, params, grads, state)
             if batch is None:
                 continue
             snapshot = None if found is None else Snapshot([buffer])
@@ -151,7 +151,6 @@ class GroupBatch(NamedTuple):
         momentum: the live params' momentum views for the per-param layout; None for the stacked
             layout (the momentum update runs on ``buffer`` as one tensor).
         whole: every param of the group is live, so ``buffer`` is the live momentum stack.
-        impl: how the group's polar factor is computed (decided when the plan was built).
     """
 
     group: ShapeGroup
@@ -161,7 +160,6 @@ class GroupBatch(NamedTuple):
     buffer: Tensor
     momentum: Optional[List[Tensor]]
     whole: bool
-    impl: PolarImpl
 
 
 class Orthogonalized(NamedTuple):
@@ -180,7 +178,6 @@ class Orthogonalized(NamedTuple):
 def live_batch(
     group: ShapeGroup,
     buffer: Tensor,
-    impl: PolarImpl,
     params: Sequence[Tensor],
     grads: Sequence[Optional[Tensor]],
     state: PolarGradState,
@@ -206,7 +203,6 @@ def live_batch(
         buffer=buffer,
         momentum=None if stacked else _momentum_views(state, group, buffer, live),
         whole=whole,
-        impl=impl,
     )
 
 
@@ -215,7 +211,7 @@ def live_batch(
 
 def pre_orthogonalize(batch: GroupBatch, hp: PolarGradHParams) -> Tensor:
     """The polar input X of the group, (B, m, n) in the parameters' orientation: the momentum buffer
-    itself where it is the whole batch (no copy), else a new stack (contiguous when the grads are).
+    itself where it is the whole batch (no copy), else the per-param tensors stacked.
 
     Momentum-first: M ← β·M + (1−β)·G in place, X = G.lerp(M, β) (Nesterov) or M. Polar-first: X = G
     stacked; momentum waits for O (``post_orthogonalize``). A tall group's X stays tall here:

@@ -151,3 +151,22 @@ def test_train_step_skips_both_calls_together_and_names_params():
     assert step.polar_state.skipped.item() == 1 and step.adamw_state.skipped.item() == 1
     with pytest.raises(ValueError, match=r"grads\[0\] has shape \(2, 2\) but '0.weight' \(params\[0\]\) has shape \(3, 4\)"):
         step._apply([torch.randn(2, 2), torch.randn(2, 3)], [torch.randn(3), torch.randn(2)])
+
+
+def test_compiled_program_skips_without_recompiling():
+    """The optimizer's compiled step (``StepProgram("compile")``, dynamo's aot_eager here): a NaN step and
+    clean steps run one graph, and the NaN step changes nothing."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from fpolar.optim.compiled_step import StepProgram
+
+    torch._dynamo.reset()
+    model, opt = model_and_opt(compiled="compile")
+    counter = CompileCounterWithBackend("aot_eager")
+    opt._program = StepProgram("compile", compiler=counter)
+    for k, bad in enumerate((None, 0, None, 3, None)):
+        fill_grads(model, bad)
+        before = everything(model, opt)
+        opt.step()
+        assert same(everything(model, opt), before) == (bad is not None) or k == 0
+    assert opt.skipped_steps.item() == 2 and counter.frame_count == 1

@@ -9,8 +9,10 @@ per param group per step on the whole group (one batched polar call per shape gr
   group's hparams when its static config changed, builds functional state for groups that see their
   first grad, and refills the 0-d lr / weight-decay tensors from the group's floats. It raises before
   any tensor is touched, so a bad grad in the last group leaves the first groups unchanged too.
-* ``_apply`` (traceable): the functional steps. Under ``torch.compile(opt.step)`` it is one graph whose
-  inputs include the lr tensors, so a scheduler changing ``group["lr"]`` does not recompile it.
+* the math: ``_apply`` (traceable), the functional steps. Under ``torch.compile(opt.step)`` it is one
+  graph whose inputs include the lr tensors, so a scheduler changing ``group["lr"]`` does not
+  recompile it. By default on CUDA the same steps run as one CUDA graph per parameter layout
+  instead (``fpolar.optim.compiled_step``; the ``compiled`` argument chooses).
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..adamw import adamw_step
 from ..adamw import check_step_inputs as check_adamw_inputs
 from ..hparams import AdamWHParams, PolarGradHParams
-from ..nonfinite import found_nonfinite
 from ..polargrad import check_step_inputs as check_polargrad_inputs
-from ..polargrad import polargrad_step
 from ..validation import check_params_and_grads, check_real_dense_float
 from . import checkpoint
+from .compiled_step import Compiled, StepProgram, check_compiled, resolve_backend, run_math
 from .group_state import (
     ADAMW_KEYS,
     SCHEDULED_KEYS,
@@ -73,13 +73,18 @@ class PolarOptimizer(torch.optim.Optimizer):
     # ``skipped_steps``, decided on the device; "propagate": no check. Set it on the instance.
     nonfinite: str = "skip"
 
-    def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: Dict[str, Any], compiled: Compiled = None) -> None:
         self._skipped: Optional[Tensor] = None
         if isinstance(params, set):
             raise TypeError("params must be an ordered collection (a list), not a set: set order changes between runs")
+        check_compiled(compiled)  # a bad value raises here, before anything is built
         # add_param_group (called by the base constructor) appends here.
         self._runtime: List[GroupRuntime] = []
+        # How step() runs the math (fpolar.optim.compiled_step): None = CUDA graph on CUDA, else eager.
+        self._compiled_arg: Compiled = compiled
+        self._program: Optional[StepProgram] = None
         super().__init__(params, defaults)
+        self._step_program()  # compiled="cuda_graph" with a param off CUDA raises now
 
     # ----------------------------------------------------------------- hparams
 
@@ -199,9 +204,27 @@ class PolarOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
+            program = self._step_program()
             self._prepare()
-            self._apply()
+            if program is None:
+                self._apply()
+            else:
+                program(self)
         return loss
+
+    def _step_program(self) -> Optional[StepProgram]:
+        """The program that runs this step's math, or None for eager ``_apply``: never under
+        torch.compile (the caller's compile traces ``_apply``); chosen from the ``compiled`` argument
+        and the params' devices at every step, so groups added later count."""
+        if torch.compiler.is_compiling():
+            return None
+        devices = {p.device for rt in self._runtime for p in rt.params}
+        backend = resolve_backend(self._compiled_arg, sorted(devices, key=str))
+        if backend is None:
+            self._program = None
+        elif self._program is None or self._program.backend != backend:
+            self._program = StepProgram(backend)
+        return self._program
 
     @torch.compiler.disable
     def _prepare(self) -> None:
@@ -258,37 +281,27 @@ class PolarOptimizer(torch.optim.Optimizer):
             fill_scalar(rt.weight_decay, wd)  # type: ignore[arg-type]
 
     def _apply(self) -> None:
-        calls = []
-        for rt in self._runtime:
-            if rt.state is None:
-                continue
-            grads = [p.grad for p in rt.params]
-            if all(g is None for g in grads):
-                continue  # nothing to do; leaves the group's step count alone as well
-            calls.append((rt, grads))
-        if not calls:
-            return
-        found = self._found_nonfinite(calls)
-        for rt, grads in calls:
-            if rt.algorithm == "polargrad":
-                polargrad_step(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
-            else:
-                adamw_step(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
+        """The eager math: ``compiled_step.run_math`` over the groups with a grad (the same code the
+        compiled programs run)."""
+        work = [
+            (rt, grads, True)
+            for rt in self._runtime
+            if rt.state is not None
+            for grads in [[p.grad for p in rt.params]]
+            if any(g is not None for g in grads)  # a group without grads: its step count stays as is
+        ]
+        if work:
+            run_math(work, fused_adamw=False, skipped=self._skip_counter())
 
-    def _found_nonfinite(self, calls: List[Tuple[GroupRuntime, List[Optional[Tensor]]]]) -> Optional[Tensor]:
-        """One 0-d bool for the whole step(): any grad of any group NaN/±inf, or a scheduled lr /
-        weight decay tensor non-finite (set after construction; CUDA tensors are not read on the host).
-        Counted in ``skipped_steps``. None with ``nonfinite="propagate"``."""
+    def _skip_counter(self) -> Optional[Tensor]:
+        """The 0-d int64 ``skipped_steps`` counter (made once, on the first param's device, so a
+        captured step keeps its address), or None with ``nonfinite="propagate"``."""
         if self.nonfinite != "skip":
             return None
-        device = calls[0][0].params[0].device
-        every_grad = [g for _, grads in calls for g in grads]
-        scalars = [t for rt, _ in calls for t in (rt.lr, rt.weight_decay) if isinstance(t, Tensor)]
-        found = found_nonfinite(every_grad + scalars, device)
-        if self._skipped is None or self._skipped.device != device:
+        if self._skipped is None:
+            device = next((p.device for rt in self._runtime for p in rt.params), torch.device("cpu"))
             self._skipped = torch.zeros((), dtype=torch.int64, device=device)
-        self._skipped.add_(found)
-        return found
+        return self._skipped
 
     @property
     def skipped_steps(self) -> Tensor:
@@ -343,8 +356,16 @@ class PolarOptimizer(torch.optim.Optimizer):
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # torch.optim keeps only defaults, state and param_groups; the compiled choice travels too
+        # (the program itself, with its CUDA graph, is rebuilt at the next step).
+        return {**super().__getstate__(), "_compiled_arg": self.__dict__.get("_compiled_arg")}
+
     def __setstate__(self, state: Dict[str, Any]) -> None:
+        state = dict(state)
+        state.setdefault("_compiled_arg", self.__dict__.get("_compiled_arg"))
         super().__setstate__(state)
+        self._program = None
         if "_runtime" not in self.__dict__:
             # Unpickled or deep-copied: the functional state objects were not part of the pickle.
             # Rebuild them and copy the per-param state back in, as a checkpoint load would.

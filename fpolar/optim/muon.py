@@ -13,6 +13,7 @@ import torch
 
 from ..hparams import PolarGradHParams
 from .base import PolarOptimizer, Scalar
+from .compiled_step import Compiled
 from .group_state import SCHEDULED_KEYS
 from .groups import optimizer_defaults
 from .polargrad import HPARAM_DEFAULTS as _HP
@@ -72,6 +73,13 @@ class Muon(PolarOptimizer):
             "match_rms_adamw"; with the "original" rule you may want a smaller one, e.g. 3e-4).
         adamw_betas, adamw_eps: default (0.9, 0.999), 1e-8 (torch.optim.AdamW's).
         adamw_weight_decay: None (default) = the group's weight_decay.
+        compiled: how ``step()`` runs the math after its eager checks. None (default): on CUDA,
+            one CUDA graph per parameter layout (AdamW groups through torch's fused AdamW kernel),
+            captured at a layout's second step and replayed after, recaptured when the layout changes
+            (a grad becoming None, a group added, a static hparam changed); off CUDA, eager. False:
+            always eager. True: the device's default program ("cuda_graph" on CUDA, "compile"
+            elsewhere). "compile": ``torch.compile`` of the functional steps. See
+            ``fpolar.optim.compiled_step``. Ignored inside ``torch.compile(opt.step)``.
 
     Raises:
         ValueError/TypeError naming the value: negative lr / weight_decay, momentum outside [0, 1),
@@ -110,10 +118,11 @@ class Muon(PolarOptimizer):
         adamw_betas: Sequence[float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
         adamw_weight_decay: Optional[Scalar] = None,
+        compiled: Compiled = None,
     ) -> None:
         _check_adjust_lr_fn(adjust_lr_fn)
         # locals() holds every constructor argument by name: the defaults are exactly the arguments given.
-        super().__init__(params, optimizer_defaults(self.polar_keys, locals()))
+        super().__init__(params, optimizer_defaults(self.polar_keys, locals()), compiled=compiled)
 
     def _polar_hparams(self, group: Mapping[str, Any], lr: Scalar, weight_decay: Scalar) -> PolarGradHParams:
         adjust, scale = group["adjust_lr_fn"], group["scale"]
