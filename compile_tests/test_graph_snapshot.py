@@ -40,13 +40,32 @@ class TestGraphSnapshot(TestCase):
     def test_polargrad_default_step_wide_and_tall(self):
         """One wide and one tall group, default hparams with decoupled decay: momentum (lerp through the
         views of the stacked buffer), Frobenius normalization, 5 NS steps, ⟨O, X⟩, decay, apply — and no
-        stack copy of the momentum (the only clone is the tall group's transposed update)."""
+        stack copy of the momentum beyond the skip's snapshot. nonfinite="skip" adds, first, the max-abs
+        of the grads (_foreach_norm, stack, amax, isfinite as abs/ne/eq), and per group the snapshot
+        (clone), the selects (where: zeros into the polar input, 0 step size, decay factor 1) and the
+        restore (where + copy); the normalization starts from X / max|X| (the second norm and div)."""
         params, grads = make_problem(((4, 8), (8, 4)))
         hp = polar_hparams()
         gm = aten_graph(polar_step, params, grads, fpolar.init_state(params, hp), hp)
         self.assertExpectedInline(compress(op_sequence(gm)), """\
-add
+_foreach_norm
+stack
+amax
+abs
+ne
+eq
+mul
+bitwise_not x2
+add x2
+clone
 lerp
+zeros
+where
+linalg_vector_norm
+gt
+ones_like
+where
+div
 linalg_vector_norm
 mul
 add
@@ -54,11 +73,26 @@ div
 (bmm baddbmm baddbmm) x5
 mul
 sum
-mul x4
+mul x2
+full
+where
+mul x2
 rsub
+full
+where
 mul
 sub
+where
+copy
+clone
 lerp
+zeros
+where
+linalg_vector_norm
+gt
+ones_like
+where
+div
 linalg_vector_norm
 mul
 add
@@ -66,12 +100,19 @@ div
 (bmm baddbmm baddbmm) x5
 mul
 sum
-mul x3
+mul x2
+full
+where
+mul
 clone
 mul
 rsub
+full
+where
 mul
-sub""")
+sub
+where
+copy""")
 
     def test_polargrad_mixed_shapes_op_counts(self):
         """4 shape groups → 4 batched polar calls: 4 norms, 20 Gram bmm, 40 baddbmm."""
@@ -79,40 +120,79 @@ sub""")
         hp = polar_hparams()
         gm = aten_graph(polar_step, params, grads, fpolar.init_state(params, hp), hp)
         self.assertExpectedInline(op_counts(op_sequence(gm)), """\
-add x5
+_foreach_norm x1
+abs x1
+add x6
+amax x1
 baddbmm x40
+bitwise_not x2
 bmm x20
 cat x1
-clone x1
-div x4
+clone x5
+copy x4
+div x8
+eq x1
+full x8
+gt x4
 lerp x4
-linalg_vector_norm x4
-mul x31
+linalg_vector_norm x8
+mul x32
+ne x1
+ones_like x4
 rsub x4
+stack x1
 sub x7
-sum x4""")
+sum x4
+where x20
+zeros x4""")
 
     def test_adamw_step(self):
-        """Bias corrections from the step tensors on the device (pow/neg/add), all foreach."""
+        """Bias corrections from the step tensors on the device (pow/neg/add), all foreach; under
+        nonfinite="skip" the grads' max-abs first, step counts add ~found, bias corrections from
+        max(step, 1), and selects (one where per grad, fused by Inductor) instead of the lerp."""
         params, grads = make_problem(((16,), (4, 8)))
         hp = adamw_hparams()
         gm = aten_graph(adamw_step, params, grads, fpolar.init_adamw_state(params, hp), hp)
         self.assertExpectedInline(compress(op_sequence(gm)), """\
+_foreach_norm
+stack
+amax
+abs
+ne
+eq
+mul
+bitwise_not x2
+_to_copy
 _foreach_add
+_foreach_maximum
+(_foreach_pow _foreach_neg _foreach_add) x2
+_foreach_sqrt
+full
+where x2
 mul
 rsub
+full
+where
 _foreach_mul
-_foreach_sub
-full_like x2
-_foreach_addcmul
+ones
+mul x2
+where
+_foreach_mul
+_foreach_add
+ones
+mul x2
+where
 _foreach_mul
 _foreach_addcmul
-(_foreach_pow _foreach_neg _foreach_add) x2
-_foreach_sqrt x2
+_foreach_sqrt
 _foreach_div
 _foreach_add
 _foreach_reciprocal
 _foreach_mul
+bitwise_not
+_to_copy
+_foreach_mul
 _foreach_div
 _foreach_mul
-_foreach_sub""")
+_foreach_sub
+add""")

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .nonfinite import select_scalar
 from .hparams import AdamWHParams, foreach_scalar
 from .state import AdamWState
 from .validation import check_params_and_grads
@@ -51,6 +52,7 @@ def fused_adamw_step(
     hparams: AdamWHParams,
     *,
     decay: bool = True,
+    found_inf: Optional[Tensor] = None,
 ) -> AdamWState:
     """One AdamW step with torch's fused kernel; arguments, effects and errors as ``fpolar.adamw_step``.
 
@@ -59,6 +61,9 @@ def fused_adamw_step(
             None grad skips its param. The lr must be a 0-d tensor on the params' device or a float.
         decay: False skips the decay multiply; only for a caller that knows the weight decay is 0
             (a float 0.0 is skipped anyway; a tensor's value is never read, so no host sync).
+        found_inf: optional 0-d bool/float tensor: when nonzero the call changes nothing (the kernel
+            skips on it; step counts add 0, the decay factor is 1). ``hparams.nonfinite`` is not read
+            here: a caller wanting the skip computes the flag (``fpolar.nonfinite.found_nonfinite``).
 
     Raises TypeError/ValueError before touching any tensor, as ``adamw_step``; ValueError if the
     kernel is not available for a param's device and dtype (see ``fused_adamw_available``).
@@ -81,14 +86,21 @@ def fused_adamw_step(
         p = [params[i] for i in idx]
         g = [grads[i] for i in idx]  # type: ignore[misc]
         steps = [state.step[i] for i in idx]
+        f = None if found_inf is None else (found_inf.reshape(()).to(device) != 0)
         if decay and (isinstance(wd, Tensor) or wd != 0.0):
-            torch._foreach_mul_(p, foreach_scalar(1 - lr * wd, p[0]))
+            factor = 1 - lr * wd if f is None else select_scalar(f, 1.0, 1 - lr * wd)
+            torch._foreach_mul_(p, foreach_scalar(factor, p[0]))
         # The kernel reads the step count after the increment, as adamw_step's bias correction does.
-        torch._foreach_add_(steps, 1)
+        if f is None:
+            torch._foreach_add_(steps, 1)
+        else:
+            keep = (~f).to(torch.float32)
+            torch._foreach_add_(steps, [keep] * len(steps))
         lr_t = lr if isinstance(lr, Tensor) else torch.tensor(float(lr), dtype=torch.float32, device=device)
         beta1, beta2 = hparams.betas
         torch._fused_adamw_(
             p, g, [state.exp_avg[i] for i in idx], [state.exp_avg_sq[i] for i in idx], [], steps,
             lr=lr_t, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=hparams.eps, amsgrad=False, maximize=False,
+            found_inf=None if f is None else f.to(torch.float32),
         )
     return state

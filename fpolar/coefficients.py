@@ -14,7 +14,10 @@ Frobenius normalization, see ``fpolar.polar.newton_schulz``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence, Tuple, Union
+from numbers import Real
+from typing import Literal, Optional, Sequence, Tuple, Union
+
+from .schedule_tail import cycle_is_bounded, with_tail
 
 Coefficient = Tuple[float, float, float]
 ScheduleName = Literal["polar_express", "muon", "quintic", "aol"]
@@ -90,11 +93,16 @@ def resolve_named(spec: CoefficientSpec) -> NamedSchedule:
             )
         return SCHEDULES[spec]
     try:
-        triples = tuple(tuple(float(v) for v in t) for t in spec)
+        raw = [tuple(t) for t in spec]
     except TypeError as e:
         raise TypeError(
             f"coefficients must be a schedule name or a sequence of (a, b, c) triples, got {spec!r}"
         ) from e
+    for i, t in enumerate(raw):
+        for v in t:
+            if isinstance(v, bool) or not isinstance(v, Real):
+                raise TypeError(f"coefficients[{i}] = {t!r} holds {type(v).__name__} {v!r}, not a real number")
+    triples = tuple(tuple(float(v) for v in t) for t in raw)
     if len(triples) == 0:
         raise ValueError("coefficients: an explicit schedule needs at least one (a, b, c) triple")
     for i, t in enumerate(triples):
@@ -103,6 +111,30 @@ def resolve_named(spec: CoefficientSpec) -> NamedSchedule:
         if any(v != v or v in (float("inf"), float("-inf")) for v in t):
             raise ValueError(f"coefficients[{i}] = {t!r} is not finite")
     return NamedSchedule(triples, len(triples), 1.0, "frobenius")
+
+
+def schedule_for(spec: CoefficientSpec, steps: Optional[int], overflow: Overflow) -> Tuple[Coefficient, ...]:
+    """The (a, b, c) of each step for a user's ``coefficients`` / ``ns_steps`` / ``schedule_overflow``.
+
+    A named schedule continued past its list (``steps`` > its default) runs ``STABLE_TAIL`` there
+    under "repeat_last", so the singular values converge to 1 instead of settling near it; "cycle" is
+    refused where cycling the list leaves the range one pass reaches (polar_express diverges). An
+    explicit list is the caller's: "repeat_last" repeats its last triple, "cycle" restarts it.
+    """
+    named = resolve_named(spec)
+    n_steps = named.default_steps if steps is None else steps
+    if not isinstance(spec, str):
+        return expand_schedule(named.coefficients, n_steps, overflow)
+    listed = expand_schedule(named.coefficients, named.default_steps, "repeat_last")
+    if overflow == "repeat_last":
+        return with_tail(listed, n_steps)
+    if n_steps > len(listed) and not cycle_is_bounded(listed, n_steps, 1.0 / named.safety):
+        raise ValueError(
+            f"schedule_overflow='cycle' with coefficients={spec!r} and {n_steps} steps diverges: the list "
+            f"is built for at most {len(listed)} steps from a normalized input, and restarting it from "
+            "singular values near 1 overshoots; use 'repeat_last' (it continues with a convergent tail)"
+        )
+    return expand_schedule(listed, n_steps, overflow)
 
 
 def expand_schedule(

@@ -35,7 +35,10 @@ CUDA graphs (``mode="reduce-overhead"``) are not skipped for mutated non-static 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple
+import contextlib
+import dataclasses
+import re
+from typing import Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 from .adamw import adamw_step
 from .hparams import AdamWHParams, PolarGradHParams
 from .inductor_options import inductor_options
+from .nonfinite import found_nonfinite
 from .polargrad import polargrad_step
 from .routing import is_matrix
 from .state import AdamWState, PolarGradState, init_adamw_state, init_state
@@ -103,15 +107,31 @@ def mark_static(*objects: object) -> None:
         if isinstance(obj, Tensor):
             torch._dynamo.mark_static_address(obj, guard=False)
         elif isinstance(obj, PolarGradState):
-            mark_static(obj.step, obj.buffers, obj.momentum)
+            mark_static(obj.step, obj.skipped, obj.buffers, obj.momentum)
         elif isinstance(obj, AdamWState):
-            mark_static(obj.step, obj.exp_avg, obj.exp_avg_sq)
+            mark_static(obj.step, obj.skipped, obj.exp_avg, obj.exp_avg_sq)
         elif isinstance(obj, (PolarGradHParams, AdamWHParams)):
             mark_static(*[v for v in (obj.lr, obj.weight_decay) if isinstance(v, Tensor)])
         elif isinstance(obj, (list, tuple)):
             mark_static(*obj)
         else:
             raise TypeError(f"mark_static takes tensors, lists of tensors, fpolar states or hparams, got {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def _named(names: Sequence[str]) -> Iterator[None]:
+    """Errors that say ``params[i]`` also name the parameter by its module path (``'0.weight'``)."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        if torch.compiler.is_compiling():
+            raise
+
+        def named(m: "re.Match[str]") -> str:
+            i = int(m.group(1))
+            return f"{names[i]!r} ({m.group(0)})" if i < len(names) else m.group(0)
+
+        raise type(e)(re.sub(r"(?<![\w.])params\[(\d+)\]", named, str(e))) from None
 
 
 class _LossOf(nn.Module):
@@ -190,8 +210,14 @@ class TrainStep:
         self.adamw_names: Tuple[str, ...] = tuple(n for n, _ in adamw)
         self.polar_params: List[Tensor] = [p for _, p in polar]
         self.adamw_params: List[Tensor] = [p for _, p in adamw]
-        self.polar_state: PolarGradState = init_state(self.polar_params, polar_hparams)
-        self.adamw_state: AdamWState = init_adamw_state(self.adamw_params, adamw_hparams)
+        with _named(self.polar_names):
+            self.polar_state: PolarGradState = init_state(self.polar_params, polar_hparams)
+        with _named(self.adamw_names):
+            self.adamw_state: AdamWState = init_adamw_state(self.adamw_params, adamw_hparams)
+        # One skip decision for the whole step (both calls), made here; the calls take it as found_inf.
+        self._skip = "skip" in (polar_hparams.nonfinite, adamw_hparams.nonfinite)
+        self._polar_call = dataclasses.replace(polar_hparams, nonfinite="propagate")
+        self._adamw_call = dataclasses.replace(adamw_hparams, nonfinite="propagate")
         # functional_call keys: the wrapper prefixes the model's parameter names with "model.".
         self._func_params: Dict[str, Tensor] = {f"model.{n}": p for n, p in polar + adamw}
 
@@ -212,8 +238,10 @@ class TrainStep:
             *self.adamw_params,
             *self.grads,
             st.step,
+            st.skipped,
             *st.buffers,
             *ast.step,
+            ast.skipped,
             *ast.exp_avg,
             *ast.exp_avg_sq,
             *self.model.buffers(),
@@ -291,10 +319,16 @@ class TrainStep:
         )
 
     def _apply(self, polar_grads: List[Tensor], adamw_grads: List[Tensor]) -> None:
+        found = None
+        if self._skip and (self.polar_params or self.adamw_params):
+            device = (self.polar_params or self.adamw_params)[0].device
+            found = found_nonfinite(list(polar_grads) + list(adamw_grads), device)
         if self.polar_params:
-            polargrad_step(self.polar_params, polar_grads, self.polar_state, self.polar_hparams)
+            with _named(self.polar_names):
+                polargrad_step(self.polar_params, polar_grads, self.polar_state, self._polar_call, found_inf=found)
         if self.adamw_params:
-            adamw_step(self.adamw_params, adamw_grads, self.adamw_state, self.adamw_hparams)
+            with _named(self.adamw_names):
+                adamw_step(self.adamw_params, adamw_grads, self.adamw_state, self._adamw_call, found_inf=found)
 
 
 def make_train_step(

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .coefficients import CoefficientSpec, Overflow
+from .nonfinite import NonfiniteMode, check_nonfinite_mode
 from .polar import POLAR_OPTIONS, PolarMethod, PolarSpec
 from .scale import SCALE_RULES, ScaleRule
 from .validation import check_scalar
@@ -84,6 +85,9 @@ class PolarGradHParams:
             (2 weighted Halley steps from l₀ = machine eps, then 1 Newton–Schulz polish step).
         gram_restart: Gram Newton–Schulz restart period in steps. Default 3.
         momentum_dtype: dtype of the momentum buffers; None (default) = the param dtype.
+        nonfinite: "skip" (default): a call whose grads hold any NaN/±inf changes nothing (params,
+            momentum, step) and adds 1 to ``state.skipped``, decided on the device without a host
+            sync; "propagate": no check, the non-finite values flow into the update.
         polar_spec: derived, not an argument: the ``PolarSpec`` built from ``polar`` and the fields
             named in ``fpolar.polar.POLAR_OPTIONS`` (the same names ``fpolar.polar()`` takes).
     """
@@ -108,6 +112,7 @@ class PolarGradHParams:
     polish_steps: int = 1
     gram_restart: int = 3
     momentum_dtype: Optional[torch.dtype] = None
+    nonfinite: NonfiniteMode = "skip"
     polar_spec: PolarSpec = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +138,7 @@ class PolarGradHParams:
             not isinstance(self.momentum_dtype, torch.dtype) or not self.momentum_dtype.is_floating_point
         ):
             raise TypeError(f"momentum_dtype must be a floating torch.dtype or None, got {self.momentum_dtype!r}")
+        check_nonfinite_mode(self.nonfinite)
         spec = PolarSpec.build(self.polar, **{name: getattr(self, name) for name in POLAR_OPTIONS})
         object.__setattr__(self, "polar_spec", spec)
 
@@ -146,12 +152,14 @@ class AdamWHParams:
         betas: (β₁, β₂), each in [0, 1). Default (0.9, 0.999).
         eps: added to √v̂. Default 1e-8.
         weight_decay: decoupled, W ← (1 − lr·λ)W; float or 0-d tensor. Default 1e-2.
+        nonfinite: "skip" (default) or "propagate", as in ``PolarGradHParams``.
     """
 
     lr: Scalar = 1e-3
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: Scalar = 1e-2
+    nonfinite: NonfiniteMode = "skip"
 
     def __post_init__(self) -> None:
         check_scalar(self.lr, "lr")
@@ -162,5 +170,8 @@ class AdamWHParams:
                 raise TypeError(f"betas[{i}] must be a Python float")
             check_scalar(b, f"betas[{i}]", low=0.0, high=1.0, high_open=True)
         object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
-        check_scalar(self.eps, "eps")
+        check_scalar(self.eps, "eps", low_open=True)
+        if isinstance(self.eps, Tensor):
+            raise TypeError("eps must be a Python float")
         check_scalar(self.weight_decay, "weight_decay")
+        check_nonfinite_mode(self.nonfinite)

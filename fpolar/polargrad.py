@@ -14,22 +14,27 @@ in ``live_batch``; which polar implementation runs is chosen once, when the plan
 (``PolarGradState.polar_impls``). No host sync, no ``.item()``, no branch on tensor values: the Python
 control flow depends only on shapes, dtypes and hparams, so ``torch.compile(fullgraph=True)`` traces
 it once.
+
+``nonfinite="skip"`` (see ``fpolar.nonfinite``) threads one 0-d bool ``found`` through the phases: the
+momentum buffer is copied before ``pre_orthogonalize`` and put back after ``post_orthogonalize``,
+``orthogonalize`` sees zeros and returns a zero step size, and the decay factor becomes 1.
 """
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from . import tensor_lists
 from .hparams import PolarGradHParams, foreach_scalar
+from .nonfinite import Snapshot, count_step, found_nonfinite, select_scalar, unscale_grads, zero_where
 from .polar import PolarImpl, polar_in_orientation
 from .polar.dispatch import check_kernels_device
 from .scale import nuclear_scale, shape_scale
-from .state import PolarGradState, ShapeGroup, group_views
-from .validation import check_params_and_grads
+from .state import PolarGradState, ShapeGroup, group_views, plan_polar_impls, plan_shape_groups
+from .validation import check_amp_tensors, check_params_and_grads
 
 Scalar = Union[float, Tensor]
 
@@ -39,45 +44,97 @@ def polargrad_step(
     grads: Sequence[Optional[Tensor]],
     state: PolarGradState,
     hparams: PolarGradHParams,
+    *,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
 ) -> PolarGradState:
     """One PolarGrad / PolarGradM / Muon step (see ``PolarGradHParams`` for the math).
 
     Args:
-        params: matrix parameters (each ≥ 2-D, real float, dense). **Updated in place.**
+        params: matrix parameters (each ≥ 2-D, real float, dense, distinct). **Updated in place.**
         grads: one per param, same shape/dtype/device, or None to skip that param this step (its
             momentum is left untouched). Not modified, also under ``weight_decay_mode="l2"``.
-        state: from ``init_state(params, hparams)``. **Updated in place** (momentum, step).
+        state: from ``init_state(params, hparams)``. **Updated in place** (momentum, step, skipped).
         hparams: ``PolarGradHParams``.
+        grad_scale: optional one-element tensor (GradScaler-style): the grads are divided by it first.
+        found_inf: optional one-element tensor (GradScaler-style): nonzero makes the call a no-op, as a
+            non-finite grad does under ``nonfinite="skip"`` (honoured under "propagate" too).
+
+    With ``hparams.nonfinite="skip"`` (default), a call where any grad holds NaN/±inf leaves params,
+    momentum and ``state.step`` bitwise unchanged and adds 1 to ``state.skipped``; the decision stays
+    on the device (no host sync; a skipped and a clean call run the same compiled graph). The math
+    runs under ``torch.no_grad()``, so params that require grad need no context.
 
     Returns:
         ``state`` (the same object), for convenience.
 
     Raises:
         TypeError/ValueError before any tensor is modified: list length mismatch, a grad whose
-        shape/dtype/device differs from its param, a 0-/1-D or non-float/complex/sparse tensor, a
-        state built for other params, or ``kernels="triton"`` for params not on CUDA.
+        shape/dtype/device differs from its param, a 0-/1-D or non-float/complex/sparse tensor, a param
+        listed twice, an expanded or inference-mode param, a state built for other params or edited
+        (a momentum tensor of another shape/dtype), or ``kernels="triton"`` for params not on CUDA.
     """
-    if not isinstance(hparams, PolarGradHParams):
-        raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
     if not isinstance(state, PolarGradState):
         raise TypeError(f"state must be a PolarGradState from fpolar.init_state, got {type(state).__name__}")
-    check_params_and_grads(params, grads, matrices=True)
-    state.check_matches(params)
-    impls = state.polar_impls_for(hparams.polar_spec)
-    for group, impl in zip(state.groups, impls):
-        check_kernels_device(impl.kernels, group.device)
+    impls = check_step_inputs(params, grads, state, hparams, grad_scale, found_inf)
 
-    if hparams.weight_decay_mode == "l2":
-        grads = with_l2(params, grads, hparams.weight_decay)
-    state.step.add_(1)
-    for group, buffer, impl in zip(state.groups, state.buffers, impls):
-        batch = live_batch(group, buffer, params, grads, state)
-        if batch is None:
-            continue
-        x = pre_orthogonalize(batch, hparams)
-        orthogonalized = orthogonalize(x, impl, hparams)
-        post_orthogonalize(batch, orthogonalized, hparams)
+    with torch.no_grad():
+        grads = unscale_grads(grads, grad_scale)
+        if hparams.weight_decay_mode == "l2":
+            grads = with_l2(params, grads, hparams.weight_decay)
+        found = _found(grads, state, hparams, found_inf)
+        if found is None:
+            state.step.add_(1)
+        else:
+            count_step(state.step, state.skipped, found)  # type: ignore[arg-type]
+        for group, buffer, impl in zip(state.groups, state.buffers, impls):
+            batch = live_batch(group, buffer, params, grads, state)
+            if batch is None:
+                continue
+            snapshot = None if found is None else Snapshot([buffer])
+            x = pre_orthogonalize(batch, hparams)
+            orthogonalized = orthogonalize(x, impl, hparams, found)
+            post_orthogonalize(batch, orthogonalized, hparams, found)
+            if snapshot is not None:
+                snapshot.restore(found)  # type: ignore[arg-type]
     return state
+
+
+def check_step_inputs(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: Optional[PolarGradState],
+    hparams: PolarGradHParams,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> Tuple[PolarImpl, ...]:
+    """Every check ``polargrad_step`` makes before it changes anything; returns the groups' polar
+    implementations. ``state=None`` checks against the state ``init_state(params, hparams)`` would
+    build (``fpolar.optim`` validates all its groups this way before stepping any)."""
+    if not isinstance(hparams, PolarGradHParams):
+        raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
+    check_params_and_grads(params, grads, matrices=True)
+    if state is None:
+        groups = plan_shape_groups(params)
+        impls = plan_polar_impls(groups, hparams.polar_spec)
+    else:
+        state.check_matches(params)
+        groups, impls = state.groups, state.polar_impls_for(hparams.polar_spec)
+    for group, impl in zip(groups, impls):
+        check_kernels_device(impl.kernels, group.device)
+    check_amp_tensors(grad_scale, found_inf)
+    return impls
+
+
+def _found(
+    grads: Sequence[Optional[Tensor]], state: PolarGradState, hp: PolarGradHParams, found_inf: Optional[Tensor]
+) -> Optional[Tensor]:
+    """The call's skip flag (0-d bool on the state's device), or None when nothing can skip it."""
+    if hp.nonfinite == "skip":
+        return found_nonfinite(grads, state.step.device, found_inf)
+    if found_inf is not None:
+        return found_nonfinite([], state.step.device, found_inf)
+    return None
 
 
 # --------------------------------------------------------------------------- what one group carries
@@ -165,23 +222,29 @@ def pre_orthogonalize(batch: GroupBatch, hp: PolarGradHParams) -> Tensor:
     return momentum_ema_(batch, batch.grads, hp)
 
 
-def orthogonalize(x: Tensor, impl: PolarImpl, hp: PolarGradHParams) -> Orthogonalized:
+def orthogonalize(x: Tensor, impl: PolarImpl, hp: PolarGradHParams, found: Optional[Tensor] = None) -> Orthogonalized:
     """O = polar(X) for a (B, m, n) polar input of either orientation, and the step size lr·s·extra.
 
-    Reads only ``x``, ``impl`` and ``hp``: no parameter and no state, so it can run on any subset of
-    the batch's matrices (dim 0) and return them whole.
+    Reads only ``x``, ``impl`` and ``hp`` (and ``found``): no parameter and no state, so it can run on
+    any subset of the batch's matrices (dim 0) and return them whole. On a skipped call (``found``)
+    the backend gets zeros (SVD and QDWH must not see NaN) and the step size is a select of 0 (⟨O, X⟩
+    is NaN there, and NaN·0 is NaN).
     """
-    o = polar_in_orientation(x, hp.polar_spec, impl)
-    return Orthogonalized(o, step_size(o, x, hp))
+    o = polar_in_orientation(x if found is None else zero_where(found, x), hp.polar_spec, impl)
+    size = step_size(o, x, hp)
+    return Orthogonalized(o, size if found is None else select_scalar(found, 0.0, size))
 
 
-def post_orthogonalize(batch: GroupBatch, orthogonalized: Orthogonalized, hp: PolarGradHParams) -> None:
+def post_orthogonalize(
+    batch: GroupBatch, orthogonalized: Orthogonalized, hp: PolarGradHParams, found: Optional[Tensor] = None
+) -> None:
     """W ← decay(W) − lr·s·extra·D for the live params, with D = O (momentum-first) or, polar-first,
-    M ← β·M + (1−β)·O in place and D = O.lerp(M, β) (Nesterov) or M."""
+    M ← β·M + (1−β)·O in place and D = O.lerp(M, β) (Nesterov) or M. On a skipped call the step size
+    is 0 and D finite, so the update is exactly 0, and the decay factor is 1."""
     o, size = orthogonalized
     direction = o if hp.order == "momentum_first" else momentum_ema_(batch, o, hp)
     update = upcast(direction, batch.group.dtype) * size
-    decay_and_subtract_(batch, update, hp)
+    decay_and_subtract_(batch, update, hp, found)
 
 
 # --------------------------------------------------------------------------- the math of each phase
@@ -228,10 +291,10 @@ def upcast(t: Tensor, param_dtype: torch.dtype) -> Tensor:
     return t.to(torch.promote_types(param_dtype, torch.float32))
 
 
-def decay_and_subtract_(batch: GroupBatch, update: Tensor, hp: PolarGradHParams) -> None:
+def decay_and_subtract_(batch: GroupBatch, update: Tensor, hp: PolarGradHParams, found: Optional[Tensor] = None) -> None:
     """W ← decay(W) − U for the live params, with U the (B, m, n) update in the parameters' orientation."""
     update = update.to(batch.group.dtype).contiguous()
-    _apply_decay(batch.params, hp)
+    _apply_decay(batch.params, hp, found)
     tensor_lists.sub_(batch.params, group_views(update, batch.group, batch.shapes))
 
 
@@ -263,12 +326,15 @@ def with_l2(params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], wd: Sca
 # --------------------------------------------------------------------------- bookkeeping
 
 
-def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:
-    """W ← (1 − lr·λ)W ("decoupled") or (1 − λ)W ("independent"); nothing for "l2" or λ = 0."""
+def _apply_decay(params: List[Tensor], hp: PolarGradHParams, found: Optional[Tensor] = None) -> None:
+    """W ← (1 − lr·λ)W ("decoupled") or (1 − λ)W ("independent"); nothing for "l2" or λ = 0; a factor
+    of exactly 1 on a skipped call (p·1 keeps every bit)."""
     wd = hp.weight_decay
     if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
         return
     factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
+    if found is not None:
+        factor = select_scalar(found, 1.0, factor)
     tensor_lists.mul_(params, foreach_scalar(factor, params[0]))
 
 

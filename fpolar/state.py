@@ -116,6 +116,8 @@ class PolarGradState:
         buffers: per shape group, the stacked momentum (B, m, n), contiguous.
         groups: the shape-group plan (metadata only).
         shapes: the param shapes the state was built for.
+        skipped: 0-d int64 tensor, calls skipped for a non-finite grad (``nonfinite="skip"``); such a
+            call leaves ``step``, the momentum and the params unchanged.
         polar_spec: the ``PolarSpec`` that ``polar_impls`` were decided for (None: not decided yet).
         polar_impls: per group, how its polar factor is computed (see ``polar_impls_for``).
     """
@@ -125,6 +127,7 @@ class PolarGradState:
     buffers: List[Tensor]
     groups: Tuple[ShapeGroup, ...]
     shapes: Tuple[torch.Size, ...]
+    skipped: Optional[Tensor] = None
     polar_spec: Optional[PolarSpec] = None
     polar_impls: Tuple[PolarImpl, ...] = ()
 
@@ -135,6 +138,10 @@ class PolarGradState:
         if spec is self.polar_spec or spec == self.polar_spec:
             return self.polar_impls
         return plan_polar_impls(self.groups, spec)
+
+    def __post_init__(self) -> None:
+        if self.skipped is None:
+            self.skipped = torch.zeros((), dtype=torch.int64, device=self.step.device)
 
     def state_dict(self, hparams: Optional[PolarGradHParams] = None) -> dict:
         """A checkpoint of this state (``fpolar.state_dict``): ``torch.save`` it, load with weights_only."""
@@ -159,6 +166,45 @@ class PolarGradState:
                         f"state was built for params[{i}] of shape {tuple(self.shapes[i])}, {g.dtype} on "
                         f"{g.device}, but got shape {tuple(p.shape)}, {p.dtype} on {p.device}"
                     )
+        self.check_intact()
+
+    def check_intact(self) -> None:
+        """Raise ValueError if a state tensor was replaced by one of another shape, dtype or device, or a
+        momentum entry no longer views its stacked buffer (the step would write the wrong tensor)."""
+        if len(self.buffers) != len(self.groups) or len(self.momentum) != len(self.shapes):
+            raise ValueError(
+                f"state has {len(self.buffers)} momentum buffers and {len(self.momentum)} momentum entries, "
+                f"but its plan has {len(self.groups)} shape groups and {len(self.shapes)} params"
+            )
+        _check_counter(self.step, "state.step", torch.float32)
+        _check_counter(self.skipped, "state.skipped", torch.int64, self.step.device)
+        for k, (g, buf) in enumerate(zip(self.groups, self.buffers)):
+            want = (g.batch, g.m, g.n)
+            if not isinstance(buf, Tensor) or tuple(buf.shape) != want or buf.device != g.device or not buf.is_floating_point():
+                got = f"shape {tuple(buf.shape)}, {buf.dtype} on {buf.device}" if isinstance(buf, Tensor) else type(buf).__name__
+                raise ValueError(f"state.buffers[{k}] must be a floating tensor of shape {want} on {g.device}, got {got}")
+            for i, off, cnt in zip(g.indices, g.offsets, g.counts):
+                m = self.momentum[i]
+                ok = (
+                    isinstance(m, Tensor)
+                    and m.shape == self.shapes[i]
+                    and m.dtype == buf.dtype
+                    and m.device == buf.device
+                    and (torch.compiler.is_compiling() or m.data_ptr() == buf[off].data_ptr())
+                )
+                if not ok:
+                    got = f"shape {tuple(m.shape)}, {m.dtype} on {m.device}" if isinstance(m, Tensor) else type(m).__name__
+                    raise ValueError(
+                        f"state.momentum[{i}] must be a view of state.buffers[{k}] of shape {tuple(self.shapes[i])}, "
+                        f"{buf.dtype} on {buf.device}, got {got}; replace momentum values with "
+                        "state.momentum[i].copy_(...) rather than swapping the tensor"
+                    )
+
+
+def _check_counter(t: object, what: str, dtype: torch.dtype, device: Optional[torch.device] = None) -> None:
+    if not isinstance(t, Tensor) or t.dim() != 0 or t.dtype != dtype or (device is not None and t.device != device):
+        got = f"shape {tuple(t.shape)}, {t.dtype} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{what} must be a 0-d {dtype} tensor{'' if device is None else f' on {device}'}, got {got}")
 
 
 def init_state(params: Sequence[Tensor], hparams: Optional[PolarGradHParams] = None) -> PolarGradState:
@@ -184,6 +230,7 @@ def init_state(params: Sequence[Tensor], hparams: Optional[PolarGradHParams] = N
     device = params[0].device if params else torch.device("cpu")
     step = torch.zeros((), dtype=torch.float32, device=device)
     spec = hparams.polar_spec if hparams is not None else None
+    impls = plan_polar_impls(groups, spec) if spec is not None else ()
     return PolarGradState(
         step=step,
         momentum=momentum,  # type: ignore[arg-type]
@@ -191,7 +238,7 @@ def init_state(params: Sequence[Tensor], hparams: Optional[PolarGradHParams] = N
         groups=groups,
         shapes=shapes,
         polar_spec=spec,
-        polar_impls=plan_polar_impls(groups, spec) if spec is not None else (),
+        polar_impls=impls,
     )
 
 
@@ -205,6 +252,12 @@ class AdamWState:
     exp_avg: List[Tensor]
     exp_avg_sq: List[Tensor]
     shapes: Tuple[torch.Size, ...]
+    skipped: Optional[Tensor] = None  # 0-d int64: calls skipped for a non-finite grad
+
+    def __post_init__(self) -> None:
+        if self.skipped is None:
+            device = self.step[0].device if self.step else torch.device("cpu")
+            self.skipped = torch.zeros((), dtype=torch.int64, device=device)
 
     def state_dict(self, hparams: Optional[AdamWHParams] = None) -> dict:
         """A checkpoint of this state (``fpolar.state_dict``): ``torch.save`` it, load with weights_only."""
@@ -217,12 +270,28 @@ class AdamWState:
     def check_matches(self, params: Sequence[Tensor]) -> None:
         if len(params) != len(self.shapes):
             raise ValueError(f"AdamW state was built for {len(self.shapes)} params but got {len(params)}")
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            if len(getattr(self, name)) != len(self.shapes):
+                raise ValueError(f"AdamW state has {len(getattr(self, name))} {name} entries for {len(self.shapes)} params")
         for i, (p, s) in enumerate(zip(params, self.shapes)):
-            if p.shape != s or p.dtype != self.exp_avg[i].dtype or p.device != self.exp_avg[i].device:
+            m = self.exp_avg[i]
+            if not isinstance(m, Tensor) or p.shape != s or p.dtype != m.dtype or p.device != m.device:
+                got = f"{m.dtype} on {m.device}" if isinstance(m, Tensor) else type(m).__name__
                 raise ValueError(
-                    f"AdamW state was built for params[{i}] of shape {tuple(s)}, {self.exp_avg[i].dtype} on "
-                    f"{self.exp_avg[i].device}, but got shape {tuple(p.shape)}, {p.dtype} on {p.device}"
+                    f"AdamW state was built for params[{i}] of shape {tuple(s)}, {got}, "
+                    f"but got shape {tuple(p.shape)}, {p.dtype} on {p.device}"
                 )
+            for name in ("exp_avg", "exp_avg_sq"):
+                t = getattr(self, name)[i]
+                if not isinstance(t, Tensor) or t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+                    got = f"shape {tuple(t.shape)}, {t.dtype} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
+                    raise ValueError(
+                        f"AdamW state.{name}[{i}] must have params[{i}]'s shape {tuple(p.shape)}, {p.dtype} on "
+                        f"{p.device}, got {got}"
+                    )
+            _check_counter(self.step[i], f"AdamW state.step[{i}]", torch.float32, p.device)
+        if params:
+            _check_counter(self.skipped, "AdamW state.skipped", torch.int64, self.step[0].device)
 
 
 def init_adamw_state(params: Sequence[Tensor], hparams: Optional[AdamWHParams] = None) -> AdamWState:

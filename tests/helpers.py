@@ -39,3 +39,10 @@ def orthogonality_error(o: Tensor) -> float:
 def rel_err(a: Tensor, b: Tensor) -> float:
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm()).item()
+
+
+def bitwise_equal(a: Tensor, b: Tensor) -> bool:
+    """Same dtype, shape and bytes (so NaN == NaN and −0 ≠ +0)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))

@@ -24,12 +24,12 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..adamw import adamw_step
+from ..adamw import check_step_inputs as check_adamw_inputs
 from ..hparams import AdamWHParams, PolarGradHParams
-from ..polargrad import polargrad_step
+from ..polargrad import check_step_inputs as check_polargrad_inputs
 from ..validation import check_params_and_grads, check_real_dense_float
 from . import checkpoint
-from .compiled_step import Compiled, StepProgram, check_compiled, resolve_backend
+from .compiled_step import Compiled, StepProgram, check_compiled, resolve_backend, run_math
 from .group_state import (
     ADAMW_KEYS,
     SCHEDULED_KEYS,
@@ -69,8 +69,12 @@ class PolarOptimizer(torch.optim.Optimizer):
     """
 
     polar_keys: Tuple[str, ...] = ()
+    # "skip": a step() whose grads (any group) hold NaN/±inf changes nothing and is counted in
+    # ``skipped_steps``, decided on the device; "propagate": no check. Set it on the instance.
+    nonfinite: str = "skip"
 
     def __init__(self, params: Any, defaults: Dict[str, Any], compiled: Compiled = None) -> None:
+        self._skipped: Optional[Tensor] = None
         if isinstance(params, set):
             raise TypeError("params must be an ordered collection (a list), not a set: set order changes between runs")
         check_compiled(compiled)  # a bad value raises here, before anything is built
@@ -94,7 +98,9 @@ class PolarOptimizer(torch.optim.Optimizer):
     def _hparams(self, group: Mapping[str, Any], algorithm: str, lr: Scalar, weight_decay: Scalar) -> HParams:
         if algorithm == "polargrad":
             return self._polar_hparams(group, lr, weight_decay)
-        return AdamWHParams(lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=weight_decay)
+        return AdamWHParams(
+            lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=weight_decay, nonfinite="propagate"
+        )
 
     def validate_group(self, group: Mapping[str, Any], where: str) -> HParams:
         """Check a complete single-algorithm group's keys and values; returns hparams with the group's
@@ -257,6 +263,12 @@ class PolarOptimizer(torch.optim.Optimizer):
                     fill_scalar(lr_t, lr)
                     fill_scalar(wd_t, wd)
                     rebuilt = (self._hparams(group, rt.algorithm, lr_t, wd_t), lr_t, wd_t)
+                # the functional step's own checks, now, so no group steps before all pass
+                hp = rebuilt[0] if rebuilt is not None else rt.hparams
+                if rt.algorithm == "polargrad":
+                    check_polargrad_inputs(rt.params, grads, rt.state, hp)  # type: ignore[arg-type]
+                else:
+                    check_adamw_inputs(rt.params, grads, rt.state, hp)  # type: ignore[arg-type]
             plans.append((rt, key, rebuilt, lr, wd, any(g is not None for g in grads)))
 
         for rt, key, rebuilt, lr, wd, has_grad in plans:
@@ -269,16 +281,35 @@ class PolarOptimizer(torch.optim.Optimizer):
             fill_scalar(rt.weight_decay, wd)  # type: ignore[arg-type]
 
     def _apply(self) -> None:
-        for rt in self._runtime:
-            if rt.state is None:
-                continue
-            grads = [p.grad for p in rt.params]
-            if all(g is None for g in grads):
-                continue  # nothing to do; leaves the group's step count alone as well
-            if rt.algorithm == "polargrad":
-                polargrad_step(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
-            else:
-                adamw_step(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+        """The eager math: ``compiled_step.run_math`` over the groups with a grad (the same code the
+        compiled programs run)."""
+        work = [
+            (rt, grads, True)
+            for rt in self._runtime
+            if rt.state is not None
+            for grads in [[p.grad for p in rt.params]]
+            if any(g is not None for g in grads)  # a group without grads: its step count stays as is
+        ]
+        if work:
+            run_math(work, fused_adamw=False, skipped=self._skip_counter())
+
+    def _skip_counter(self) -> Optional[Tensor]:
+        """The 0-d int64 ``skipped_steps`` counter (made once, on the first param's device, so a
+        captured step keeps its address), or None with ``nonfinite="propagate"``."""
+        if self.nonfinite != "skip":
+            return None
+        if self._skipped is None:
+            device = next((p.device for rt in self._runtime for p in rt.params), torch.device("cpu"))
+            self._skipped = torch.zeros((), dtype=torch.int64, device=device)
+        return self._skipped
+
+    @property
+    def skipped_steps(self) -> Tensor:
+        """0-d int64 tensor: ``step()`` calls skipped because a grad (or a scheduled lr / weight decay
+        tensor) was NaN/±inf. Read it with ``.item()`` when a host sync is fine (e.g. for logging)."""
+        if self._skipped is None:
+            return torch.zeros((), dtype=torch.int64)
+        return self._skipped
 
     def _install_state(self, rt: GroupRuntime, state: Any) -> None:
         """Make ``state`` the group's functional state and expose its tensors as ``self.state[p]``."""

@@ -167,6 +167,9 @@ def _check_entries(entries: List[Mapping[str, Any]], rt: GroupRuntime, where: st
             raise ValueError(f"{at} has unexpected keys {extra} (a {rt.algorithm!r} state has {list(keys)})")
         for k in keys:
             v = entry[k]
+            if isinstance(v, Tensor) and v.device.type == "meta":
+                # no data to copy: the copy would fail midway through the load
+                raise ValueError(f"{at}: {k!r} is a tensor on the meta device (no values); load a checkpoint with data")
             if k == "step":
                 if isinstance(v, Tensor):
                     if v.numel() != 1 or v.is_complex() or v.dtype == torch.bool:
@@ -180,11 +183,29 @@ def _check_entries(entries: List[Mapping[str, Any]], rt: GroupRuntime, where: st
                 raise ValueError(f"{at}: {k!r} has shape {tuple(v.shape)}, expected {tuple(p.shape)}")
             if not v.is_floating_point() or v.layout != torch.strided:
                 raise TypeError(f"{at}: {k!r} must be a dense floating tensor, got {v.dtype}, {v.layout}")
+            if v.device != p.device and not _copyable(v.device, p.device):
+                raise ValueError(f"{at}: {k!r} is on {v.device}, which can't be copied to the param's {p.device}")
     if rt.algorithm == "polargrad":
         # One count per group in the functional state: every param must carry the same one.
         steps = {float(_as_tensor(e["step"])) for e in entries}
         if len(steps) > 1:
             raise ValueError(f"{where}: params of one 'polargrad' group have different step counts {sorted(steps)}")
+
+
+def _copyable(src: torch.device, dst: torch.device) -> bool:
+    """Whether a tensor on ``src`` can be copied to ``dst`` in this process (its backend is available)."""
+    for d in (src, dst):
+        if d.type == "meta":
+            return False
+        if d.type != "cpu":
+            backend = getattr(torch, d.type, None)
+            available = getattr(backend, "is_available", None)
+            if available is None or not available():
+                return False
+            count = getattr(backend, "device_count", None)
+            if d.index is not None and count is not None and d.index >= count():
+                return False
+    return True
 
 
 def _as_tensor(v: Any) -> Tensor:

@@ -35,6 +35,7 @@ from torch import Tensor
 from ..adamw import adamw_step
 from ..adamw_fused import fused_adamw_available, fused_adamw_step
 from ..inductor_options import inductor_options
+from ..nonfinite import found_nonfinite
 from ..polargrad import polargrad_step
 from .group_state import GroupRuntime
 
@@ -86,15 +87,25 @@ def _capturable(work: Work) -> bool:
     return not any(rt.algorithm == "polargrad" and rt.hparams.polar == "svd" for rt, _, _ in work)  # type: ignore[union-attr]
 
 
-def run_math(work: Work, fused_adamw: bool) -> None:
-    """The functional steps of the stepping groups, in order (what eager ``_apply`` does)."""
+def run_math(work: Work, fused_adamw: bool, skipped: Optional[Tensor] = None) -> None:
+    """The functional steps of the stepping groups, in order (what eager ``_apply`` does).
+
+    ``skipped`` (the optimizer's 0-d int64 counter, or None for no check): one skip decision for the
+    whole step, from every grad and every scheduled lr / weight-decay tensor, made on the device and
+    passed to each call as ``found_inf``; the counter adds it."""
+    found = None
+    if skipped is not None:
+        every = [g for _, grads, _ in work for g in grads]
+        every += [t for rt, _, _ in work for t in (rt.lr, rt.weight_decay) if isinstance(t, Tensor)]
+        found = found_nonfinite(every, skipped.device)
+        skipped.add_(found)
     for rt, grads, decay in work:
         if rt.algorithm == "polargrad":
-            polargrad_step(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+            polargrad_step(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
         elif fused_adamw:
-            fused_adamw_step(rt.params, grads, rt.state, rt.hparams, decay=decay)  # type: ignore[arg-type]
+            fused_adamw_step(rt.params, grads, rt.state, rt.hparams, decay=decay, found_inf=found)  # type: ignore[arg-type]
         else:
-            adamw_step(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+            adamw_step(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
 
 
 class StepProgram:
@@ -116,7 +127,7 @@ class StepProgram:
         self._warm = False  # the current layout has had its eager warm-up step
         self._graph: Optional["torch.cuda.CUDAGraph"] = None
         self._graph_grads: List[List[Optional[Tensor]]] = []
-        self._compiled: Optional[Callable[[Work, bool], None]] = None
+        self._compiled: Optional[Callable[[Work, bool, Optional[Tensor]], None]] = None
         self._compiler = compiler
         self._eager_layout: Optional[tuple] = None  # a layout whose capture failed: it runs eagerly
 
@@ -132,6 +143,7 @@ class StepProgram:
         ]
         if not work:
             return
+        skipped = optimizer._skip_counter()
         # Param addresses too: a graph writes where the params were at capture (``p.data = …`` moves one).
         layout = tuple(
             (id(rt), id(rt.state), id(rt.hparams), tuple(g is not None for g in grads), decay,
@@ -139,13 +151,13 @@ class StepProgram:
             for rt, grads, decay in work
         )
         if self.backend == "compile":
-            self._run_compiled(work)
+            self._run_compiled(work, skipped)
         elif torch.cuda.is_current_stream_capturing():
-            run_math(work, fused_adamw=self._fused(work))  # inside the user's own capture: just record
+            run_math(work, self._fused(work), skipped)  # inside the user's own capture: just record
         elif layout == self._eager_layout or not _capturable(work):
-            run_math(work, fused_adamw=self._fused(work))
+            run_math(work, self._fused(work), skipped)
         else:
-            self._run_graph(work, layout)
+            self._run_graph(work, layout, skipped)
         self.layout = layout
 
     # ----------------------------------------------------------------- backends
@@ -157,16 +169,16 @@ class StepProgram:
             for rt, _, _ in work if rt.algorithm == "adamw" for p in rt.params
         )
 
-    def _run_compiled(self, work: Work) -> None:
+    def _run_compiled(self, work: Work, skipped: Optional[Tensor]) -> None:
         if self._compiled is None:
             if self._compiler is None:
                 self._compiled = torch.compile(run_math, fullgraph=True, options=inductor_options())
             else:
                 self._compiled = torch.compile(run_math, fullgraph=True, backend=self._compiler)
         fused = all(p.device.type == "cuda" for rt, _, _ in work for p in rt.params) and self._fused(work)
-        self._compiled(work, fused)
+        self._compiled(work, fused, skipped)
 
-    def _run_graph(self, work: Work, layout: tuple) -> None:
+    def _run_graph(self, work: Work, layout: tuple, skipped: Optional[Tensor]) -> None:
         fused = self._fused(work)
         if layout != self.layout:  # drop the old graph (and the grads it kept alive)
             self._warm, self._graph, self._graph_grads = False, None, []
@@ -175,7 +187,7 @@ class StepProgram:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
-                run_math(work, fused)
+                run_math(work, fused, skipped)
             torch.cuda.current_stream(device).wait_stream(side)
             self.warmups += 1
             self._warm = True
@@ -184,12 +196,12 @@ class StepProgram:
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
-                    run_math(work, fused)
+                    run_math(work, fused, skipped)
             except RuntimeError as e:  # nothing ran during the failed capture: run this step eagerly
                 warnings.warn(f"fpolar.optim: capturing the step in a CUDA graph failed ({str(e).strip()[:200]}); "
                               "this parameter layout runs eagerly (pass compiled=False to skip the attempt)")
                 self._eager_layout, self._warm = layout, False
-                run_math(work, fused)
+                run_math(work, fused, skipped)
                 return
             self._graph_grads = [list(grads) for _, grads, _ in work]  # kept: the graph reads these
             self._graph = graph

@@ -12,6 +12,8 @@ does not recompile when a scheduler moves the lr.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
@@ -99,11 +101,21 @@ def scalar_value(value: Any, what: str) -> Union[float, Tensor]:
     if isinstance(value, Tensor):
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError(f"{what} must be a float or a one-element float tensor, got {value!r}")
+        if value.device.type == "meta":
+            raise ValueError(f"{what} is a tensor on the meta device (no value); put it on the params' device")
+        if value.device.type == "cpu":
+            # Reading a CPU tensor costs no device sync: refuse a NaN / negative / infinite value here.
+            # (A CUDA tensor is not read; a non-finite value there makes the step skip, on the device.)
+            v = float(value.detach().reshape(()))
+            if not 0.0 <= v < math.inf:
+                raise ValueError(f"{what} tensor holds {v}; it must be finite and ≥ 0")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a float, got {type(value).__name__} {value!r}")
     if not value >= 0.0:  # also catches NaN
         raise ValueError(f"{what} must be ≥ 0, got {value!r}")
+    if value == math.inf:
+        raise ValueError(f"{what} must be finite, got {value!r}")
     return float(value)
 
 

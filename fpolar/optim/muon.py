@@ -143,7 +143,8 @@ class Muon(PolarOptimizer):
             coefficients = [tuple(ns)]
         fields = {k: group[k] for k in POLARGRAD_KEYS if k not in SCHEDULED_KEYS}
         fields.update(scale=scale, coefficients=coefficients)
-        return PolarGradHParams(lr=lr, weight_decay=weight_decay, **fields)
+        # the optimizer decides the skip for the whole step() and passes it as found_inf
+        return PolarGradHParams(lr=lr, weight_decay=weight_decay, nonfinite="propagate", **fields)
 
     # ----------------------------------------------------------------- torch.optim.Muon checkpoints
 

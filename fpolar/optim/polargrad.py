@@ -17,11 +17,17 @@ from .compiled_step import Compiled
 from .group_state import SCHEDULED_KEYS
 from .groups import optimizer_defaults
 
-POLARGRAD_KEYS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PolarGradHParams) if f.init)
+# "nonfinite" is the optimizer's (``PolarOptimizer.nonfinite``), not a group's: one step() is skipped
+# or taken as a whole.
+POLARGRAD_KEYS: Tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(PolarGradHParams) if f.init and f.name != "nonfinite"
+)
 
 # The constructors take their defaults from the dataclass, so the two cannot drift apart.
 HPARAM_DEFAULTS: Dict[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(PolarGradHParams) if f.init and f.default is not dataclasses.MISSING
+    f.name: f.default
+    for f in dataclasses.fields(PolarGradHParams)
+    if f.init and f.default is not dataclasses.MISSING and f.name != "nonfinite"
 }
 _HP = HPARAM_DEFAULTS
 
@@ -101,4 +107,4 @@ class PolarGrad(PolarOptimizer):
 
     def _polar_hparams(self, group: Mapping[str, Any], lr: Scalar, weight_decay: Scalar) -> PolarGradHParams:
         fields = {k: group[k] for k in POLARGRAD_KEYS if k not in SCHEDULED_KEYS}
-        return PolarGradHParams(lr=lr, weight_decay=weight_decay, **fields)
+        return PolarGradHParams(lr=lr, weight_decay=weight_decay, nonfinite="propagate", **fields)

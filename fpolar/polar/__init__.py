@@ -14,6 +14,7 @@ Backends (``method``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -24,13 +25,13 @@ from ..coefficients import (
     Coefficient,
     CoefficientSpec,
     Overflow,
-    expand_schedule,
     resolve_named,
+    schedule_for,
 )
 from .dispatch import PolarImpl, decide_polar_impl, ns_ops
 from .gram_newton_schulz import gram_newton_schulz
 from .newton_schulz import newton_schulz
-from .qdwh import qdwh_polar
+from .qdwh import check_l0, qdwh_polar
 from .svd import svd_polar
 
 PolarMethod = Literal["newton_schulz", "gram_newton_schulz", "qdwh", "svd"]
@@ -120,12 +121,14 @@ class PolarSpec:
             raise ValueError(
                 f"unknown schedule overflow {schedule_overflow!r}; expected 'repeat_last' or 'cycle'"
             )
-        if not (isinstance(eps, (int, float)) and eps >= 0):
-            raise ValueError(f"eps must be a float ≥ 0, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < math.inf):
+            # eps = 0 turns a zero grad into 0/0 = NaN; an infinite eps zeroes every update
+            raise ValueError(f"eps must be a finite float > 0, got {eps!r}")
         if polar_dtype is not None and (not isinstance(polar_dtype, torch.dtype) or not polar_dtype.is_floating_point):
             raise TypeError(f"polar dtype must be a floating torch.dtype or None, got polar_dtype={polar_dtype!r}")
-        if method == "qdwh" and polar_dtype not in (None, torch.float32, torch.float64):
-            raise ValueError(f"qdwh runs in float32 or float64, got polar_dtype={polar_dtype}")
+        if method in ("qdwh", "svd") and polar_dtype not in (None, torch.float32, torch.float64):
+            # torch.linalg's QR / SVD have no half-precision or float8 kernels: it would fail mid-step
+            raise ValueError(f"{method} runs in float32 or float64, got polar_dtype={polar_dtype}")
         for name, v, lo in (
             ("qdwh_iters", qdwh_iters, 0),
             ("polish_steps", polish_steps, 0),
@@ -133,12 +136,11 @@ class PolarSpec:
         ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}")
-        if qdwh_l0 is not None and not (0.0 < qdwh_l0 <= 1.0):
-            raise ValueError(f"qdwh_l0 must lie in (0, 1], got {qdwh_l0!r}")
-        n_steps = named.default_steps if ns_steps is None else ns_steps
+        if qdwh_l0 is not None:
+            check_l0(qdwh_l0, qdwh_iters)
         return PolarSpec(
             method=method,  # type: ignore[arg-type]
-            schedule=expand_schedule(named.coefficients, n_steps, schedule_overflow),
+            schedule=schedule_for(coefficients, ns_steps, schedule_overflow),
             safety=named.safety,
             normalization=named.normalization,
             eps=float(eps),

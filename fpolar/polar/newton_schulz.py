@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..coefficients import Coefficient
+from .frobenius import frobenius_normalize  # noqa: F401  (re-exported: Gram NS uses it too)
 
 
 class NSOps(NamedTuple):
@@ -44,16 +45,6 @@ def _torch_apply(x: Tensor, bm: Tensor, a: float) -> Tensor:
 
 
 TORCH_OPS = NSOps(_torch_gram, _torch_poly, _torch_apply)
-
-
-def frobenius_normalize(x: Tensor, safety: float, eps: float, dtype: torch.dtype) -> Tensor:
-    """X / (safety·‖X‖_F + eps), the norm reduced in at least fp32, result cast to ``dtype``.
-
-    ‖X‖_F ≥ σ_max, so afterwards every singular value lies in [0, 1/safety].
-    """
-    acc = torch.promote_types(x.dtype, torch.float32)
-    norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True, dtype=acc)
-    return (x.to(acc) / (norm * safety + eps)).to(dtype)
 
 
 def aol_precondition(x: Tensor, eps: float, ops: NSOps) -> tuple[Tensor, Tensor]:

@@ -29,6 +29,30 @@ def qdwh_weights(l: float) -> tuple[float, float, float, float]:
     return a, b, c, min(l_next, 1.0)
 
 
+def check_l0(l0: object, iters: int) -> None:
+    """Refuse a ``qdwh_l0`` the weights can't be computed from, naming it: not a real number, outside
+    (0, 1], or so small that l0⁴ underflows (the weights divide by it) or √c overflows float32 (the QR
+    form multiplies the input by √c). Runs once, when the hparams are built."""
+    if isinstance(l0, bool) or not isinstance(l0, (int, float)):
+        raise TypeError(f"qdwh_l0 must be a float in (0, 1] or None, got {type(l0).__name__} {l0!r}")
+    v = float(l0)
+    if not (0.0 < v <= 1.0):
+        raise ValueError(f"qdwh_l0 must lie in (0, 1], got {l0!r}")
+    l = v
+    try:
+        for _ in range(iters):
+            a, b, c, l = qdwh_weights(l)
+            ok = all(math.isfinite(t) for t in (a, b, c, l)) and math.sqrt(c) < torch.finfo(torch.float32).max
+            if not ok:
+                raise OverflowError
+    except (ZeroDivisionError, OverflowError, ValueError):
+        raise ValueError(
+            f"qdwh_l0={l0!r} is too small: the Halley weights computed from it underflow or overflow "
+            "(values down to about 1e-57 work; the default, machine eps of the dtype, is what the "
+            "method is built for)"
+        ) from None
+
+
 def _halley_qr(x: Tensor, a: float, b: float, c: float) -> Tensor:
     """One step in QR form on wide x (m ≤ n): stable for any c.
 
@@ -79,6 +103,12 @@ def qdwh_polar(
         polar_dtype: float32 or float64, the dtype of the whole computation and of the result.
 
     The input is scaled by 1/√(‖X‖₁‖X‖_∞) ≥ 1/σ_max first. A zero matrix maps to zero.
+
+    Limit (rank-deficient input): QDWH cannot tell rounding noise (σ ≈ eps·σ_max) from signal above
+    ``qdwh_l0``, so the null directions of a rank-deficient X (a rank-1 gradient from a batch of one) are
+    lifted like signal: a second direction appears, and more iterations fill in an orthogonal completion
+    (tests/test_numerics.py pins both). Set ``qdwh_l0`` above the noise (e.g. 1e-3 in float32) to keep
+    them out, at the price of converging only σ ≥ l0·σ_max, or use ``"svd"``, which drops them.
     """
     if polar_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"qdwh runs in float32 or float64, got polar_dtype={polar_dtype}")

@@ -1,0 +1,133 @@
+"""Skipping a step on the device when a gradient holds NaN or ±inf.
+
+``nonfinite="skip"`` makes a whole step call a no-op when any of its grads is non-finite: params,
+momentum, AdamW moments and step counts keep their bits, and a 0-d integer counter goes up by one. The
+decision is a 0-d bool tensor (``found_inf``) that never leaves the device: no ``.item()``, no Python
+branch on it, so the same code runs eagerly, under ``torch.compile(fullgraph=True)`` (a skipped and a
+clean step run one graph) and inside a CUDA graph.
+
+Why selects and not multiplication by 0: NaN·0 = NaN and inf·0 = NaN, so "update × (1 − found)" would
+still write NaN. Every gate below is a ``torch.where`` (or a multiply by a factor that is exactly 1 or
+exactly 0 applied to values known to be finite):
+
+* the polar input is replaced by zeros (``zero_where``), so the polar backends never see NaN (SVD and
+  QDWH would raise or loop on it) and return an exactly zero factor;
+* the step size is replaced by 0 and the decay factor by 1 (``select_scalar``): p·1 − 0 = p bitwise,
+  also for p = −0;
+* a stacked momentum buffer is copied before the momentum update and copied back where found
+  (``Snapshot``): one copy and one select per shape group, exact whatever the update did;
+* step counts add ``keep`` (0 or 1) instead of 1.
+
+Detection is one max-abs reduction over the grads of the call (``found_nonfinite``): eagerly one
+multi-tensor kernel per device for all grads, plus a stack and a reduce. A max-abs does not overflow on
+large finite grads (1e38 in fp32 is finite, its square is not), and max reductions propagate NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Literal, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+NonfiniteMode = Literal["skip", "propagate"]
+NONFINITE_MODES: tuple[str, ...] = ("skip", "propagate")
+
+Scalar = Union[float, Tensor]
+
+
+def check_nonfinite_mode(mode: object) -> None:
+    if mode not in NONFINITE_MODES:
+        raise ValueError(f"unknown nonfinite {mode!r}; expected one of {list(NONFINITE_MODES)}")
+
+
+def found_nonfinite(
+    grads: Sequence[Optional[Tensor]],
+    device: torch.device,
+    found_inf: Optional[Tensor] = None,
+) -> Tensor:
+    """0-d bool on ``device``: True when any element of any grad is NaN or ±inf, or ``found_inf`` is
+    nonzero (a GradScaler-style flag, any numeric dtype, any shape with one element).
+
+    ``None`` grads are ignored. Grads are only read.
+    """
+    buckets: Dict[tuple, List[Tensor]] = {}
+    for g in grads:
+        if g is not None and g.numel() > 0:  # an empty tensor holds nothing to check (and max has no identity)
+            buckets.setdefault((g.device, g.dtype), []).append(g)
+    flags: List[Tensor] = []
+    for (dev, _), gs in buckets.items():
+        # Per (device, dtype): one multi-tensor max-abs, one stack, one reduce. A max-abs cannot
+        # overflow on finite values, and max reductions propagate NaN.
+        flag = ~torch.isfinite(torch.stack(torch._foreach_norm(gs, ord=math.inf)).amax())
+        flags.append(flag if dev == device else flag.to(device))
+    if found_inf is not None:
+        flags.append(found_inf.reshape(()).to(device=device) != 0)
+    if not flags:
+        return torch.zeros((), dtype=torch.bool, device=device)
+    found = flags[0]
+    for f in flags[1:]:
+        found = found | f
+    return found
+
+
+def unscale_grads(grads: Sequence[Optional[Tensor]], grad_scale: Optional[Tensor]) -> List[Optional[Tensor]]:
+    """Grads divided by a GradScaler-style ``grad_scale`` (0-d tensor), as new tensors; the inputs are
+    not modified. Multiplies by the reciprocal computed in float64, as ``torch.amp.GradScaler`` does."""
+    if grad_scale is None:
+        return list(grads)
+    live = [i for i, g in enumerate(grads) if g is not None]
+    out: List[Optional[Tensor]] = list(grads)
+    if not live:
+        return out
+    inv = grad_scale.reshape(()).double().reciprocal().float()
+    gl = [grads[i] for i in live]
+    scaled = torch._foreach_mul(gl, inv.to(gl[0].device))  # type: ignore[arg-type]
+    for i, s in zip(live, scaled):
+        out[i] = s
+    return out
+
+
+def zero_where(found: Tensor, x: Tensor) -> Tensor:
+    """``x`` with every element replaced by +0 where ``found`` (a 0-d bool) is True."""
+    return torch.where(found, torch.zeros((), dtype=x.dtype, device=x.device), x)
+
+
+def select_scalar(found: Tensor, if_found: float, value: Scalar) -> Tensor:
+    """``if_found`` where ``found`` else ``value`` (a float, 0-d or broadcastable tensor), as a tensor on
+    ``found``'s device: a float becomes float64 (a Python float's own precision; as a 0-d tensor it
+    does not promote the tensors it multiplies), a tensor keeps its dtype promoted to float32."""
+    if isinstance(value, Tensor):
+        dtype = torch.promote_types(value.dtype, torch.float32)
+        return torch.where(found, torch.full((), if_found, dtype=dtype, device=value.device), value.to(dtype))
+    # ones · value, not full((), value): under torch.compile a float lr that went dynamic is a symbolic
+    # float, and full/scalar_tensor of it specialize (recompile per value); a multiply does not.
+    one = torch.ones((), dtype=torch.float64, device=found.device)
+    return torch.where(found, one * if_found, one * value)
+
+
+def count_step(step: Tensor, skipped: Tensor, found: Tensor) -> None:
+    """step += 1 unless found; skipped += 1 if found. In place, on the device."""
+    step.add_(~found)
+    skipped.add_(found)
+
+
+class Snapshot:
+    """A copy of some stacked buffers, put back where ``found``.
+
+    ``take`` before the in-place update, ``restore`` after it: the buffers end bitwise as they were
+    when ``found`` is True, and untouched by the restore otherwise (a select writes the same bits).
+    """
+
+    def __init__(self, buffers: Sequence[Tensor]) -> None:
+        self.buffers = list(buffers)
+        self.copies = [b.clone() for b in self.buffers]
+
+    def restore(self, found: Tensor) -> None:
+        for b, c in zip(self.buffers, self.copies):
+            if torch.compiler.is_compiling():
+                b.copy_(torch.where(found, c, b))
+            else:
+                # Elementwise with the output aliasing an input at the same index: one kernel.
+                torch.where(found, c, b, out=b)

@@ -1,0 +1,27 @@
+"""Frobenius normalization of the polar input, scale-invariant over the whole range of the dtype.
+
+NS needs σ_max(X) ≤ 1, and ‖X‖_F ≥ σ_max. Squaring the entries to get ‖X‖_F overflows float32 from
+|x| ≈ 1.8e19 (‖X‖_F = inf, X / inf = 0: the step silently vanishes) and, with the eps added to the
+norm, entries below ≈ eps/√(mn) are scaled to ≈ 0 instead of 1. Dividing by max|x| first puts every
+entry in [−1, 1] with at least one of magnitude 1, so the squares neither overflow nor underflow, and
+eps is relative to a norm ≥ 1: X and c·X give the same result for any c > 0 that keeps c·X finite
+(up to the rounding of the division).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def frobenius_normalize(x: Tensor, safety: float, eps: float, dtype: torch.dtype) -> Tensor:
+    """X / (safety·‖X‖_F + eps·max|X|) per matrix of the batch (…, m, n), computed in at least float32 from
+    X / max|X|; result in ``dtype``. A zero matrix stays zero. Every singular value of the result is
+    ≤ 1/safety."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xa = x.to(acc)
+    peak = torch.linalg.vector_norm(xa, ord=float("inf"), dim=(-2, -1), keepdim=True)
+    # A zero matrix keeps peak = 0; dividing by 1 instead leaves it zero.
+    unit = xa / torch.where(peak > 0, peak, torch.ones_like(peak))
+    norm = torch.linalg.vector_norm(unit, dim=(-2, -1), keepdim=True)
+    return (unit / (norm * safety + eps)).to(dtype)
