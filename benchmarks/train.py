@@ -34,7 +34,6 @@ import statistics
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -45,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: common, gpt
 
 import fpolar  # noqa: E402
-from common import environment, pick_device, print_header, save_json, sync  # noqa: E402
+from common import environment, pick_device, print_header, save_json, settle_compiler_for_peers, sync  # noqa: E402
 from gpt import GPT, GPT2_MEDIUM, GPT2_SMALL, GPTConfig, is_hidden_matrix, lm_loss, random_batch  # noqa: E402
 
 MODELS: Dict[str, GPTConfig] = {"gpt2-small": GPT2_SMALL, "gpt2-medium": GPT2_MEDIUM}
@@ -422,18 +421,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", module=r"torch\._(dynamo|inductor)")
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    settle_compiler_for_peers()
     device = pick_device(args.device)
     if args.quick and device.type == "cpu":
         torch.set_num_threads(1)  # tiny shapes: threads only wait on each other
     budget = args.budget_s if args.budget_s is not None else (420.0 if device.type == "cuda" else float("inf"))
     autocast = {"bf16": torch.bfloat16, "none": None}[args.autocast or ("bf16" if device.type == "cuda" else "none")]
-    for knob in ("recompile_limit", "cache_size_limit"):  # peers compile one graph per shape
-        if hasattr(torch._dynamo.config, knob):
-            setattr(torch._dynamo.config, knob, 256)
-    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
-        torch._dynamo.config.accumulated_recompile_limit = 4096
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
