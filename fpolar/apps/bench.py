@@ -10,8 +10,8 @@ there), so the CPU table has both dtypes.
 
 How long: 6 rows × (about 4 + --reps) steps on CPU, 3 rows on CUDA. On CPU the bf16 rows dominate:
 --reps 2 took 2 minutes on a busy shared 2-core CPU, and the default --reps 10 takes about three times
-as many steps; seconds on a GPU. The full GPU benchmarks (per shape group, kernels, peers, the FLOP floor) live in
-the repository's ``benchmarks/``.
+as many steps; seconds on a GPU. The full GPU benchmarks (per shape group, kernels, peers, the FLOP
+floor) live in the repository's ``benchmarks/``.
 """
 
 from __future__ import annotations
@@ -109,7 +109,10 @@ def run_bench(device: Optional[str] = None, reps: int = 10, compile: bool = Fals
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fpolar bench", description=__doc__,
+    # The module docstring as the help, less its first words (the usage line names the command) and
+    # the reST code marks, which a terminal shows literally.
+    description = __doc__.replace("``python -m fpolar bench``: ", "", 1).replace("``", "")
+    parser = argparse.ArgumentParser(prog="python -m fpolar bench", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--reps", type=positive_int, default=10, help="timed steps per row (default 10)")
