@@ -14,6 +14,7 @@ import shlex
 import statistics
 import sys
 import time
+import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
@@ -201,6 +202,22 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int
     print("  ".join("-" * (len(headers[-1]) if note_last and i == last else w) for i, w in enumerate(widths)))
     for r in rows:
         print(line(r))
+
+
+def settle_compiler_for_peers() -> None:
+    """The compiler settings of a run that compiles the peer optimizers' code next to ours.
+
+    Compiler chatter from inside the peers' code (untraceable builtins, deprecations) is not ours to fix,
+    so Dynamo / Inductor warnings and FutureWarnings are hidden. heavyball compiles one graph per matrix
+    shape, dion and the compiled rows add more: Dynamo's default of 8 recompiles per function would
+    silently fall back to eager, so the limits are raised (under either name this torch uses)."""
+    warnings.filterwarnings("ignore", module=r"torch\._(dynamo|inductor)")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for knob in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 256)
+    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
+        torch._dynamo.config.accumulated_recompile_limit = 4096
 
 
 def save_json(path: Optional[str], payload: Dict[str, Any]) -> None:

@@ -30,7 +30,6 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -55,6 +54,7 @@ from common import (  # noqa: E402
     print_header,
     print_table,
     save_json,
+    settle_compiler_for_peers,
     sync,
 )
 
@@ -443,19 +443,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    # Compiler chatter from inside the peers' code (untraceable builtins, deprecations) is not ours to fix.
-    warnings.filterwarnings("ignore", module=r"torch\._(dynamo|inductor)")
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    settle_compiler_for_peers()
     device = pick_device(args.device)
     if args.budget_s is None:
         args.budget_s = 300.0 if device.type == "cuda" else float("inf")
-    # heavyball compiles one graph per matrix shape; dion and the compiled rows add more. Dynamo's
-    # default limit of 8 recompiles per function would silently fall back to eager.
-    for knob in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, knob):
-            setattr(torch._dynamo.config, knob, 256)
-    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
-        torch._dynamo.config.accumulated_recompile_limit = 4096
 
     env = environment(device)
     print_header(env)

@@ -16,7 +16,8 @@ later step; the compiled model's own compile is done before the column starts an
 − the AdamW-only step of the same model mode in the same run. The loss of the first and last step is
 kept as a check that the recipe trains (the batch is fixed, so it must fall).
 
-Recipes whose package is missing print "n/a (not installed)"; one that fails prints its error; one that
+Recipes whose package is missing print "n/a (not installed)"; one that fails (or a compiled model that
+fails) prints its error's first line, type and last lines, all three also kept in the JSON; one that
 runs past ``--recipe-timeout-s`` or starts after ``--budget-s`` is cut and says so.
 """
 
@@ -33,7 +34,6 @@ import statistics
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: common, gpt
 
 import fpolar  # noqa: E402
-from common import environment, pick_device, print_header, save_json, sync  # noqa: E402
+from common import environment, pick_device, print_header, save_json, settle_compiler_for_peers, sync  # noqa: E402
 from gpt import GPT, GPT2_MEDIUM, GPT2_SMALL, GPTConfig, is_hidden_matrix, lm_loss, random_batch  # noqa: E402
 
 MODELS: Dict[str, GPTConfig] = {"gpt2-small": GPT2_SMALL, "gpt2-medium": GPT2_MEDIUM}
@@ -421,18 +421,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", module=r"torch\._(dynamo|inductor)")
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    settle_compiler_for_peers()
     device = pick_device(args.device)
     if args.quick and device.type == "cpu":
         torch.set_num_threads(1)  # tiny shapes: threads only wait on each other
     budget = args.budget_s if args.budget_s is not None else (420.0 if device.type == "cuda" else float("inf"))
     autocast = {"bf16": torch.bfloat16, "none": None}[args.autocast or ("bf16" if device.type == "cuda" else "none")]
-    for knob in ("recompile_limit", "cache_size_limit"):  # peers compile one graph per shape
-        if hasattr(torch._dynamo.config, knob):
-            setattr(torch._dynamo.config, knob, 256)
-    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
-        torch._dynamo.config.accumulated_recompile_limit = 4096
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -486,8 +480,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     print(f"[{time.perf_counter() - t_start:6.1f} s] {model_name} | compiled model: first fwd+bwd "
                           f"{column['model_compile_s']:.1f} s", flush=True)
                 except Exception as e:  # noqa: BLE001
-                    column["error"] = _short(e)
+                    column.update(_failure(e))
                     print(f"{model_name} | compiled model failed: {column['error']}", flush=True)
+                    _print_detail(column)
                     continue
                 reset_model(model, initial)
             for recipe in all_recipes:
@@ -508,7 +503,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     except RecipeTimeout as e:
                         row["error"] = f"cut: {e}"
                     except Exception as e:  # noqa: BLE001 - one recipe failing must not stop the table
-                        row["error"] = _short(e)
+                        row.update(_failure(e))
                         if os.environ.get("TRAIN_TRACEBACK"):
                             traceback.print_exc()
                     finally:
@@ -520,6 +515,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 )
                 print(f"[{time.perf_counter() - t_start:6.1f} s] {model_name} | model {mode} | {recipe.name}: {status}",
                       flush=True)
+                _print_detail(row)
             floor = next((r.get("ms") for r in column["rows"] if r["kind"] == "floor"), None)
             for r in column["rows"]:
                 if "ms" in r and floor is not None:
@@ -540,9 +536,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _short(e: BaseException) -> str:
+DETAIL_LINES = 15
+
+
+def _failure(e: BaseException) -> Dict[str, object]:
+    """What a failed recipe or compiled model keeps: a one-line ``error`` for the table, the exception's
+    ``error_type`` and ``error_detail``, the last ``DETAIL_LINES`` non-empty lines of its traceback and
+    message (chained causes included). The cause of e.g. ``BackendCompilerFailed`` sits at the end of a
+    long message whose first line only names the backend, so the first line alone loses it."""
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0][:120] if lines else ''}"
+    full = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    tail = [ln.rstrip() for ln in full.splitlines() if ln.strip()][-DETAIL_LINES:]
+    return {"error": f"{type(e).__name__}: {lines[0][:120] if lines else ''}",
+            "error_type": f"{type(e).__module__}.{type(e).__qualname__}",
+            "error_detail": "\n".join(tail)}
+
+
+def _print_detail(entry: Dict[str, object]) -> None:
+    """The kept last lines of a failure, indented under its status line (nothing for a run that worked)."""
+    if "error_detail" in entry:
+        print(f"    {entry['error_type']}, last lines:", flush=True)
+        for ln in str(entry["error_detail"]).splitlines():
+            print(f"    | {ln}", flush=True)
 
 
 def _cleanup(model: Optional[nn.Module], initial: List[Tensor], device: torch.device) -> None:

@@ -147,15 +147,15 @@ def _copy_step(dst: Tensor, s: Union[Tensor, float]) -> None:
     dst.copy_(s.detach().reshape(()) if isinstance(s, Tensor) else torch.tensor(float(s)))
 
 
+def _checkpoint(kind: str, shapes: Sequence[Sequence[int]], hparams: Any, **tensors: Any) -> Dict[str, Any]:
+    """The checkpoint layout both states share: ``kind``, the state's own entries, then the ``shapes`` and
+    ``hparams`` record that ``_check_common`` / ``_check_hparams`` read back."""
+    return {"kind": kind, **tensors, "shapes": [list(s) for s in shapes], "hparams": hparams_record(hparams)}
+
+
 def polargrad_state_dict(state: PolarGradStateLike, hparams: Optional[PolarGradHParams] = None) -> Dict[str, Any]:
     """``state`` as a checkpoint dict (layout in the module docstring); its live tensors, not copies."""
-    return {
-        "kind": "PolarGradState",
-        "step": state.step,
-        "momentum": list(state.momentum),
-        "shapes": [list(s) for s in state.shapes],
-        "hparams": hparams_record(hparams),
-    }
+    return _checkpoint("PolarGradState", state.shapes, hparams, step=state.step, momentum=list(state.momentum))
 
 
 @torch.no_grad()
@@ -178,14 +178,8 @@ def load_polargrad_state_dict(
 
 def adamw_state_dict(state: AdamWStateLike, hparams: Optional[AdamWHParams] = None) -> Dict[str, Any]:
     """``state`` as a checkpoint dict (layout in the module docstring); its live tensors, not copies."""
-    return {
-        "kind": "AdamWState",
-        "step": list(state.step),
-        "exp_avg": list(state.exp_avg),
-        "exp_avg_sq": list(state.exp_avg_sq),
-        "shapes": [list(s) for s in state.shapes],
-        "hparams": hparams_record(hparams),
-    }
+    return _checkpoint("AdamWState", state.shapes, hparams, step=list(state.step), exp_avg=list(state.exp_avg),
+                       exp_avg_sq=list(state.exp_avg_sq))
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from torch._dynamo.utils import counters
 
 import fpolar
 import fpolar.optim as fo
+from fpolar.apps.torch_muon_fp32 import newton_schulz_fp32
 from fpolar.optim import Muon, PolarGrad, param_groups
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,19 +53,6 @@ def displacement_error(ours, theirs, start):
 # --------------------------------------------------------------------------- torch.optim.Muon parity
 
 
-def _ns_like_torch_in_fp32(grad, ns_coefficients, ns_steps, eps):
-    """torch.optim.Muon's Newton–Schulz line by line, but in float32 instead of bfloat16."""
-    a, b, c = ns_coefficients
-    x = grad.float()
-    if grad.size(0) > grad.size(1):
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
-    for _ in range(ns_steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if grad.size(0) > grad.size(1) else x
-
-
 def _run_pair(ours_kwargs, theirs_kwargs, steps=5, shapes=MATRIX_SHAPES):
     start = [torch.randn(s) for s in shapes]
     ours, theirs = clones(start), clones(start)
@@ -82,7 +70,7 @@ def _run_pair(ours_kwargs, theirs_kwargs, steps=5, shapes=MATRIX_SHAPES):
 def test_muon_matches_torch_muon(monkeypatch, nesterov, adjust_lr_fn):
     # With torch's NS run in float32, the only differences left are rounding: ‖X‖+eps vs max(‖X‖, eps),
     # batched vs single matmuls, and the order of the final multiply-add.
-    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", _ns_like_torch_in_fp32)
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", newton_schulz_fp32)
     kw = dict(lr=0.03, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
     ours, theirs, start = _run_pair(kw, kw)
     assert displacement_error(ours, theirs, start) < 1e-4

@@ -38,6 +38,17 @@ def _tensors(state):
     return [*state.step, *state.exp_avg, *state.exp_avg_sq]
 
 
+def _assert_steps_continue_equal(step, params, state, resumed_params, resumed, hp, gen):
+    """3 more ``step``s of the original and the resumed run on the same fresh grads: params and state
+    tensors equal bit for bit."""
+    for _ in range(3):
+        g = _grads(params, gen)
+        step(params, g, state, hp)
+        step(resumed_params, g, resumed, hp)
+    for a, b in zip(params + _tensors(state), resumed_params + _tensors(resumed)):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("options", [{}, {"nesterov": True, "momentum_dtype": torch.float64, "scale": "shape"}])
 def test_polargrad_state_resumes_bit_exactly(options):
     hp = fpolar.PolarGradHParams(lr=0.02, weight_decay=0.01, **options)
@@ -54,12 +65,7 @@ def test_polargrad_state_resumes_bit_exactly(options):
     resumed.load_state_dict(saved, hparams=hp)
     # copied into the existing buffers: the momenta are still views of the stacked buffers
     assert resumed.momentum[0].untyped_storage().data_ptr() == resumed.buffers[0].untyped_storage().data_ptr()
-    for _ in range(3):
-        g = _grads(params, gen)
-        fpolar.polargrad_step(params, g, state, hp)
-        fpolar.polargrad_step(resumed_params, g, resumed, hp)
-    for a, b in zip(params + _tensors(state), resumed_params + _tensors(resumed)):
-        assert torch.equal(a, b)
+    _assert_steps_continue_equal(fpolar.polargrad_step, params, state, resumed_params, resumed, hp, gen)
 
 
 def test_adamw_state_resumes_bit_exactly():
@@ -77,12 +83,7 @@ def test_adamw_state_resumes_bit_exactly():
     resumed_params = [p.clone() for p in params]
     resumed = fpolar.init_adamw_state(resumed_params, hp)
     resumed.load_state_dict(saved, hparams=hp)
-    for _ in range(3):
-        g = _grads(params, gen)
-        fpolar.adamw_step(params, g, state, hp)
-        fpolar.adamw_step(resumed_params, g, resumed, hp)
-    for a, b in zip(params + _tensors(state), resumed_params + _tensors(resumed)):
-        assert torch.equal(a, b)
+    _assert_steps_continue_equal(fpolar.adamw_step, params, state, resumed_params, resumed, hp, gen)
 
 
 def _stepped_polar_checkpoint(hp):

@@ -14,6 +14,7 @@ import torch
 import torch.optim._muon as torch_muon
 
 import fpolar.optim
+from fpolar.apps.torch_muon_fp32 import newton_schulz_fp32
 from fpolar.optim import Muon
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch ≥ 2.9")
@@ -23,22 +24,9 @@ OTHER_SHAPES = [(12,), (20, 6)]  # a bias and an "embedding" for AdamW
 TOL = dict(rtol=0, atol=2e-5)
 
 
-def _ns_fp32(grad, ns_coefficients, ns_steps, eps):
-    """torch.optim.Muon's _zeropower_via_newtonschulz, line for line, in fp32 instead of bf16."""
-    a, b, c = ns_coefficients
-    x = grad.float()
-    if grad.size(0) > grad.size(1):
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
-    for _ in range(ns_steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if grad.size(0) > grad.size(1) else x
-
-
 @pytest.fixture
 def fp32_torch_muon(monkeypatch):
-    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", _ns_fp32)
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", newton_schulz_fp32)
 
 
 def _params(shapes, seed):
@@ -53,6 +41,16 @@ def _grads(params, gen):
 def _set(params, grads):
     for p, g in zip(params, grads):
         p.grad = g.clone()
+
+
+def _step_both(steps, gen, params, twin, *optimizers):
+    """``steps`` steps of every optimizer, with the same fresh random grads set on ``params`` and ``twin``."""
+    for _ in range(steps):
+        g = _grads(params, gen)
+        _set(params, g)
+        _set(twin, g)
+        for opt in optimizers:
+            opt.step()
 
 
 def _roundtrip(obj):
@@ -83,12 +81,7 @@ def test_load_torch_muon_checkpoint_then_steps_equal_torch(fp32_torch_muon, adju
     assert opt.param_groups[0]["lr"] == 0.02 and opt.param_groups[0]["nesterov"] is nesterov
     for p, q in zip(mats, ours):
         assert torch.equal(opt.state[q]["momentum_buffer"], muon.state[p]["momentum_buffer"])
-    for _ in range(4):
-        g = _grads(mats, gen)
-        _set(mats, g)
-        _set(ours, g)
-        muon.step()
-        opt.step()
+    _step_both(4, gen, mats, ours, muon, opt)
     for p, q in zip(mats, ours):
         torch.testing.assert_close(q, p, **TOL)
 
@@ -112,13 +105,7 @@ def test_from_torch_pair_steps_equal_torch(fp32_torch_muon):
     ref_muon, ref_adamw = _torch_pair(ref[: len(mats)], ref[len(mats):])
     ref_muon.load_state_dict(snapshot[0])
     ref_adamw.load_state_dict(snapshot[1])
-    for _ in range(4):
-        g = _grads(mats + others, gen)
-        _set(mats + others, g)
-        _set(ref, g)
-        opt.step()
-        ref_muon.step()
-        ref_adamw.step()
+    _step_both(4, gen, mats + others, ref, opt, ref_muon, ref_adamw)
     for p, q in zip(mats + others, ref):
         torch.testing.assert_close(p, q, **TOL)
 
@@ -138,13 +125,7 @@ def test_fpolar_checkpoint_into_torch_muon(fp32_torch_muon):
     muon.load_state_dict(_roundtrip(muon_sd))
     adamw.load_state_dict(_roundtrip(adamw_sd))
     assert muon.param_groups[0]["momentum"] == 0.9 and adamw.param_groups[0]["lr"] == 3e-3
-    for _ in range(4):
-        g = _grads(mats + others, gen)
-        _set(mats + others, g)
-        _set(twin, g)
-        opt.step()
-        muon.step()
-        adamw.step()
+    _step_both(4, gen, mats + others, twin, opt, muon, adamw)
     for p, q in zip(mats + others, twin):
         torch.testing.assert_close(q, p, **TOL)
 
@@ -156,12 +137,7 @@ def test_without_the_patch_torch_differs_by_bf16_rounding():
     ours = [torch.nn.Parameter(p.detach().clone()) for p in mats]
     muon, opt = torch.optim.Muon(mats, lr=0.02), Muon(ours, lr=0.02)
     gen = torch.Generator().manual_seed(5)
-    for _ in range(3):
-        g = _grads(mats, gen)
-        _set(mats, g)
-        _set(ours, g)
-        muon.step()
-        opt.step()
+    _step_both(3, gen, mats, ours, muon, opt)
     # difference between the runs, relative to how far the params moved
     rel = max(((p - q).norm() / (q - s).norm()).item() for p, q, s in zip(mats, ours, start))
     assert 1e-4 < rel < 5e-2, rel

@@ -44,3 +44,36 @@ def test_quick_cpu_run(tmp_path):
     text = md.read_text()
     assert "| fpolar.optim.Muon(param_groups(model)) |" in text and "overhead ms" in text
     assert torch.__version__ in res["env"]["torch"]
+
+
+def test_failure_keeps_type_and_cause():
+    """A failure keeps its type and the end of its message: for ``BackendCompilerFailed`` the cause is on
+    the last lines, after a first line that only names the backend."""
+    spec = importlib.util.spec_from_file_location("train_bench", os.path.join(ROOT, "benchmarks", "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = train  # its dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(train)
+    finally:
+        del sys.modules[spec.name]
+
+    class BackendFailed(RuntimeError):
+        pass
+
+    def compile_graph():
+        raise AssertionError("the real cause: loop reordering after fusion")
+
+    try:
+        try:
+            compile_graph()
+        except AssertionError as cause:
+            raise BackendFailed("backend='inductor' raised:\n" + "\n".join(f"frame {i}" for i in range(30))
+                                + f"\n{cause}") from cause
+    except BackendFailed as e:
+        got = train._failure(e)
+    assert got["error"] == "BackendFailed: backend='inductor' raised:"
+    assert got["error_type"].endswith("BackendFailed")
+    detail = got["error_detail"].splitlines()
+    assert len(detail) == train.DETAIL_LINES
+    assert detail[-1].endswith("the real cause: loop reordering after fusion")
+    assert "frame 0" not in got["error_detail"]

@@ -3,6 +3,7 @@
     cli           ``python -m fpolar [demo|bench|paper]``: parses the command line, dispatches
     demo          PolarGrad, Muon and AdamW side by side on a small MLP (the default command)
     bench         fpolar's whole optimizer step against torch.optim.Muon
+    torch_muon_fp32  torch.optim.Muon's Newton–Schulz in fp32 (bench and parity tests)
     experiments/  the PolarGrad paper's §6.1 / §6.2 reproductions
 
 Nothing is imported here, so ``import fpolar.apps.cli`` stays cheap.

@@ -10,16 +10,15 @@ there), so the CPU table has both dtypes.
 
 How long: 6 rows × (about 4 + --reps) steps on CPU, 3 rows on CUDA. On CPU the bf16 rows dominate:
 --reps 2 took 2 minutes on a busy shared 2-core CPU, and the default --reps 10 takes about three times
-as many steps; seconds on a GPU. The full GPU benchmarks (per shape group, kernels, peers, the FLOP floor) live in
-the repository's ``benchmarks/``.
+as many steps; seconds on a GPU. The full GPU benchmarks (per shape group, kernels, peers, the FLOP
+floor) live in the repository's ``benchmarks/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
@@ -27,6 +26,7 @@ from ..hparams import PolarGradHParams
 from ..polargrad import polargrad_step
 from ..state import init_state
 from .args import positive_int, usable_device
+from .torch_muon_fp32 import torch_muon_ns_dtype
 
 GPT2_SMALL: List[Tuple[Tuple[int, int], int]] = [((2304, 768), 12), ((768, 768), 12), ((3072, 768), 12), ((768, 3072), 12)]
 
@@ -51,33 +51,6 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object], int], float]
     return median_ms
 
 
-def _ns_fp32(grad: torch.Tensor, ns_coefficients: Tuple[float, float, float], ns_steps: int, eps: float) -> torch.Tensor:
-    """torch.optim.Muon's Newton–Schulz (torch/optim/_muon.py) with the iteration in fp32, not bf16."""
-    a, b, c = ns_coefficients
-    x = grad.float()
-    if grad.size(0) > grad.size(1):
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
-    for _ in range(ns_steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if grad.size(0) > grad.size(1) else x
-
-
-@contextlib.contextmanager
-def _torch_muon_ns_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """torch.optim.Muon with its Newton–Schulz iteration in ``dtype`` (bf16: unchanged) inside the block."""
-    import torch.optim._muon as torch_muon
-
-    original = torch_muon._zeropower_via_newtonschulz
-    if dtype == torch.float32:
-        torch_muon._zeropower_via_newtonschulz = _ns_fp32
-    try:
-        yield
-    finally:
-        torch_muon._zeropower_via_newtonschulz = original
-
-
 def run_bench(device: Optional[str] = None, reps: int = 10, compile: bool = False) -> dict:
     """Median ms/step of fpolar Muon and PolarGrad steps vs torch.optim.Muon on one matrix set, per
     Newton–Schulz dtype (see the module docstring). Returns {"label [dtype]": ms}."""
@@ -99,7 +72,7 @@ def run_bench(device: Optional[str] = None, reps: int = 10, compile: bool = Fals
         tparams = [p.clone().requires_grad_() for p in params]
         for p, g in zip(tparams, grads):
             p.grad = g.clone()
-        with _torch_muon_ns_dtype(dtype):
+        with torch_muon_ns_dtype(dtype):
             opt = torch.optim.Muon(tparams, lr=0.02, weight_decay=0.0)
             opt.step()
             print(f"  timing torch.optim.Muon, NS in {dname} …", flush=True)
@@ -136,7 +109,10 @@ def run_bench(device: Optional[str] = None, reps: int = 10, compile: bool = Fals
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fpolar bench", description=__doc__,
+    # The module docstring as the help, less its first words (the usage line names the command) and
+    # the reST code marks, which a terminal shows literally.
+    description = __doc__.replace("``python -m fpolar bench``: ", "", 1).replace("``", "")
+    parser = argparse.ArgumentParser(prog="python -m fpolar bench", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--reps", type=positive_int, default=10, help="timed steps per row (default 10)")
