@@ -1,0 +1,230 @@
+"""Checks run inside every spawned rank (see harness.py); each returns measured values or raises.
+
+The model: matrices of mixed shapes, each in its own layer, ``fully_shard``-ed per layer:
+three (7, 8) (7 rows: not divisible by 2 or 4), a (3, 7) (fewer rows than 4 ranks: empty shards), a
+tall (10, 3), a 3-D (3, 5, 6) stack (whole matrices per rank; one rank of 4 holds none), a conv
+weight (5, 3, 3, 3) and a fused QKV (12, 8) split as [6, 3, 3]. The reference is the one-process
+``fpolar.polargrad_step`` on full tensors (the QKV as three separate params).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import fpolar
+from fpolar.distributed import distributed_polargrad_step, init_distributed_state
+from fpolar.distributed.layout import chunk_spans
+
+SHAPES: Dict[str, Tuple[int, ...]] = {
+    "a": (7, 8),
+    "b": (7, 8),
+    "c": (7, 8),
+    "small": (3, 7),
+    "tall": (10, 3),
+    "stack": (3, 5, 6),
+    "conv": (5, 3, 3, 3),
+    "qkv": (12, 8),
+}
+QKV_SPLIT = (6, 3, 3)
+TOL = 1e-5
+
+
+class Layer(nn.Module):
+    def __init__(self, shape: Tuple[int, ...]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(shape) / shape[-1] ** 0.5)
+        self.bias = nn.Parameter(torch.randn(shape[0]) * 0.1)
+
+
+class Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleDict({k: Layer(s) for k, s in SHAPES.items()})
+
+    def __getitem__(self, key: str) -> Layer:
+        return self.layers[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # fully_shard needs a root with a forward
+        return x
+
+
+_MODEL: dict = {}
+
+
+def sharded_model(world_size: int):
+    """The model, fully_shard-ed per layer once per process, its weights reset to the seed-0 values."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    fresh = Model()
+    full = {k: layer.weight.detach().clone() for k, layer in fresh.layers.items()}
+    if world_size not in _MODEL:
+        mesh = init_device_mesh("cpu", (world_size,))
+        for layer in fresh.layers.values():
+            fully_shard(layer, mesh=mesh)
+        fully_shard(fresh, mesh=mesh)
+        _MODEL[world_size] = (fresh, mesh)
+    model, mesh = _MODEL[world_size]
+    with torch.no_grad():
+        for k in SHAPES:
+            model[k].weight.to_local().copy_(as_shard(full[k], model[k].weight).to_local())
+    return model, full, mesh
+
+
+def full_grads(step: int) -> Dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    return {k: torch.randn(s, generator=gen) for k, s in SHAPES.items()}
+
+
+def as_shard(full: torch.Tensor, like) -> torch.Tensor:
+    """The DTensor Shard(0) of ``full`` on ``like``'s mesh, built from local rows (no communication)."""
+    from torch.distributed.tensor import DTensor
+
+    mesh = like.device_mesh
+    start, length = chunk_spans(full.shape[0], mesh.size())[mesh.get_local_rank()]
+    local = full[start : start + length].contiguous()
+    return DTensor.from_local(local, mesh, like.placements, run_check=False, shape=full.shape, stride=full.stride())
+
+
+def reference_params(full: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+    out = []
+    for k in SHAPES:
+        out.extend(full[k].split(QKV_SPLIT) if k == "qkv" else [full[k]])
+    return [t.clone() for t in out]
+
+
+def reference_grads(g: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+    out = []
+    for k in SHAPES:
+        out.extend(g[k].split(QKV_SPLIT) if k == "qkv" else [g[k]])
+    return out
+
+
+def split_of() -> Dict[int, Tuple[int, ...]]:
+    return {list(SHAPES).index("qkv"): QKV_SPLIT}
+
+
+CONFIGS = [
+    dict(polar=polar, order=order, scale=scale)
+    for polar in ("newton_schulz", "qdwh", "svd")
+    for order in ("momentum_first", "polar_first")
+    for scale in ("nuclear", "shape")
+]
+
+
+def hparams(cfg: dict, nesterov: bool) -> fpolar.PolarGradHParams:
+    lr = 0.01 if cfg["scale"] == "nuclear" else 0.05
+    return fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, nesterov=nesterov, **cfg)
+
+
+def run_reference(full, hp, steps: int) -> List[torch.Tensor]:
+    ref = reference_params(full)
+    state = fpolar.init_state(ref, hp)
+    for t in range(steps):
+        fpolar.polargrad_step(ref, reference_grads(full_grads(t)), state, hp)
+    return ref
+
+
+def compare(got: Dict[str, torch.Tensor], ref: List[torch.Tensor]) -> float:
+    ref_full, k = {}, 0
+    for name in SHAPES:
+        parts = len(QKV_SPLIT) if name == "qkv" else 1
+        ref_full[name] = torch.cat(ref[k : k + parts]) if parts > 1 else ref[k]
+        k += parts
+    return max((got[n] - ref_full[n]).abs().max().item() for n in SHAPES)
+
+
+def check_fsdp_parity(rank: int, world: int, shared: str) -> dict:
+    """5 steps of the planned step on fully_shard params == the one-process step, every config."""
+    errors = {}
+    for j, cfg in enumerate(CONFIGS):
+        model, full, _ = sharded_model(world)
+        params = [model[k].weight for k in SHAPES]
+        hp = hparams(cfg, nesterov=j % 2 == 1)
+        state = init_distributed_state(params, hp, split_sizes=split_of())
+        for t in range(5):
+            g = full_grads(t)
+            grads = [as_shard(g[k], model[k].weight) for k in SHAPES]
+            with torch.no_grad():
+                distributed_polargrad_step(params, grads, state, hp)
+        got = {k: model[k].weight.full_tensor() for k in SHAPES}
+        err = compare(got, run_reference(full, hp, 5))
+        errors["/".join(cfg.values()) + ("/nesterov" if j % 2 else "")] = err
+        assert err <= TOL, f"{cfg}: max abs error {err:.3g} > {TOL}"
+        mom_is_dtensor = all(type(m).__name__ == "DTensor" for m in state.momentum)
+        assert mom_is_dtensor, "momentum must stay DTensor in the params' layout"
+    return {"max_abs_error": errors}
+
+
+def check_replicated_parity(rank: int, world: int, shared: str) -> dict:
+    """DDP-style: plain replicated params, init with process_group, equals the one-process step."""
+    errors = {}
+    for j, cfg in enumerate(CONFIGS[::3]):
+        torch.manual_seed(0)
+        full = {k: torch.randn(s) / s[-1] ** 0.5 for k, s in SHAPES.items()}
+        params = [full[k].clone() for k in SHAPES]
+        hp = hparams(cfg, nesterov=j % 2 == 0)
+        state = init_distributed_state(params, hp, process_group=dist.group.WORLD, split_sizes=split_of())
+        for t in range(5):
+            g = full_grads(t)
+            distributed_polargrad_step(params, [g[k] for k in SHAPES], state, hp)
+        err = compare(dict(zip(SHAPES, params)), run_reference(full, hp, 5))
+        errors["/".join(cfg.values())] = err
+        assert err <= TOL, f"{cfg}: max abs error {err:.3g} > {TOL}"
+    return {"max_abs_error": errors}
+
+
+def _comm_counts(fn) -> Dict[str, int]:
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    with CommDebugMode() as mode:
+        fn()
+    return {str(k): v for k, v in mode.get_comm_counts().items()}
+
+
+def check_comm_counts(rank: int, world: int, shared: str) -> dict:
+    """FSDP2: two all_to_all per exchanged shape group per step, nothing else; DDP: one all_gather."""
+    model, _, _ = sharded_model(world)
+    params = [model[k].weight for k in SHAPES]
+    hp = fpolar.PolarGradHParams(lr=0.01)
+    state = init_distributed_state(params, hp, split_sizes=split_of())
+    rows_groups = sum(g.kind == "rows" for g in state.plan.groups)
+    g = full_grads(0)
+    grads = [as_shard(g[k], model[k].weight) for k in SHAPES]
+    with torch.no_grad():
+        counts = _comm_counts(lambda: distributed_polargrad_step(params, grads, state, hp))
+    a2a = sum(v for k, v in counts.items() if "all_to_all" in k)
+    assert a2a == 2 * rows_groups, f"{a2a} all_to_all for {rows_groups} row-sharded groups: {counts}"
+    assert sum(counts.values()) == a2a, f"collectives other than all_to_all: {counts}"
+
+    torch.manual_seed(0)
+    plain = [torch.randn(s) for s in SHAPES.values()]
+    rstate = init_distributed_state(plain, hp, process_group=dist.group.WORLD, split_sizes=split_of())
+    rcounts = _comm_counts(lambda: distributed_polargrad_step(plain, [torch.randn_like(p) for p in plain], rstate, hp))
+    gathers = sum(v for k, v in rcounts.items() if "all_gather" in k)
+    assert gathers == len(rstate.plan.groups) and sum(rcounts.values()) == gathers, rcounts
+    return {"fsdp": counts, "fsdp_row_groups": rows_groups, "replicated": rcounts, "replicated_groups": len(rstate.plan.groups)}
+
+
+def check_plan_same_on_every_rank(rank: int, world: int, shared: str) -> dict:
+    model, _, _ = sharded_model(world)
+    params = [model[k].weight for k in SHAPES]
+    plan = init_distributed_state(params, None, split_sizes=split_of()).plan
+    mine = [(g.kind, g.m, g.n, g.owned, g.slots) for g in plan.groups if g.kind != "local"]
+    every = [None] * world
+    dist.all_gather_object(every, mine)
+    assert all(e == mine for e in every), f"plans differ between ranks: {every}"
+    return {"groups": len(mine)}
+
+
+CHECKS = [
+    ("plan_same_on_every_rank", check_plan_same_on_every_rank),
+    ("fsdp_parity", check_fsdp_parity),
+    ("replicated_parity", check_replicated_parity),
+    ("comm_counts", check_comm_counts),
+]
