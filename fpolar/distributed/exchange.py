@@ -37,6 +37,11 @@ def scale_slots(payload: torch.dtype) -> int:
     return scale_dtype(payload).itemsize // payload.itemsize
 
 
+def ready(t: Tensor) -> Tensor:
+    """Wait for a collective's result (eagerly an ``AsyncCollectiveTensor``; traced, a no-op wrapper)."""
+    return funcol.wait_tensor(t)
+
+
 def _pad_rows(t: Tensor, rows: int) -> Tensor:
     return F.pad(t, (0, 0, 0, rows - t.shape[0])) if t.shape[0] < rows else t
 
@@ -55,8 +60,8 @@ def _unpack_scales(bits: Tensor, payload: torch.dtype) -> Tensor:
 
 
 def rows_to_owners(group: ExchangeGroup, local_rows: Sequence[Tensor], payload: torch.dtype) -> Tensor:
-    """All_to_all: this rank's rows of every matrix → the owners. Returns the owned matrices whole,
-    (len(group.owned[rank]), m, n) in ``payload`` dtype, in slot order.
+    """Start the all_to_all of this rank's rows of every matrix to the owners; returns the in-flight
+    (W, S, c, n) receive buffer for ``owned_matrices``. Issue every group's before waiting on any.
 
     ``local_rows[i]``: this rank's (rows_i, n) block of the group's matrix i (rows_i may be 0).
     """
@@ -67,14 +72,20 @@ def rows_to_owners(group: ExchangeGroup, local_rows: Sequence[Tensor], payload: 
         owned = group.owned[d]
         for j in range(s):
             blocks.append(_pad_rows(local_rows[owned[j]].to(payload), c) if j < len(owned) else zero)
-    recv = funcol.all_to_all_single(torch.stack(blocks), None, None, group.process_group).view(w, s, c, n)
+    return funcol.all_to_all_single(torch.stack(blocks), None, None, group.process_group)
+
+
+def owned_matrices(group: ExchangeGroup, received: Tensor) -> Tensor:
+    """The owned matrices whole, (len(group.owned[rank]), m, n) in slot order, from ``rows_to_owners``."""
+    w, s, c, n = group.world_size, group.slots, group.block_rows, group.n
+    recv = ready(received).view(w, s, c, n)
     mine = group.owned[group.rank]
     full = [
         torch.cat([recv[r, j, : group.matrices[i].spans[r][1]] for r in range(w)])
         for j, i in enumerate(mine)
     ]
     if not full:
-        return torch.zeros(0, group.m, n, dtype=payload, device=recv.device)
+        return torch.zeros(0, group.m, n, dtype=recv.dtype, device=recv.device)
     return torch.stack(full)
 
 
@@ -99,7 +110,7 @@ def rows_from_owners(
                 rows = zero
             blocks.append(rows if bits is None else torch.cat([rows, bits[j]]))
     width = c * n + (0 if bits is None else bits.shape[1])
-    recv = funcol.all_to_all_single(torch.stack(blocks), None, None, group.process_group).view(w, s, width)
+    recv = ready(funcol.all_to_all_single(torch.stack(blocks), None, None, group.process_group)).view(w, s, width)
     out: List[Tensor] = [None] * group.count  # type: ignore[list-item]
     order = []
     for d in range(w):
@@ -135,7 +146,7 @@ def replicated_from_owners(
     bits = _scale_bits(scales, s, payload)
     if bits is not None:
         flat = torch.cat([flat, bits], dim=1)
-    gathered = funcol.all_gather_single(flat.contiguous(), 0, group.process_group)  # (W·S, m·n + k)
+    gathered = ready(funcol.all_gather_single(flat.contiguous(), 0, group.process_group))  # (W·S, m·n + k)
     out: List[Tensor] = [None] * group.count  # type: ignore[list-item]
     index = [0] * group.count
     for d in range(group.world_size):

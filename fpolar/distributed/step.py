@@ -28,6 +28,7 @@ from ..polar import polar_wide
 from ..scale import nuclear_scale, shape_scale
 from ..validation import check_params_and_grads
 from .exchange import (
+    owned_matrices,
     replicated_from_owners,
     replicated_to_owners,
     rows_from_owners,
@@ -64,6 +65,10 @@ def _send(group: ExchangeGroup, mats: List[Tensor], hp: PolarGradHParams) -> Ten
     if group.kind == "replicated":
         return replicated_to_owners(group, mats, payload_dtype(group, hp))
     return torch.stack(mats) if len(mats) > 1 else mats[0].unsqueeze(0)
+
+
+def _owned(group: ExchangeGroup, sent: Tensor) -> Tensor:
+    return owned_matrices(group, sent) if group.kind == "rows" else sent
 
 
 def _receive(group: ExchangeGroup, o: Tensor, s: Optional[Tensor]) -> Tuple[List[Tensor], Optional[Tensor]]:
@@ -146,7 +151,8 @@ def distributed_polargrad_step(
 
     # polar + scale on the owners, exchange back
     results = []
-    for group, (mats, x_owned) in zip(active, sent):
+    for group, (mats, in_flight) in zip(active, sent):
+        x_owned = _owned(group, in_flight)
         if x_owned.shape[0]:
             o, s = owner_polar(x_owned, group, hp)
         else:

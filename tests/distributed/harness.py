@@ -37,7 +37,7 @@ def _child(rank: int, world_size: int, port: int, out_dir: str, shared_dir: str)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     records: List[Dict[str, object]] = []
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=90))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
     try:
         import checks
 
