@@ -44,10 +44,12 @@ def adamw_step(
     live = [i for i, g in enumerate(grads) if g is not None]
     if not live:
         return state
-    p: List[Tensor] = [params[i] for i in live]
-    g: List[Tensor] = [grads[i] for i in live]  # type: ignore[misc]
-    m = [state.exp_avg[i] for i in live]
-    v = [state.exp_avg_sq[i] for i in live]
+    # AdamW is elementwise: on DTensors (FSDP2) it runs on each rank's local shard, and the state
+    # stays a DTensor in the param's layout.
+    p: List[Tensor] = [_local(params[i]) for i in live]
+    g: List[Tensor] = [_local(grads[i]) for i in live]  # type: ignore[arg-type]
+    m = [_local(state.exp_avg[i]) for i in live]
+    v = [_local(state.exp_avg_sq[i]) for i in live]
     steps = [state.step[i] for i in live]
     beta1, beta2 = hparams.betas
     lr, wd = hparams.lr, hparams.weight_decay
@@ -78,3 +80,8 @@ def adamw_step(
     torch._foreach_mul_(update, step_size)
     torch._foreach_sub_(p, update)
     return state
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local tensor (aliasing it), else ``t``."""
+    return t.to_local() if type(t).__name__ == "DTensor" and hasattr(t, "to_local") else t

@@ -22,6 +22,8 @@ from . import tensor_lists
 from .hparams import PolarGradHParams, foreach_scalar
 from .polar import polar_wide
 from .scale import nuclear_scale, shape_scale
+from .distributed.state import DistributedPolarGradState
+from .distributed.step import distributed_polargrad_step
 from .state import PolarGradState, ShapeGroup, group_views
 from .validation import check_params_and_grads
 
@@ -95,6 +97,8 @@ def polargrad_step(
         raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
     if not isinstance(state, PolarGradState):
         raise TypeError(f"state must be a PolarGradState from fpolar.init_state, got {type(state).__name__}")
+    if isinstance(state, DistributedPolarGradState):
+        return distributed_polargrad_step(params, grads, state, hparams)
     check_params_and_grads(params, grads, matrices=True)
     state.check_matches(params)
 

@@ -14,7 +14,7 @@ How parameters become matrices:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -133,12 +133,27 @@ class PolarGradState:
                     )
 
 
-def init_state(params: Sequence[Tensor], hparams: Optional[PolarGradHParams] = None) -> PolarGradState:
+def init_state(
+    params: Sequence[Tensor],
+    hparams: Optional[PolarGradHParams] = None,
+    *,
+    process_group: Optional[Any] = None,
+    split_sizes: Optional[Dict[int, Sequence[int]]] = None,
+) -> PolarGradState:
     """Fresh ``polargrad_step`` state for ``params`` (each ≥ 2-D): zero momentum, step 0.
 
     Momentum buffers have the param dtype (or ``hparams.momentum_dtype``) and device. Params are not
     modified. Raises TypeError/ValueError for non-matrix or non-float params.
+
+    Distributed (``fpolar.distributed``): DTensor params (FSDP2 ``Shard(0)``, ``Replicate``), a
+    ``process_group`` over which replicated plain params share the polar work (DDP), or ``split_sizes``
+    ({param index: row sizes of fused matrices along dim 0}) give a ``DistributedPolarGradState``
+    whose momentum keeps each param's layout; ``polargrad_step`` takes it the same way.
     """
+    if process_group is not None or split_sizes is not None or any(_is_dtensor(p) for p in _as_list(params)):
+        from .distributed.state import init_distributed_state
+
+        return init_distributed_state(params, hparams, process_group=process_group, split_sizes=split_sizes)
     params = check_tensor_list(params, "params")
     for i, p in enumerate(params):
         check_matrix_tensor(p, f"params[{i}]")
@@ -155,6 +170,14 @@ def init_state(params: Sequence[Tensor], hparams: Optional[PolarGradHParams] = N
     device = params[0].device if params else torch.device("cpu")
     step = torch.zeros((), dtype=torch.float32, device=device)
     return PolarGradState(step=step, momentum=momentum, buffers=buffers, groups=groups, shapes=shapes)  # type: ignore[arg-type]
+
+
+def _as_list(params: Any) -> list:
+    return list(params) if isinstance(params, (list, tuple)) else []
+
+
+def _is_dtensor(t: Any) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "device_mesh")
 
 
 @dataclass

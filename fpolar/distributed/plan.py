@@ -44,6 +44,11 @@ def local_tensor(t: Tensor) -> Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
+def mesh_name(mesh: Any) -> str:
+    """A mesh told apart by its ranks (two meshes of one size print alike otherwise)."""
+    return f"on the {mesh.device_type} mesh of ranks {mesh.mesh.tolist()}"
+
+
 @dataclass(frozen=True)
 class ExchangeGroup:
     """Matrices of one shape that travel together.
@@ -132,15 +137,15 @@ class DistributedPlan:
                     )
                 if g.mesh is not None:
                     if not is_dtensor(p) or p.device_mesh != g.mesh:
-                        where = p.device_mesh if is_dtensor(p) else "a plain tensor"
+                        where = mesh_name(p.device_mesh) if is_dtensor(p) else "a plain tensor"
                         raise ValueError(
-                            f"distributed state was built for params[{i}] on {g.mesh}, but it is on {where}; "
+                            f"distributed state was built for params[{i}] {mesh_name(g.mesh)}, but it is {where}; "
                             "build the state again for this layout"
                         )
                 elif is_dtensor(p):
                     raise ValueError(
-                        f"distributed state was built for params[{i}] as a plain tensor, but got a DTensor on "
-                        f"{p.device_mesh}; build the state again for this layout"
+                        f"distributed state was built for params[{i}] as a plain tensor, but got a DTensor "
+                        f"{mesh_name(p.device_mesh)}; build the state again for this layout"
                     )
         if self.process_group is not None:
             w = dist.get_world_size(self.process_group)
@@ -212,7 +217,7 @@ def build_plan(
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(params):
             raise ValueError(f"split_sizes has key {k!r}, not a param index in [0, {len(params)})")
     buckets: Dict[tuple, Dict[str, Any]] = {}
-    shape_owner: Dict[tuple, Tuple[int, Any]] = {}
+    shape_owner: Dict[tuple, Tuple[int, Any, Any]] = {}
     for i, p in enumerate(params):
         kind, pg, mesh = _placement_kind(i, p, process_group)
         parts = _check_parts(i, p, split_sizes.get(i))
@@ -235,13 +240,14 @@ def build_plan(
         for ref, rows in zip(refs, list(row_sizes) * max(1, len(refs) // len(row_sizes))):
             key = (kind, rows, n, p.dtype, local.device if kind != "rows" else p.device, id(pg))
             shape_key = (rows, n, p.dtype, kind)
-            if shape_key in shape_owner and shape_owner[shape_key][1] is not pg:
-                j = shape_owner[shape_key][0]
+            seen = shape_owner.get(shape_key)
+            if seen is not None and (seen[1] is not pg or (seen[2] is not None and seen[2] != mesh)):
+                j = seen[0]
                 raise ValueError(
                     f"params[{i}] and params[{j}] share the matrix shape ({rows}, {n}) and dtype {p.dtype} but "
                     f"live on different meshes / process groups; one shape group must use one mesh"
                 )
-            shape_owner.setdefault(shape_key, (i, pg))
+            shape_owner.setdefault(shape_key, (i, pg, mesh))
             b = buckets.setdefault(key, {"refs": [], "pg": pg, "mesh": mesh, "world": world, "rank": rank})
             b["refs"].append(ref)
     keys = list(buckets)

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 import fpolar
+import fpolar.optim
 from fpolar.distributed import distributed_polargrad_step, init_distributed_state
 from fpolar.distributed.layout import chunk_spans
 
@@ -267,3 +268,183 @@ def check_tensor_parallel_polar(rank: int, world: int, shared: str) -> dict:
 
 
 CHECKS.append(("tensor_parallel_polar", check_tensor_parallel_polar))
+
+
+def _set_grads(model, step: int, sharded: bool) -> None:
+    gen = torch.Generator().manual_seed(2000 + step)
+    for name, p in model.named_parameters():
+        g = torch.randn(p.shape, generator=gen)
+        p.grad = as_shard(g, p) if sharded else g
+
+
+def _muon(params):
+    return fpolar.optim.Muon(params, lr=0.02, weight_decay=0.1, adamw_lr=0.01)
+
+
+def _full_state(opt, model) -> Dict[str, torch.Tensor]:
+    """Every optimizer state tensor, whole, keyed by param name and state key."""
+    out = {}
+    for name, p in model.named_parameters():
+        for k, v in opt.state[p].items():
+            out[f"{name}/{k}"] = v.full_tensor() if hasattr(v, "full_tensor") else v.clone()
+    return out
+
+
+def check_optim_on_fully_shard(rank: int, world: int, shared: str) -> dict:
+    """fpolar.optim.Muon on a fully_shard-ed model's parameters(), no new argument: 3 steps equal the
+    same optimizer on the unsharded model; then DCP saves the state (world 4) or round-trips it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    model, full, _ = sharded_model(world)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                torch.manual_seed(len(name))
+                p.to_local().copy_(as_shard(torch.randn(p.shape) * 0.1, p).to_local())
+    torch.manual_seed(0)
+    plain = Model()
+    plain.load_state_dict({n: (p.full_tensor() if hasattr(p, "full_tensor") else p) for n, p in model.state_dict().items()})
+    opt, ref = _muon(model.parameters()), _muon(plain.parameters())
+    for t in range(3):
+        _set_grads(model, t, True)
+        _set_grads(plain, t, False)
+        opt.step()
+        ref.step()
+    err = max((p.full_tensor() - q).abs().max().item() for p, q in zip(model.parameters(), plain.parameters()))
+    assert err <= TOL, f"fpolar.optim.Muon on fully_shard params differs from one process by {err:.3g}"
+    kinds = {type(s["momentum_buffer"]).__name__ for s in opt.state.values() if "momentum_buffer" in s}
+    assert kinds == {"DTensor"}, f"momentum stored as {kinds}"
+
+    osd = get_optimizer_state_dict(model, opt)
+    ckpt = f"{shared}/optim_w{world}"
+    dcp.save({"optim": osd}, checkpoint_id=ckpt)
+    saved = _full_state(opt, model)
+    if rank == 0:
+        torch.save(saved, f"{shared}/optim_w{world}_full.pt")
+    # round trip on the same world: a fresh optimizer loads the checkpoint bit-exactly. DCP builds the
+    # fresh state by a zero-grad step only when no param has a grad, as when a run resumes.
+    model.zero_grad(set_to_none=True)
+    fresh = _muon(model.parameters())
+    target = get_optimizer_state_dict(model, fresh)
+    dcp.load({"optim": target}, checkpoint_id=ckpt)
+    set_optimizer_state_dict(model, fresh, target)
+    got = _full_state(fresh, model)
+    bad = [k for k in saved if not torch.equal(saved[k], got[k])]
+    assert not bad and set(got) == set(saved), f"DCP round trip changed {bad}"
+    dist.barrier()
+    return {"max_abs_error_vs_one_process": err, "state_tensors": len(saved)}
+
+
+def check_dcp_reshard_from_4(rank: int, world: int, shared: str) -> dict:
+    """Load the optimizer state world 4 saved into a world-2 fully_shard model: bit-exact, then it steps."""
+    import os
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    if not os.path.exists(f"{shared}/optim_w4_full.pt"):
+        raise AssertionError("world 4 saved no checkpoint (its optim_on_fully_shard check failed or did not run)")
+    model, _, _ = sharded_model(world)
+    model.zero_grad(set_to_none=True)
+    opt = _muon(model.parameters())
+    target = get_optimizer_state_dict(model, opt)
+    dcp.load({"optim": target}, checkpoint_id=f"{shared}/optim_w4")
+    set_optimizer_state_dict(model, opt, target)
+    want = torch.load(f"{shared}/optim_w4_full.pt")
+    got = _full_state(opt, model)
+    bad = [k for k in want if not torch.equal(want[k], got[k])]
+    assert not bad and set(got) == set(want), f"4 → 2 resharding changed {bad}"
+    _set_grads(model, 9, True)
+    opt.step()
+    return {"state_tensors": len(got)}
+
+
+check_dcp_reshard_from_4.worlds = (2,)
+
+
+def check_compiled_step(rank: int, world: int, shared: str) -> dict:
+    """The distributed functional step under torch.compile(fullgraph=True): one frame, no recompile over a
+    20-step lr schedule (0-d lr tensor), and the same params as eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    names = ["a", "small", "qkv"]
+    model, full, _ = sharded_model(world)
+    params = [model[k].weight for k in names]
+    lr = torch.tensor(0.01)
+    hp = fpolar.PolarGradHParams(lr=lr, weight_decay=0.1)
+    state = fpolar.init_state(params, hp)
+    g = full_grads(0)
+    grads = [as_shard(g[k], model[k].weight) for k in names]
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(fpolar.polargrad_step, backend=counter, fullgraph=True)
+    ref = [full[k].clone() for k in names]
+    ref_state = fpolar.init_state(ref, fpolar.PolarGradHParams(lr=lr, weight_decay=0.1))
+    with torch.no_grad():
+        for t in range(20):
+            lr.fill_(0.01 * (1 - t / 20))
+            step(params, grads, state, hp)
+            fpolar.polargrad_step(ref, [g[k] for k in names], ref_state, hp)
+    assert counter.frame_count == 1, f"{counter.frame_count} frames (recompiles)"
+    err = max((model[k].weight.full_tensor() - r).abs().max().item() for k, r in zip(names, ref))
+    assert err <= TOL, f"compiled distributed step differs from one process by {err:.3g}"
+    return {"frames": counter.frame_count, "max_abs_error": err}
+
+
+def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
+    """Errors name the problem and leave params and state as they were."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    model, full, mesh = sharded_model(world)
+    params = [model[k].weight for k in ("a", "b")]
+    hp = fpolar.PolarGradHParams(lr=0.01)
+    before = [p.to_local().clone() for p in params]
+    messages = {}
+
+    # one shape group on two meshes
+    other = DeviceMesh("cpu", list(reversed(range(world))))
+    odd = DTensor.from_local(torch.zeros(chunk_spans(7, world)[other.get_local_rank()][1], 8), other, [Shard(0)],
+                             run_check=False, shape=torch.Size([7, 8]), stride=(8, 1))
+    try:
+        fpolar.init_state([params[0], odd], hp)
+    except ValueError as e:
+        messages["two_meshes"] = str(e)
+        assert "different meshes" in str(e), str(e)
+    else:
+        raise AssertionError("params of one shape group on two meshes were accepted")
+
+    # a state built for another layout (the other mesh) is refused before anything changes
+    state = fpolar.init_state(params, hp)
+    g = full_grads(0)
+    moved = [odd, odd]
+    try:
+        fpolar.polargrad_step(moved, [as_shard(g["a"], odd)] * 2, state, hp)
+    except ValueError as e:
+        messages["other_mesh_state"] = str(e)
+        assert "built for" in str(e), str(e)
+    else:
+        raise AssertionError("a state built for another mesh was accepted")
+    # a state built for plain tensors refuses DTensors
+    plain_state = fpolar.init_state([full["a"].clone(), full["b"].clone()], hp, process_group=dist.group.WORLD)
+    try:
+        fpolar.polargrad_step(params, [as_shard(g["a"], params[0]), as_shard(g["b"], params[1])], plain_state, hp)
+    except ValueError as e:
+        messages["plain_state_dtensor_params"] = str(e)
+    else:
+        raise AssertionError("a replicated-params state was accepted for DTensor params")
+    assert state.step.item() == 0 and plain_state.step.item() == 0
+    assert all(torch.equal(b, p.to_local()) for b, p in zip(before, params)), "params changed before the error"
+    assert all(m.to_local().abs().sum() == 0 for m in state.momentum), "momentum changed before the error"
+    return {"messages": messages}
+
+
+check_compiled_step.worlds = (2,)  # compiling takes ~40 s per world on 2 busy cores: once is enough
+
+CHECKS += [
+    ("bad_input_changes_nothing", check_bad_input_changes_nothing),
+    ("optim_on_fully_shard", check_optim_on_fully_shard),
+    ("dcp_reshard_from_4", check_dcp_reshard_from_4),
+    ("compiled_step", check_compiled_step),
+]
