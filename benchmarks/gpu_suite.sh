@@ -7,12 +7,18 @@
 #   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper
 # A device call is limited to 10 minutes, so the parts are run as three calls there:
 # "tests compile", "polar peers", "lm paper".
+#
+# Each part's "exit N" is the status of its own test runner or benchmark (not of a pipe or a later
+# bookkeeping command); the script exits non-zero if any part, or any part's bookkeeping, failed.
+# To add a part: one line in run_part (and, if it leaves files to merge, one in after_part).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
-PARTS=${PARTS:-"tests compile polar peers lm paper"}
+ALL_PARTS="tests compile polar peers lm paper"
+PARTS=${PARTS:-$ALL_PARTS}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FPOLAR_RESULTS_DIR="$OUT/compile"
-# peers that the machine lacks travel as wheels in .whl/ (see benchmarks/README section in BENCHMARKS.md)
+# Packages the machine lacks travel as wheels in .whl/ (see the benchmarks section of BENCHMARKS.md):
+# the peers, and optional test packages such as expecttest (`pip download expecttest -d .whl --no-deps`).
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
@@ -21,26 +27,57 @@ log="$OUT/suite.log"
 {
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import torch, triton, sys; print('torch', torch.__version__, 'triton', triton.__version__, 'python', sys.version.split()[0])"
+  # Tests that need a missing optional package skip with the reason (pytest -rs shows it); say so up front.
+  python3 -c "
+import importlib.util
+missing = [m for m in ('expecttest', 'numpy', 'transformers', 'lightning') if importlib.util.find_spec(m) is None]
+print('optional test packages missing (their tests skip):', ', '.join(missing) if missing else 'none')"
   date -u
 } 2>&1 | tee "$log"
+
+# One part: its test runner or benchmark, nothing after it, so its status is the part's status.
+run_part() {
+  case $1 in
+    tests)   timeout 280 python3 -m pytest -q -p no:cacheprovider -rs tests ;;
+    compile) timeout 300 python3 -m pytest -q -p no:cacheprovider -rs compile_tests ;;
+    polar)   timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" ;;
+    peers)   timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" ;;
+    lm)      timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" ;;
+    paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
+    *)       echo "unknown part $1; parts: $ALL_PARTS"; return 2 ;;
+  esac
+}
+
+# What of a part's output goes to the log: pytest's summary is at its end.
+shown() {
+  case $1 in
+    tests|compile) tail -40 ;;
+    *)             cat ;;
+  esac
+}
+
+# Bookkeeping after a part (its own status, reported separately from the part's).
+after_part() {
+  case $1 in
+    compile)  # one file back instead of one per test
+      python3 -c "import json,glob,sys; d={f.split('/')[-1]: json.load(open(f)) for f in sorted(glob.glob(sys.argv[1]+'/*.json'))}; json.dump(d, open(sys.argv[2],'w'), indent=1)" "$OUT/compile" "$OUT/compile_results.json" \
+        && rm -rf "$OUT/compile" ;;
+  esac
+}
+
 status=0
 for part in $PARTS; do
   echo "=== $part ===" | tee -a "$log"
   start=$(date +%s)
-  case $part in
-    tests) timeout 280 python3 -m pytest -q -p no:cacheprovider -rs tests 2>&1 | tail -30 | tee -a "$log" ;;
-    compile)
-      timeout 300 python3 -m pytest -q -p no:cacheprovider -rs compile_tests 2>&1 | tail -30 | tee -a "$log"
-      # one file back instead of one per test
-      python3 -c "import json,glob,sys; d={f.split('/')[-1]: json.load(open(f)) for f in sorted(glob.glob(sys.argv[1]+'/*.json'))}; json.dump(d, open(sys.argv[2],'w'), indent=1)" "$OUT/compile" "$OUT/compile_results.json" && rm -rf "$OUT/compile" ;;
-    polar) timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" 2>&1 | tee -a "$log" ;;
-    peers) timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" 2>&1 | tee -a "$log" ;;
-    lm)    timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" 2>&1 | tee -a "$log" ;;
-    paper) timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" 2>&1 | tee -a "$log" ;;
-    *) echo "unknown part $part" | tee -a "$log" ;;
-  esac
+  run_part "$part" 2>&1 | shown "$part" | tee -a "$log"
   rc=${PIPESTATUS[0]}
   echo "=== $part: exit $rc, $(( $(date +%s) - start )) s ===" | tee -a "$log"
   [ "$rc" -eq 0 ] || status=1
+  after_part "$part" 2>&1 | tee -a "$log"
+  post=${PIPESTATUS[0]}
+  if [ "$post" -ne 0 ]; then
+    echo "=== $part: collecting its results failed (exit $post) ===" | tee -a "$log"
+    status=1
+  fi
 done
 exit $status

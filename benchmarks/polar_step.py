@@ -65,7 +65,7 @@ def plain_stacked_ns5(x: torch.Tensor) -> torch.Tensor:
 
 
 def polar_variants() -> Dict[str, PolarSpec]:
-    muon5 = dict(coefficients=[MUON], steps=5, dtype=torch.bfloat16)
+    muon5 = dict(coefficients=[MUON], ns_steps=5, polar_dtype=torch.bfloat16)
     out = {
         "fpolar NS5 cuBLAS": PolarSpec.build("newton_schulz", kernels="torch", **muon5),
         "fpolar NS5 Triton": PolarSpec.build("newton_schulz", kernels="triton", **muon5),

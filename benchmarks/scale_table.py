@@ -22,7 +22,6 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from fpolar.distributed.exchange import scale_slots
 from fpolar.distributed.owners import assign_owners, newton_schulz_cost
 from fpolar.distributed.plan import ExchangeGroup
 

@@ -7,8 +7,8 @@ and how many steps a user gets by default.
 
 Sources of the numbers: "muon" is Keller Jordan's Muon; "quintic" the 5-step list of modded-nanogpt /
 Emerging-Optimizers; "polar_express" Amsel et al. (2025) in modded-nanogpt's 5-step form with the 1.02
-safety factor; "aol" Turbo-Muon's 4 steps after AOL preconditioning (which replaces the Frobenius
-normalization, see ``fpolar.polar.newton_schulz``).
+safety factor; "aol" Turbo-Muon's 4 steps after AOL preconditioning (row scaling applied after the
+Frobenius normalization, see ``fpolar.polar.newton_schulz``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class NamedSchedule:
     # X is divided by (safety·‖X‖_F + eps) so that σ_max(X) ≤ 1/safety; polar_express's first
     # coefficients assume a margin below 1.
     safety: float
-    # "frobenius": divide by the Frobenius norm; "aol": AOL row scaling (Turbo-Muon).
+    # "frobenius": divide by the Frobenius norm; "aol": the same, then AOL row scaling (Turbo-Muon).
     normalization: Literal["frobenius", "aol"]
 
 

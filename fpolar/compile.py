@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from .adamw import adamw_step
 from .hparams import AdamWHParams, PolarGradHParams
 from .polargrad import polargrad_step
+from .routing import is_matrix
 from .state import AdamWState, PolarGradState, init_adamw_state, init_state
 
 LossFn = Callable[..., Tensor]
@@ -65,12 +66,13 @@ __all__ = [
 
 
 def matrices_to_polar(name: str, param: Tensor) -> bool:
-    """The default split: every ≥ 2-D parameter to PolarGrad, 0-/1-D ones (biases, norms) to AdamW.
+    """The default split, ``fpolar.routing.is_matrix``: every non-empty ≥ 2-D parameter to PolarGrad;
+    0-/1-D ones (biases, norms) and empty ones to AdamW.
 
     Embeddings and output heads are matrices too; pass a split that sends them to AdamW if you want
-    that, e.g. ``lambda name, p: p.dim() >= 2 and "embed" not in name``.
+    that, e.g. ``lambda name, p: is_matrix(p) and "embed" not in name``.
     """
-    return param.dim() >= 2
+    return is_matrix(param)
 
 
 def mark_static(*objects: object) -> None:
@@ -271,8 +273,8 @@ def make_train_step(
     backward: Backward = "autograd",
 ) -> TrainStep:
     """A train step for ``model``: ``step(*batch)`` runs ``loss_fn(model, *batch)``, its backward, then
-    ``polargrad_step`` on the parameters ``split`` selects (default: every ≥ 2-D one) and ``adamw_step``
-    on the other trainable parameters.
+    ``polargrad_step`` on the parameters ``split`` selects (default: ``fpolar.routing.is_matrix``, every
+    non-empty ≥ 2-D one) and ``adamw_step`` on the other trainable parameters.
 
     Args:
         model: its trainable parameters are **updated in place** by every call.

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .coefficients import CoefficientSpec, Overflow
-from .polar import PolarMethod, PolarSpec
+from .polar import POLAR_OPTIONS, PolarMethod, PolarSpec
 from .scale import SCALE_RULES, ScaleRule
 from .validation import check_scalar
 
@@ -84,6 +84,8 @@ class PolarGradHParams:
             (2 weighted Halley steps from l₀ = machine eps, then 1 Newton–Schulz polish step).
         gram_restart: Gram Newton–Schulz restart period in steps. Default 3.
         momentum_dtype: dtype of the momentum buffers; None (default) = the param dtype.
+        polar_spec: derived, not an argument: the ``PolarSpec`` built from ``polar`` and the fields
+            named in ``fpolar.polar.POLAR_OPTIONS`` (the same names ``fpolar.polar()`` takes).
     """
 
     lr: Scalar
@@ -131,19 +133,7 @@ class PolarGradHParams:
             not isinstance(self.momentum_dtype, torch.dtype) or not self.momentum_dtype.is_floating_point
         ):
             raise TypeError(f"momentum_dtype must be a floating torch.dtype or None, got {self.momentum_dtype!r}")
-        spec = PolarSpec.build(
-            self.polar,
-            coefficients=self.coefficients,
-            steps=self.ns_steps,
-            overflow=self.schedule_overflow,
-            eps=self.eps,
-            dtype=self.polar_dtype,
-            kernels=self.kernels,
-            qdwh_iters=self.qdwh_iters,
-            qdwh_l0=self.qdwh_l0,
-            polish_steps=self.polish_steps,
-            gram_restart=self.gram_restart,
-        )
+        spec = PolarSpec.build(self.polar, **{name: getattr(self, name) for name in POLAR_OPTIONS})
         object.__setattr__(self, "polar_spec", spec)
 
 

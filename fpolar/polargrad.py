@@ -1,73 +1,37 @@
 """The functional PolarGrad / PolarGradM / Muon step over lists of matrix parameters.
 
-Data path, per shape group (see ``fpolar.state``):
+Per shape group (see ``fpolar.state``), three phases in one direction:
 
-    momentum (foreach, through views into the stacked buffer)
-      → polar (one batched call on the (B, m, n) stack, transposed to wide)
-      → scale (⟨O, X⟩ per matrix, or a shape constant)
-      → decay + apply (foreach over per-param views of the update)
+    pre_orthogonalize    X: the polar input, (B, m, n) in the parameters' orientation
+                         (momentum-first: M ← β·M + (1−β)·G, X = M or its Nesterov blend; polar-first: G)
+      ── seam: the batch X can be sent out here, whole matrices come back ──
+    orthogonalize        O = polar(X) (tall groups iterated as their wide transpose), s = lr·scale·extra
+      ── seam ──
+    post_orthogonalize   D = O (polar-first: M ← β·M + (1−β)·O, D = M or its blend); W ← decay(W) − s·D
 
-No host sync, no ``.item()``, no branch on tensor values: the Python control flow depends only on
-shapes, dtypes and hparams, so ``torch.compile(fullgraph=True)`` traces it once.
+Which layout a group's momentum runs in (the whole stacked buffer, or per-param views) is chosen once,
+in ``live_batch``; which polar implementation runs is chosen once, when the plan is built
+(``PolarGradState.polar_impls``). No host sync, no ``.item()``, no branch on tensor values: the Python
+control flow depends only on shapes, dtypes and hparams, so ``torch.compile(fullgraph=True)`` traces
+it once.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from . import tensor_lists
 from .hparams import PolarGradHParams, foreach_scalar
-from .polar import polar_wide
+from .polar import PolarImpl, polar_in_orientation
+from .polar.dispatch import check_kernels_device
 from .scale import nuclear_scale, shape_scale
-from .distributed.state import DistributedPolarGradState
-from .distributed.step import distributed_polargrad_step
 from .state import PolarGradState, ShapeGroup, group_views
 from .validation import check_params_and_grads
 
 Scalar = Union[float, Tensor]
-
-
-def _stack(tensors: Sequence[Tensor], group: ShapeGroup) -> Tensor:
-    """Stack per-param tensors into the group's (B, m, n) batch, in the parameters' orientation."""
-    if len(tensors) == 1:
-        return tensors[0].reshape(-1, group.m, group.n)
-    return torch.cat([t.reshape(-1, group.m, group.n) for t in tensors])
-
-
-def _stack_wide(tensors: Sequence[Tensor], group: ShapeGroup) -> Tensor:
-    """``_stack`` as a wide (m ≤ n) view."""
-    x = _stack(tensors, group)
-    return x.mT if group.transposed else x
-
-
-def _polar_of(x_wide: Tensor, group: ShapeGroup, hp: PolarGradHParams) -> Tensor:
-    """Polar factor of the wide batch, returned in the param orientation (B, m, n)."""
-    o = polar_wide(x_wide, hp.polar_spec)
-    return o.mT if group.transposed else o
-
-
-def _step_size(hp: PolarGradHParams, group: ShapeGroup, o: Tensor, x: Tensor) -> Union[Tensor, float]:
-    """lr·s·extra_scale: a (B, 1, 1) tensor for nuclear scaling, else a scalar (float or 0-d tensor)."""
-    if hp.scale == "nuclear":
-        s = nuclear_scale(o, x)[:, None, None]
-        return s * (hp.lr * hp.extra_scale)
-    return hp.lr * (shape_scale(hp.scale, group.m, group.n) * hp.extra_scale)
-
-
-def _upcast(t: Tensor, group: ShapeGroup) -> Tensor:
-    """The update is scaled in at least float32 so lr·s is not rounded to the polar dtype (bf16)."""
-    return t.to(torch.promote_types(group.dtype, torch.float32))
-
-
-def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:
-    wd = hp.weight_decay
-    if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
-        return
-    factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
-    tensor_lists.mul_(params, foreach_scalar(factor, params[0]))
 
 
 def polargrad_step(
@@ -90,97 +54,200 @@ def polargrad_step(
 
     Raises:
         TypeError/ValueError before any tensor is modified: list length mismatch, a grad whose
-        shape/dtype/device differs from its param, a 0-/1-D or non-float/complex/sparse tensor, or a
-        state built for other params.
+        shape/dtype/device differs from its param, a 0-/1-D or non-float/complex/sparse tensor, a
+        state built for other params, or ``kernels="triton"`` for params not on CUDA.
     """
     if not isinstance(hparams, PolarGradHParams):
         raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
     if not isinstance(state, PolarGradState):
         raise TypeError(f"state must be a PolarGradState from fpolar.init_state, got {type(state).__name__}")
-    if isinstance(state, DistributedPolarGradState):
-        return distributed_polargrad_step(params, grads, state, hparams)
+    # A distributed state (``fpolar.distributed``) brings its own step around the same phases; asking
+    # the state keeps this module free of imports from the layer above it.
+    planned_step = getattr(state, "planned_step", None)
+    if planned_step is not None:
+        return planned_step(params, grads, state, hparams)
     check_params_and_grads(params, grads, matrices=True)
     state.check_matches(params)
+    impls = state.polar_impls_for(hparams.polar_spec)
+    for group, impl in zip(state.groups, impls):
+        check_kernels_device(impl.kernels, group.device)
 
-    hp = hparams
-    beta = hp.momentum
-    if hp.weight_decay_mode == "l2":
-        grads = _with_l2(params, grads, hp.weight_decay)
+    if hparams.weight_decay_mode == "l2":
+        grads = with_l2(params, grads, hparams.weight_decay)
     state.step.add_(1)
-    for group, buffer in zip(state.groups, state.buffers):
-        live = [j for j, i in enumerate(group.indices) if grads[i] is not None]
-        if not live:
+    for group, buffer, impl in zip(state.groups, state.buffers, impls):
+        batch = live_batch(group, buffer, params, grads, state)
+        if batch is None:
             continue
-        everyone = len(live) == len(group.indices)
-        p = [params[group.indices[j]] for j in live]
-        g = [grads[group.indices[j]] for j in live]
-        # Under torch.compile, with every grad present, the momentum update runs on the whole stacked
-        # buffer: per-param in-place ops on views of it are functionalized into one full-buffer
-        # scatter per param (measured on the H100: 0.2 ms kernels, the compiled step 7.7 ms vs 5.8
-        # eager). The stack of grads fuses into the lerp kernel. Eagerly, foreach over the views
-        # reads each grad once and needs no stack copy.
-        stacked = everyone and torch.compiler.is_compiling()
-        mom = [] if stacked else _momentum_views(state, group, buffer, live)
-        # the live params' layout in a (B_live, m, n) stack, for handing stacked results back per param
-        live_group, live_shapes = _live_group(group, live), _shapes(params, group, live)
-        if hp.order == "momentum_first" and stacked:
-            gs = _stack(g, group).to(buffer.dtype)
-            buffer.lerp_(gs, 1 - beta)
-            xs = gs.lerp(buffer, beta) if hp.nesterov else buffer
-            x = xs.mT if group.transposed else xs
-            o = _polar_of(x, group, hp)
-            update = _upcast(o, group) * _step_size(hp, group, o, xs)
-        elif hp.order == "momentum_first":
-            if mom[0].dtype != g[0].dtype:  # momentum_dtype differs from the param dtype
-                g = [t.to(mom[0].dtype) for t in g]
-            tensor_lists.lerp_(mom, g, 1 - beta)
-            if hp.nesterov:
-                x = _stack_wide(tensor_lists.lerp(g, mom, beta), group)
-            else:
-                # The stacked buffer already is the batch: no copy when every param has a grad.
-                x = (buffer.mT if group.transposed else buffer) if everyone else _stack_wide(mom, group)
-            o = _polar_of(x, group, hp)
-            x_orient = x.mT if group.transposed else x
-            update = _upcast(o, group) * _step_size(hp, group, o, x_orient)
-        else:
-            x = _stack_wide(g, group)
-            o = _polar_of(x, group, hp)
-            x_orient = x.mT if group.transposed else x
-            step_size = _step_size(hp, group, o, x_orient)
-            if stacked:
-                om = o.to(buffer.dtype)
-                buffer.lerp_(om, 1 - beta)
-                direction = om.lerp(buffer, beta) if hp.nesterov else buffer
-            else:
-                o_views = group_views(o.to(mom[0].dtype).contiguous(), live_group, live_shapes)
-                tensor_lists.lerp_(mom, o_views, 1 - beta)
-                direction = (
-                    _stack_wide(tensor_lists.lerp(o_views, mom, beta), group)
-                    if hp.nesterov
-                    else _stack_wide(mom, group)
-                )
-                direction = direction.mT if group.transposed else direction
-            update = _upcast(direction, group) * step_size
-
-        update = update.to(group.dtype).contiguous()
-        _apply_decay(p, hp)
-        tensor_lists.sub_(p, group_views(update, live_group, live_shapes))
+        x = pre_orthogonalize(batch, hparams)
+        orthogonalized = orthogonalize(x, impl, hparams)
+        post_orthogonalize(batch, orthogonalized, hparams)
     return state
 
 
-def _momentum_views(state: PolarGradState, group: ShapeGroup, buffer: Tensor, live: List[int]) -> List[Tensor]:
-    """The live params' momentum: ``state.momentum`` eagerly; under torch.compile, views of ``buffer``
-    made inside the graph. ``state.momentum`` holds views of ``buffer``, and a compiled graph whose
-    inputs alias each other with one mutated is traced through a synthetic base, which discards
-    every static-address mark (``mark_static``), so CUDA graphs (``mode="reduce-overhead"``) would
-    be skipped for "mutated inputs". Views made in the graph leave ``buffer`` the only input."""
-    if torch.compiler.is_compiling():
-        views = group_views(buffer, group, state.shapes)
-        return [views[j] for j in live]
-    return [state.momentum[group.indices[j]] for j in live]
+# --------------------------------------------------------------------------- what one group carries
 
 
-def _with_l2(params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], wd: Scalar) -> List[Optional[Tensor]]:
+class GroupBatch(NamedTuple):
+    """One shape group's params that have a grad this step, and the layout their momentum runs in.
+
+    Attributes:
+        group: the live params' layout in a (B, m, n) stack (the whole group when all are live).
+        shapes: their shapes, indexed the way ``group_views(…, group, shapes)`` expects.
+        params, grads: the live params and their grads.
+        buffer: the group's stacked momentum (B_group, m, n), live params or not.
+        momentum: the live params' momentum views for the per-param layout; None for the stacked
+            layout (the momentum update runs on ``buffer`` as one tensor).
+        whole: every param of the group is live, so ``buffer`` is the live momentum stack.
+    """
+
+    group: ShapeGroup
+    shapes: List[torch.Size]
+    params: List[Tensor]
+    grads: List[Tensor]
+    buffer: Tensor
+    momentum: Optional[List[Tensor]]
+    whole: bool
+
+
+class Orthogonalized(NamedTuple):
+    """What ``orthogonalize`` returns for a (B, m, n) polar input X, in the parameters' orientation.
+
+    Attributes:
+        o: polar(X), (B, m, n) in the polar dtype.
+        step_size: lr·s·extra_scale: (B, 1, 1) at least float32 for "nuclear" scaling, else a float or
+            a 0-d tensor (the shape rules are one constant per group).
+    """
+
+    o: Tensor
+    step_size: Union[Tensor, float]
+
+
+def live_batch(
+    group: ShapeGroup,
+    buffer: Tensor,
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: PolarGradState,
+) -> Optional[GroupBatch]:
+    """The group's params with a grad this step (None if none), with the momentum layout chosen once.
+
+    Stacked (``momentum=None``) under torch.compile when every param of the group has a grad: the
+    momentum update runs on the whole buffer, because per-param in-place ops on views of it are
+    functionalized into one full-buffer scatter per param (measured on the H100: 0.2 ms kernels, the
+    compiled step 7.7 ms vs 5.8 eager), and the grads' stack fuses into the lerp kernel. Per-param
+    otherwise: eagerly, foreach over the views reads each grad once and needs no stack copy.
+    """
+    live = [j for j, i in enumerate(group.indices) if grads[i] is not None]
+    if not live:
+        return None
+    whole = len(live) == len(group.indices)
+    stacked = whole and torch.compiler.is_compiling()
+    return GroupBatch(
+        group=_live_group(group, live),
+        shapes=_shapes(params, group, live),
+        params=[params[group.indices[j]] for j in live],
+        grads=[grads[group.indices[j]] for j in live],  # type: ignore[misc]
+        buffer=buffer,
+        momentum=None if stacked else _momentum_views(state, group, buffer, live),
+        whole=whole,
+    )
+
+
+# --------------------------------------------------------------------------- the three phases
+
+
+def pre_orthogonalize(batch: GroupBatch, hp: PolarGradHParams) -> Tensor:
+    """The polar input X of the group, (B, m, n) in the parameters' orientation: the momentum buffer
+    itself where it is the whole batch (no copy), else the per-param tensors stacked.
+
+    Momentum-first: M ← β·M + (1−β)·G in place, X = G.lerp(M, β) (Nesterov) or M. Polar-first: X = G
+    stacked; momentum waits for O (``post_orthogonalize``). A tall group's X stays tall here:
+    ``orthogonalize`` iterates on its wide transpose.
+    """
+    if hp.order == "polar_first":
+        return stack_matrices(batch.grads, batch.group)
+    return momentum_ema_(batch, batch.grads, hp)
+
+
+def orthogonalize(x: Tensor, impl: PolarImpl, hp: PolarGradHParams) -> Orthogonalized:
+    """O = polar(X) for a (B, m, n) polar input of either orientation, and the step size lr·s·extra.
+
+    Reads only ``x``, ``impl`` and ``hp``: no parameter and no state, so it can run on any subset of
+    the batch's matrices (dim 0) and return them whole.
+    """
+    o = polar_in_orientation(x, hp.polar_spec, impl)
+    return Orthogonalized(o, step_size(o, x, hp))
+
+
+def post_orthogonalize(batch: GroupBatch, orthogonalized: Orthogonalized, hp: PolarGradHParams) -> None:
+    """W ← decay(W) − lr·s·extra·D for the live params, with D = O (momentum-first) or, polar-first,
+    M ← β·M + (1−β)·O in place and D = O.lerp(M, β) (Nesterov) or M."""
+    o, size = orthogonalized
+    direction = o if hp.order == "momentum_first" else momentum_ema_(batch, o, hp)
+    update = upcast(direction, batch.group.dtype) * size
+    decay_and_subtract_(batch, update, hp)
+
+
+# --------------------------------------------------------------------------- the math of each phase
+
+
+def momentum_ema_(batch: GroupBatch, values: Union[List[Tensor], Tensor], hp: PolarGradHParams) -> Tensor:
+    """M ← β·M + (1−β)·V in place; returns V.lerp(M, β) (Nesterov) or M, stacked (B, m, n).
+
+    ``values`` are per-param tensors (the grads) or one (B, m, n) stack (O, polar-first). The stacked
+    layout updates ``batch.buffer`` as one tensor; the per-param layout updates the momentum views with
+    foreach and returns the buffer itself when it is the whole live stack (no copy).
+    """
+    beta, group = hp.momentum, batch.group
+    if batch.momentum is None:
+        v = values if isinstance(values, Tensor) else stack_matrices(values, group)
+        v = v.to(batch.buffer.dtype)
+        batch.buffer.lerp_(v, 1 - beta)
+        return v.lerp(batch.buffer, beta) if hp.nesterov else batch.buffer
+    mom = batch.momentum
+    if isinstance(values, Tensor):
+        vs = group_views(values.to(mom[0].dtype).contiguous(), group, batch.shapes)
+    elif mom[0].dtype != values[0].dtype:  # momentum_dtype differs from the param dtype
+        vs = [t.to(mom[0].dtype) for t in values]
+    else:
+        vs = values
+    tensor_lists.lerp_(mom, vs, 1 - beta)
+    if hp.nesterov:
+        return stack_matrices(tensor_lists.lerp(vs, mom, beta), group)
+    return batch.buffer if batch.whole else stack_matrices(mom, group)
+
+
+def step_size(o: Tensor, x: Tensor, hp: PolarGradHParams) -> Union[Tensor, float]:
+    """lr·s·extra_scale for (B, m, n) O and X: s = ⟨O, X⟩ per matrix, (B, 1, 1), for "nuclear"; else
+    the shape rule's constant for m×n (a float, or a 0-d tensor when lr is one)."""
+    if hp.scale == "nuclear":
+        s = nuclear_scale(o, x)[:, None, None]
+        return s * (hp.lr * hp.extra_scale)
+    return hp.lr * (shape_scale(hp.scale, x.size(-2), x.size(-1)) * hp.extra_scale)
+
+
+def upcast(t: Tensor, param_dtype: torch.dtype) -> Tensor:
+    """``t`` in at least float32, so lr·s is not rounded to the polar dtype (bf16) before the update is
+    cast to the param dtype."""
+    return t.to(torch.promote_types(param_dtype, torch.float32))
+
+
+def decay_and_subtract_(batch: GroupBatch, update: Tensor, hp: PolarGradHParams) -> None:
+    """W ← decay(W) − U for the live params, with U the (B, m, n) update in the parameters' orientation."""
+    update = update.to(batch.group.dtype).contiguous()
+    _apply_decay(batch.params, hp)
+    tensor_lists.sub_(batch.params, group_views(update, batch.group, batch.shapes))
+
+
+def stack_matrices(tensors: Sequence[Tensor], group: ShapeGroup) -> Tensor:
+    """Per-param tensors as the group's (B, m, n) batch, in the parameters' orientation (a view for one)."""
+    if len(tensors) == 1:
+        return tensors[0].reshape(-1, group.m, group.n)
+    return torch.cat([t.reshape(-1, group.m, group.n) for t in tensors])
+
+
+def with_l2(params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], wd: Scalar) -> List[Optional[Tensor]]:
     """G + λW for each live grad, as new tensors (the user's grads stay as they were)."""
     live = [i for i, g in enumerate(grads) if g is not None]
     out: List[Optional[Tensor]] = list(grads)
@@ -196,6 +263,30 @@ def _with_l2(params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], wd: Sc
     for i, s in zip(live, summed):
         out[i] = s
     return out
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:
+    """W ← (1 − lr·λ)W ("decoupled") or (1 − λ)W ("independent"); nothing for "l2" or λ = 0."""
+    wd = hp.weight_decay
+    if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
+        return
+    factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
+    tensor_lists.mul_(params, foreach_scalar(factor, params[0]))
+
+
+def _momentum_views(state: PolarGradState, group: ShapeGroup, buffer: Tensor, live: List[int]) -> List[Tensor]:
+    """The live params' momentum: ``state.momentum`` eagerly; under torch.compile, views of ``buffer``
+    made inside the graph. ``state.momentum`` holds views of ``buffer``, and a compiled graph whose
+    inputs alias each other with one mutated is traced through a synthetic base, which discards
+    every static-address mark (``mark_static``), so CUDA graphs (``mode="reduce-overhead"``) would
+    be skipped for "mutated inputs". Views made in the graph leave ``buffer`` the only input."""
+    if torch.compiler.is_compiling():
+        views = group_views(buffer, group, state.shapes)
+        return [views[j] for j in live]
+    return [state.momentum[group.indices[j]] for j in live]
 
 
 def _live_group(group: ShapeGroup, live: List[int]) -> ShapeGroup:

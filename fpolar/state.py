@@ -3,7 +3,8 @@
 The plan groups matrix parameters by (matrix shape, dtype, device). Each group keeps its momentum as
 ONE stacked buffer (B, m, n); every parameter's momentum is a view into it. The momentum update writes
 through the views (foreach), and the polar step reads the stacked buffer directly: no stack copy per
-step.
+step. The plan also holds, per group, the one dispatch decision of how its polar factor is computed
+(``PolarImpl``: method, kernels, iteration dtype), taken here and read by the step and ``describe_plan``.
 
 How parameters become matrices:
     2-D (m, n)              one matrix
@@ -14,12 +15,13 @@ How parameters become matrices:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .hparams import AdamWHParams, PolarGradHParams
+from .polar import PolarImpl, PolarSpec
 from .validation import check_matrix_tensor, check_real_dense_float, check_tensor_list
 
 
@@ -90,6 +92,11 @@ def plan_shape_groups(params: Sequence[Tensor]) -> Tuple[ShapeGroup, ...]:
     return tuple(groups)
 
 
+def plan_polar_impls(groups: Sequence[ShapeGroup], spec: PolarSpec) -> Tuple[PolarImpl, ...]:
+    """Per shape group, how ``spec`` computes its polar factor (``PolarSpec.impl_for``)."""
+    return tuple(spec.impl_for(g.m, g.n, g.dtype, g.device) for g in groups)
+
+
 def group_views(stacked: Tensor, group: ShapeGroup, shapes: Sequence[torch.Size]) -> List[Tensor]:
     """Per-parameter views of a contiguous (B, m, n) group tensor, each reshaped to its param's shape."""
     return [
@@ -108,6 +115,8 @@ class PolarGradState:
         buffers: per shape group, the stacked momentum (B, m, n), contiguous.
         groups: the shape-group plan (metadata only).
         shapes: the param shapes the state was built for.
+        polar_spec: the ``PolarSpec`` that ``polar_impls`` were decided for (None: not decided yet).
+        polar_impls: per group, how its polar factor is computed (see ``polar_impls_for``).
     """
 
     step: Tensor
@@ -115,6 +124,16 @@ class PolarGradState:
     buffers: List[Tensor]
     groups: Tuple[ShapeGroup, ...]
     shapes: Tuple[torch.Size, ...]
+    polar_spec: Optional[PolarSpec] = None
+    polar_impls: Tuple[PolarImpl, ...] = ()
+
+    def polar_impls_for(self, spec: PolarSpec) -> Tuple[PolarImpl, ...]:
+        """Per group, how ``spec`` computes its polar factor: the decisions taken by ``init_state``, or,
+        for a spec other than the one they were taken for (hparams changed since), the same rule applied
+        now. Shapes, dtypes and options only: no tensor is read."""
+        if spec is self.polar_spec or spec == self.polar_spec:
+            return self.polar_impls
+        return plan_polar_impls(self.groups, spec)
 
     def check_matches(self, params: Sequence[Tensor]) -> None:
         """Raise ValueError unless ``params`` are the shapes, dtypes and devices this state was built for."""
@@ -133,27 +152,13 @@ class PolarGradState:
                     )
 
 
-def init_state(
-    params: Sequence[Tensor],
-    hparams: Optional[PolarGradHParams] = None,
-    *,
-    process_group: Optional[Any] = None,
-    split_sizes: Optional[Dict[int, Sequence[int]]] = None,
-) -> PolarGradState:
+def init_state(params: Sequence[Tensor], hparams: Optional[PolarGradHParams] = None) -> PolarGradState:
     """Fresh ``polargrad_step`` state for ``params`` (each ≥ 2-D): zero momentum, step 0.
 
-    Momentum buffers have the param dtype (or ``hparams.momentum_dtype``) and device. Params are not
-    modified. Raises TypeError/ValueError for non-matrix or non-float params.
-
-    Distributed (``fpolar.distributed``): DTensor params (FSDP2 ``Shard(0)``, ``Replicate``), a
-    ``process_group`` over which replicated plain params share the polar work (DDP), or ``split_sizes``
-    ({param index: row sizes of fused matrices along dim 0}) give a ``DistributedPolarGradState``
-    whose momentum keeps each param's layout; ``polargrad_step`` takes it the same way.
+    Momentum buffers have the param dtype (or ``hparams.momentum_dtype``) and device. With ``hparams``,
+    each shape group's polar implementation is decided here (``PolarGradState.polar_impls``). Params are
+    not modified. Raises TypeError/ValueError for non-matrix or non-float params.
     """
-    if process_group is not None or split_sizes is not None or any(_is_dtensor(p) for p in _as_list(params)):
-        from .distributed.state import init_distributed_state
-
-        return init_distributed_state(params, hparams, process_group=process_group, split_sizes=split_sizes)
     params = check_tensor_list(params, "params")
     for i, p in enumerate(params):
         check_matrix_tensor(p, f"params[{i}]")
@@ -169,15 +174,16 @@ def init_state(
             momentum[i] = view
     device = params[0].device if params else torch.device("cpu")
     step = torch.zeros((), dtype=torch.float32, device=device)
-    return PolarGradState(step=step, momentum=momentum, buffers=buffers, groups=groups, shapes=shapes)  # type: ignore[arg-type]
-
-
-def _as_list(params: Any) -> list:
-    return list(params) if isinstance(params, (list, tuple)) else []
-
-
-def _is_dtensor(t: Any) -> bool:
-    return type(t).__name__ == "DTensor" and hasattr(t, "device_mesh")
+    spec = hparams.polar_spec if hparams is not None else None
+    return PolarGradState(
+        step=step,
+        momentum=momentum,  # type: ignore[arg-type]
+        buffers=buffers,
+        groups=groups,
+        shapes=shapes,
+        polar_spec=spec,
+        polar_impls=plan_polar_impls(groups, spec) if spec is not None else (),
+    )
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fpolar.__main__ import main
+from fpolar.apps.cli import main
 
 
 def test_help_lists_every_command(capsys):

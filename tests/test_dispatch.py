@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fpolar
-from fpolar.polar.dispatch import GRAM_MIN_ASPECT, TRITON_MIN_SIDE, choose_ns_ops, ns_implementation
+from fpolar.polar.dispatch import GRAM_MIN_ASPECT, TRITON_MIN_SIDE, PolarImpl, ns_implementation, ns_ops
 from fpolar.polar.newton_schulz import TORCH_OPS
 
 BF16 = torch.bfloat16
@@ -32,9 +32,60 @@ def test_thresholds_are_what_the_docs_say():
 
 
 def test_triton_on_cpu_is_refused_clearly():
+    cpu = torch.device("cpu")
     with pytest.raises(ValueError, match="kernels='triton' needs CUDA tensors, got a tensor on cpu"):
-        choose_ns_ops(torch.randn(1, 4, 8), "triton", torch.float32)
-    assert choose_ns_ops(torch.randn(1, 4, 8), "auto", torch.float32) is TORCH_OPS
+        ns_ops("triton", cpu)
+    auto = fpolar.PolarSpec.build(kernels="auto").impl_for(4, 8, torch.float32, cpu)
+    assert ns_ops(auto.kernels, cpu) is TORCH_OPS
+
+
+def test_triton_on_cpu_is_refused_before_any_tensor_changes():
+    params = [torch.randn(4, 8)]
+    grads = [torch.randn(4, 8)]
+    hp = fpolar.PolarGradHParams(lr=0.1, kernels="triton")
+    state = fpolar.init_state(params, hp)
+    before = params[0].clone()
+    with pytest.raises(ValueError, match="kernels='triton' needs CUDA tensors, got a tensor on cpu"):
+        fpolar.polargrad_step(params, grads, state, hp)
+    assert torch.equal(params[0], before) and not state.buffers[0].any() and state.step.item() == 0
+
+
+@pytest.mark.parametrize(
+    "method, kernels, normalization, m, n, cuda, expected",
+    [
+        ("newton_schulz", "auto", "frobenius", 768, 3072, True, ("gram_newton_schulz", "torch")),
+        ("newton_schulz", "auto", "frobenius", 3072, 768, True, ("gram_newton_schulz", "torch")),  # tall
+        ("newton_schulz", "auto", "frobenius", 4096, 4096, True, ("newton_schulz", "triton")),
+        ("newton_schulz", "auto", "aol", 768, 3072, True, ("newton_schulz", "torch")),
+        ("newton_schulz", "triton", "frobenius", 768, 3072, True, ("newton_schulz", "triton")),
+        ("gram_newton_schulz", "auto", "frobenius", 4096, 4096, True, ("gram_newton_schulz", "torch")),
+        ("gram_newton_schulz", "triton", "frobenius", 64, 64, True, ("gram_newton_schulz", "triton")),
+        ("qdwh", "triton", "frobenius", 64, 64, True, ("qdwh", "torch")),
+        ("newton_schulz", "auto", "frobenius", 768, 3072, False, ("newton_schulz", "torch")),
+    ],
+)
+def test_one_decision_per_group(method, kernels, normalization, m, n, cuda, expected):
+    """The plan's decision: Gram space and cuBLAS-vs-Triton in one place, on the wide side."""
+    coefficients = "aol" if normalization == "aol" else "polar_express"
+    spec = fpolar.PolarSpec.build(method, coefficients=coefficients, kernels=kernels)
+    device = torch.device("cuda" if cuda else "cpu")
+    impl = spec.impl_for(m, n, BF16, device)
+    assert (impl.method, impl.kernels) == expected
+    assert impl.polar_dtype == (BF16 if cuda and method != "qdwh" else torch.float32)
+
+
+def test_state_holds_the_decision_and_describe_reads_it():
+    params = [torch.randn(30, 10), torch.randn(4, 4)]
+    hp = fpolar.PolarGradHParams(lr=0.1, polar="svd")
+    state = fpolar.init_state(params, hp)
+    assert state.polar_impls == (PolarImpl("svd", "torch", torch.float32),) * 2
+    assert state.polar_impls_for(hp.polar_spec) is state.polar_impls
+    assert [r["implementation"] for r in fpolar.describe_plan(state, hp)] == ["svd", "svd"]
+    # hparams changed since the state was built (a torch.optim group edited between steps): the same
+    # rule, applied to the new spec
+    hp_ns = fpolar.PolarGradHParams(lr=0.1, polar_dtype=torch.float64)
+    assert [i.polar_dtype for i in state.polar_impls_for(hp_ns.polar_spec)] == [torch.float64] * 2
+    assert [r["implementation"] for r in fpolar.describe_plan(state, hp_ns)] == ["newton_schulz [torch matmul]"] * 2
 
 
 def test_describe_plan_lists_groups():

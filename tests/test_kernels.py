@@ -76,19 +76,6 @@ def exact_ns_apply(x: torch.Tensor, bm: torch.Tensor, a: float) -> tuple[torch.T
     return a * x64 + bm64 @ x64, abs(a) * x64.abs() + bm64.abs() @ x64.abs()
 
 
-def exact_aol_gram(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
-    """(x_scaled, its bound, a_scaled, its bound) in float64."""
-    x64 = x.double()
-    gram = x64 @ x64.mT
-    s = (gram.abs().sum(-1) + eps).rsqrt()
-    abs_gram = x64.abs() @ x64.abs().mT
-    x_scaled = s[..., :, None] * x64
-    a_scaled = s[..., :, None] * gram * s[..., None, :]
-    a_bound = s[..., :, None] * abs_gram * s[..., None, :]
-    # s itself carries a relative error of about n·u from the sums: bound x_scaled by |s·x|.
-    return x_scaled, x_scaled.abs(), a_scaled, a_bound
-
-
 # --------------------------------------------------------------------------------------------------
 # Triton kernels under the interpreter. Run in a subprocess (this file as a script).
 # --------------------------------------------------------------------------------------------------
@@ -106,15 +93,15 @@ INTERPRETER_TOL = {"float32": 1e-5, "bfloat16": 2.0**-7 + 1e-5, "float16": 2.0**
 def _interpreter_cases() -> list[str]:
     cases = [
         f"{op}-{'x'.join(map(str, shape))}-{dtype}-tile{tile}"
-        for op in ("sym_gram", "sym_poly", "ns_apply", "aol_gram")
+        for op in ("sym_gram", "sym_poly", "ns_apply")
         for shape in INTERPRETER_SHAPES
         for dtype in INTERPRETER_DTYPES
         for tile in INTERPRETER_TILES
     ]
     # fp16, a batch of 5 (batch offsets), strided (non-contiguous) inputs, and the tile index map.
-    cases += [f"{op}-4x20x24-float16-tile16" for op in ("sym_gram", "sym_poly", "ns_apply", "aol_gram")]
+    cases += [f"{op}-4x20x24-float16-tile16" for op in ("sym_gram", "sym_poly", "ns_apply")]
     cases += [
-        f"{op}-5x20x24-float32-tile16-strided" for op in ("sym_gram", "sym_poly", "ns_apply", "aol_gram")
+        f"{op}-5x20x24-float32-tile16-strided" for op in ("sym_gram", "sym_poly", "ns_apply")
     ]
     cases += ["lower_tile_coords"]
     return cases
@@ -145,7 +132,7 @@ def _run_kernel_case(case: str) -> dict:
     def poisoned(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.full(shape, math.nan, dtype=dtype)
 
-    if op in ("sym_gram", "sym_poly", "aol_gram"):
+    if op in ("sym_gram", "sym_poly"):
         config = None if tile is None else triton.Config({"BLOCK": tile, "BLOCK_K": 32})
     else:
         config = None if tile is None else triton.Config(
@@ -175,18 +162,6 @@ def _run_kernel_case(case: str) -> dict:
         twin = K.ns_apply_reference(x, bm, NS_A)
         bound = exact_ns_apply(x, bm, NS_A)[1]
         result["err"] = _bounds_error(out, twin.double(), bound, tol)
-    elif op == "aol_gram":
-        x_scaled, a_scaled = K.launch_aol_gram(
-            x, poisoned((batch, m, n)), poisoned((batch, m, m)), AOL_EPS, config=config
-        )
-        twin_x, twin_a = K.aol_gram_reference(x, AOL_EPS)
-        _, x_bound, _, a_bound = exact_aol_gram(x, AOL_EPS)
-        result["err"] = max(
-            _bounds_error(x_scaled, twin_x.double(), x_bound, tol),
-            _bounds_error(a_scaled, twin_a.double(), a_bound, tol),
-        )
-        # The scale of a symmetric matrix by the same s on both sides stays exactly symmetric.
-        result["symmetric"] = bool(torch.equal(a_scaled, a_scaled.mT))
     else:
         raise ValueError(f"unknown op in case {case}")
     result["ok"] = result["err"] <= 1.0 and result.get("symmetric", True)
@@ -266,7 +241,6 @@ def test_opcheck(shape, dtype):
     torch.library.opcheck(K.sym_gram, (x,))
     torch.library.opcheck(K.sym_poly, (a, NS_B, NS_C))
     torch.library.opcheck(K.ns_apply, (x, bm, NS_A))
-    torch.library.opcheck(K.aol_gram, (x, AOL_EPS))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -290,19 +264,20 @@ def test_cpu_ops_match_float64(shape, dtype):
     assert applied.shape == shape and applied.dtype == dtype
     assert _bounds_error(applied, *exact_ns_apply(x, bm, NS_A), tol) <= 1.0
 
-    x_scaled, a_scaled = K.aol_gram(x, AOL_EPS)
-    ex, ex_bound, ea, ea_bound = exact_aol_gram(x, AOL_EPS)
-    assert x_scaled.shape == shape and a_scaled.shape == (batch, m, m)
-    assert x_scaled.dtype == a_scaled.dtype == dtype
-    assert _bounds_error(x_scaled, ex, ex_bound, tol) <= 1.0
-    assert _bounds_error(a_scaled, ea, ea_bound, tol) <= 1.0
-
 
 def test_aol_scaling_bounds_singular_values():
-    """The point of AOL: σ_max(diag(s)·X) ≤ 1 (Gershgorin on diag(s)·A·diag(s))."""
+    """The point of AOL: σ_max(diag(s)·X) ≤ 1 (Gershgorin on diag(s)·A·diag(s)), and the scaled Gram
+    matrix handed to the first NS step is diag(s)·XXᵀ·diag(s) of that X (float64 reference)."""
+    from fpolar.polar.newton_schulz import TORCH_OPS, aol_precondition
+
     x = _random((4, 24, 80), torch.float32, seed=5) * 37.0
-    x_scaled, _ = K.aol_gram(x, AOL_EPS)
+    x_scaled, a_scaled = aol_precondition(x, AOL_EPS, TORCH_OPS)
     assert torch.linalg.matrix_norm(x_scaled.double(), ord=2).max().item() <= 1.0 + 1e-6
+    x64 = x.double()
+    s = ((x64 @ x64.mT).abs().sum(-1) + AOL_EPS).rsqrt()
+    torch.testing.assert_close(x_scaled.double(), s[..., None] * x64, rtol=1e-5, atol=0)
+    xs64 = s[..., None] * x64
+    torch.testing.assert_close(a_scaled.double(), xs64 @ xs64.mT, rtol=1e-5, atol=1e-6)
 
 
 def test_cpu_ops_accept_non_contiguous_inputs():
@@ -312,7 +287,6 @@ def test_cpu_ops_accept_non_contiguous_inputs():
     torch.testing.assert_close(K.sym_gram(x), K.sym_gram(x.contiguous()))
     torch.testing.assert_close(K.sym_poly(a, NS_B, NS_C), K.sym_poly(a.contiguous(), NS_B, NS_C))
     torch.testing.assert_close(K.ns_apply(x, a, NS_A), K.ns_apply(x.contiguous(), a.contiguous(), NS_A))
-    torch.testing.assert_close(K.aol_gram(x, AOL_EPS), K.aol_gram(x.contiguous(), AOL_EPS))
 
 
 # ------------------------------- Triton interpreter (subprocess) -------------------------------
@@ -393,7 +367,6 @@ COMPILE_CASES = {
     "sym_gram": lambda x, a, bm: K.sym_gram(x) * 2.0,
     "sym_poly": lambda x, a, bm: K.sym_poly(a, NS_B, NS_C) + 1.0,
     "ns_apply": lambda x, a, bm: K.ns_apply(x, bm, NS_A) - 1.0,
-    "aol_gram": lambda x, a, bm: K.aol_gram(x, AOL_EPS)[1] * 3.0,
 }
 
 
@@ -423,8 +396,6 @@ def test_rejects_wrong_number_of_dims():
         K.sym_poly(torch.randn(2, 2, 4, 4), NS_B, NS_C)
     with pytest.raises(ValueError, match=r"bm must be a batch of matrices"):
         K.ns_apply(torch.randn(2, 4, 6), torch.randn(4, 4), NS_A)
-    with pytest.raises(ValueError, match=r"x must be a batch of matrices"):
-        K.aol_gram(torch.randn(7), AOL_EPS)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.int32, torch.complex64], ids=str)
@@ -437,8 +408,6 @@ def test_rejects_unsupported_dtype(dtype):
         K.sym_poly(bad, NS_B, NS_C)
     with pytest.raises(TypeError, match=rf"bm has dtype {dtype}"):
         K.ns_apply(good, bad, NS_A)
-    with pytest.raises(TypeError, match=rf"x has dtype {dtype}"):
-        K.aol_gram(bad, AOL_EPS)
 
 
 def test_rejects_mismatched_x_and_bm():
@@ -456,8 +425,6 @@ def test_rejects_bad_scalars_and_non_square_a():
         K.sym_poly(torch.randn(2, 3, 4), NS_B, NS_C)
     with pytest.raises(ValueError, match=r"c must be finite, got nan"):
         K.sym_poly(torch.randn(2, 3, 3), NS_B, math.nan)
-    with pytest.raises(ValueError, match=r"eps must be >= 0, got -1"):
-        K.aol_gram(torch.randn(2, 3, 5), -1.0)
     with pytest.raises(ValueError, match=r"a must be finite, got inf"):
         K.ns_apply(torch.randn(2, 3, 5), torch.randn(2, 3, 3), math.inf)
 

@@ -1,7 +1,7 @@
-"""The PolarGrad paper reproductions (fpolar.experiments) on sizes small enough for a test.
+"""The PolarGrad paper reproductions (fpolar.apps.experiments) on sizes small enough for a test.
 
 Two layers: the problem definitions against literal float64 formulas, and a 10×-smaller run of both
-experiments (every dimension /10, nuclear-scaled lrs ×10³, see ``fpolar.experiments.paper``) whose
+experiments (every dimension /10, nuclear-scaled lrs ×10³, see ``fpolar.apps.experiments.paper``) whose
 curves must show real optimization, not just run.
 """
 
@@ -12,17 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fpolar.experiments import paper
-from fpolar.experiments.logistic_regression import LogisticConfig, LogisticProblem, logistic_grad, logistic_loss
-from fpolar.experiments.optimizers import DECAY_PERIOD, OptimizerSpec, make_stepper
-from fpolar.experiments.quadratic_regression import (
+from fpolar.apps.experiments import paper
+from fpolar.apps.experiments.logistic_regression import LogisticConfig, LogisticProblem, logistic_grad, logistic_loss
+from fpolar.apps.experiments.optimizers import DECAY_PERIOD, OptimizerSpec, make_stepper
+from fpolar.apps.experiments.quadratic_regression import (
     QuadraticConfig,
     QuadraticProblem,
     least_squares_solution,
     quadratic_grad,
     quadratic_loss,
 )
-from fpolar.experiments.runner import cpu_threads
+from fpolar.apps.experiments.runner import cpu_threads
 
 SHRINK = 10
 TINY_QUADRATIC = QuadraticConfig(p=100, m=50, n=10, q=25, steps=400, checkpoints=(100, 400), record_every=10)

@@ -3,7 +3,7 @@
     python benchmarks/paper/run.py --quick                       # ~1 minute on a 2-core CPU
     python benchmarks/paper/run.py --device cuda --out paper.json --plot paper.png   # full size
 
-All the code lives in ``fpolar.experiments`` (see ``fpolar/experiments/paper.py`` for the settings).
+All the code lives in ``fpolar.apps.experiments`` (see ``fpolar/apps/experiments/paper.py`` for the settings).
 """
 
 import sys
@@ -12,7 +12,7 @@ from pathlib import Path
 # Run from a checkout without installing: the repository root holds the fpolar package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fpolar.experiments.paper import main  # noqa: E402
+from fpolar.apps.experiments.paper import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,8 +2,9 @@
 
 Every strong design orthogonalizes each *whole* matrix on one owner rank: ``plan`` decides owners and
 the exchange layout once, ``exchange`` moves rows to owners and polar factors back with functional
-collectives, ``step`` is the PolarGrad / Muon step around that exchange, ``tensor_parallel`` computes
-one matrix's polar factor when the matrix itself is split across a tensor-parallel group.
+collectives, ``step`` is the PolarGrad / Muon step around that exchange. When a matrix itself is split across a
+tensor-parallel group, ``fpolar.polar(…, process_group=…, partition_dim=…)`` computes its polar factor
+(``fpolar.polar.tensor_parallel``).
 """
 
 from .owners import assign_owners, newton_schulz_cost

@@ -292,27 +292,3 @@ def build_plan(
         shapes=tuple(p.shape for p in params),
         process_group=process_group,
     )
-
-
-def describe_exchange(plan: DistributedPlan, payload_dtype_of: Any, scale_elems_of: Any) -> List[Dict[str, object]]:
-    """One dict per exchange group: kind, matrices, slots per rank, owners, bytes this rank sends per step.
-
-    ``payload_dtype_of(group)`` gives the exchange dtype, ``scale_elems_of(group)`` the scale payload.
-    """
-    rows = []
-    for g in plan.groups:
-        dt = payload_dtype_of(g)
-        rows.append(
-            {
-                "kind": g.kind,
-                "shape": (g.m, g.n),
-                "matrices": g.count,
-                "params": list(g.params),
-                "world_size": g.world_size,
-                "slots_per_rank": g.slots,
-                "owners": [list(o) for o in g.owned],
-                "exchange_dtype": dt,
-                "bytes_sent_per_step": g.bytes_sent(torch.empty((), dtype=dt).element_size(), scale_elems_of(g)),
-            }
-        )
-    return rows

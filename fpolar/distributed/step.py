@@ -1,31 +1,29 @@
-"""The planned PolarGrad / Muon step: direction on the local rows → exchange → polar + scale on the
-owner → exchange back → apply on the local rows.
+"""The planned PolarGrad / Muon step: the one-device phases with an exchange at each seam.
 
-The same math as ``fpolar.polargrad_step``, phase by phase, on each rank's own part of every matrix:
+    local_directions          X from momentum on local tensors (elementwise: no communication)
+      ── send_to_owners       "rows": all_to_all of each matrix's rows to its owner; "replicated":
+                              the owner takes its share; "local": nothing
+    orthogonalize_on_owners   ``fpolar.polargrad.orthogonalize`` on whole matrices: O and lr·s·extra,
+                              with ⟨O, X⟩ exact because the whole matrix is there
+      ── (inside it) back     all_to_all / all_gather of O's rows and bit-cast step sizes
+    apply_rows                decay, then W ← W − lr·s·D on this rank's rows (polar-first: M first)
 
-    direction   momentum (and Nesterov blend) on local tensors: elementwise, needs no communication
-    exchange    "rows": all_to_all to owners; "replicated": owner takes its share; "local": nothing
-    polar       the batched backend on the owner's whole matrices (orientation handled there)
-    scale       ⟨O, X⟩ on the owner (the whole matrix is there), or the shape rule
-    back        all_to_all / all_gather of factors and bit-cast scales
-    apply       decay, then W ← W − lr·s·O (polar-first: momentum of O first) on the local rows
-
-Every exchange is issued for every group before any polar runs, so in eager mode a group's
-collective is in flight while earlier groups iterate (asynchronous functional collectives wait only
-when their result is read).
+Every group's send is issued before any polar runs, so in eager mode a group's collective is in
+flight while earlier groups iterate (asynchronous functional collectives wait only when read).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import tensor_lists
 from ..hparams import PolarGradHParams, foreach_scalar
-from ..polar import polar_wide
-from ..scale import nuclear_scale, shape_scale
+from ..polar import PolarImpl
+from ..polar.dispatch import check_kernels_device
+from ..polargrad import Orthogonalized, orthogonalize, step_size, upcast
 from ..validation import check_params_and_grads
 from .exchange import (
     owned_matrices,
@@ -36,12 +34,11 @@ from .exchange import (
 )
 from .layout import MatrixRef
 from .plan import ExchangeGroup, is_dtensor, local_tensor
-from .state import DistributedPolarGradState
 
 
-def payload_dtype(group: ExchangeGroup, hp: PolarGradHParams) -> torch.dtype:
+def payload_dtype(impl: PolarImpl) -> torch.dtype:
     """The dtype matrices travel in: the polar iteration's dtype (bfloat16 for NS on CUDA)."""
-    return hp.polar_spec.compute_dtype_for(group.dtype, group.device.type == "cuda")
+    return impl.polar_dtype
 
 
 def matrix_rows(t: Tensor, ref: MatrixRef, n: int) -> Tensor:
@@ -50,33 +47,13 @@ def matrix_rows(t: Tensor, ref: MatrixRef, n: int) -> Tensor:
     return base[ref.local_start : ref.local_start + ref.local_rows]
 
 
-def owner_polar(x: Tensor, group: ExchangeGroup, hp: PolarGradHParams) -> Tuple[Tensor, Optional[Tensor]]:
-    """Polar factors (S, m, n) of the owner's whole matrices and their nuclear scales (S,) ⟨O, X⟩, or
-    None for a shape rule. Tall matrices are iterated as their wide transpose."""
-    wide = x.mT if group.transposed else x
-    o = polar_wide(wide, hp.polar_spec)
-    o = o.mT if group.transposed else o
-    return o, (nuclear_scale(o, x) if hp.scale == "nuclear" else None)
-
-
-def _send(group: ExchangeGroup, mats: List[Tensor], hp: PolarGradHParams) -> Tensor:
-    if group.kind == "rows":
-        return rows_to_owners(group, mats, payload_dtype(group, hp))
-    if group.kind == "replicated":
-        return replicated_to_owners(group, mats, payload_dtype(group, hp))
-    return torch.stack(mats) if len(mats) > 1 else mats[0].unsqueeze(0)
-
-
-def _owned(group: ExchangeGroup, sent: Tensor) -> Tensor:
-    return owned_matrices(group, sent) if group.kind == "rows" else sent
-
-
-def _receive(group: ExchangeGroup, o: Tensor, s: Optional[Tensor]) -> Tuple[List[Tensor], Optional[Tensor]]:
-    if group.kind == "rows":
-        return rows_from_owners(group, o.contiguous(), s)
-    if group.kind == "replicated":
-        return replicated_from_owners(group, o.contiguous(), s)
-    return list(o.unbind(0)), s
+def owner_orthogonalize(x: Tensor, impl: PolarImpl, hp: PolarGradHParams) -> Orthogonalized:
+    """The one-device phase on the owner's whole matrices (S, m, n): O = polar(X) and lr·s·extra, with
+    s = ⟨O, X⟩ computed here where the whole matrix is. An owner with no matrix this group (S = 0)
+    still returns the group's shape-rule step size."""
+    if x.shape[0] == 0:
+        return Orthogonalized(x, step_size(x, x, hp))
+    return orthogonalize(x, impl, hp)
 
 
 def _check_grads_agree(group_params: Sequence[int], grads: Sequence[Optional[Tensor]], params: Sequence[Tensor]) -> None:
@@ -93,9 +70,9 @@ def _check_grads_agree(group_params: Sequence[int], grads: Sequence[Optional[Ten
 def distributed_polargrad_step(
     params: Sequence[Tensor],
     grads: Sequence[Optional[Tensor]],
-    state: DistributedPolarGradState,
+    state: Any,
     hparams: PolarGradHParams,
-) -> DistributedPolarGradState:
+) -> Any:
     """One PolarGrad / PolarGradM / Muon step over params laid out as ``state.plan`` says.
 
     Args:
@@ -110,74 +87,100 @@ def distributed_polargrad_step(
     """
     if not isinstance(hparams, PolarGradHParams):
         raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
-    if not isinstance(state, DistributedPolarGradState) or state.plan is None:
+    if getattr(state, "plan", None) is None:
         raise TypeError(f"state must come from init_distributed_state, got {type(state).__name__}")
     check_params_and_grads(params, grads, matrices=True)
     state.check_matches(params)
-    plan, hp, beta = state.plan, hparams, hparams.momentum
-    for g in plan.groups:
+    plan, hp = state.plan, hparams
+    impls = state.polar_impls_for(hp.polar_spec)
+    for g, impl in zip(plan.groups, impls):
         _check_grads_agree(g.params, grads, params)
+        check_kernels_device(impl.kernels, g.device)
 
     P = [local_tensor(p) for p in params]
     G: List[Optional[Tensor]] = [None if g is None else local_tensor(g) for g in grads]
     M = [local_tensor(m) for m in state.momentum]
-    live = [i for i, g in enumerate(G) if g is not None]
-    if hp.weight_decay_mode == "l2" and live:
-        wd = foreach_scalar(hp.weight_decay, P[live[0]])
-        for i in live:
-            G[i] = G[i] + wd * P[i]  # type: ignore[operator]
+    if hp.weight_decay_mode == "l2":
+        G = [g if g is None else g + foreach_scalar(hp.weight_decay, g) * p for p, g in zip(P, G)]
     state.step.add_(1)
+    active = [(g, impl) for g, impl in zip(plan.groups, impls) if any(G[i] is not None for i in g.params)]
 
-    # direction: momentum on the local tensors, once per param (a fused param spans several groups)
-    if live:
-        gl = [G[i] if G[i].dtype == M[i].dtype else G[i].to(M[i].dtype) for i in live]  # type: ignore[union-attr]
-        if hp.order == "momentum_first":
-            ml = [M[i] for i in live]
-            tensor_lists.lerp_(ml, gl, 1 - beta)
-            xl = tensor_lists.lerp(gl, ml, beta) if hp.nesterov else ml
-        else:
-            xl = [G[i] for i in live]  # type: ignore[misc]
-    X: Dict[int, Tensor] = dict(zip(live, xl)) if live else {}
+    x = local_directions(G, M, hp)
+    in_flight = [send_to_owners(group, impl, x, P) for group, impl in active]
+    results = [orthogonalize_on_owners(group, impl, sent, hp) for (group, impl), sent in zip(active, in_flight)]
+    apply_rows(active, results, P, G, M, hp)
+    return state
 
-    # exchange there, for every group first (their collectives overlap the polar work below)
-    active = [g for g in plan.groups if any(G[i] is not None for i in g.params)]
-    sent = []
-    for group in active:
-        mats = [
-            matrix_rows(X[r.param] if r.param in X else torch.zeros_like(P[r.param]), r, group.n)
-            for r in group.matrices
-        ]
-        sent.append((mats, _send(group, mats, hp)))
 
-    # polar + scale on the owners, exchange back
-    results = []
-    for group, (mats, in_flight) in zip(active, sent):
-        x_owned = _owned(group, in_flight)
-        if x_owned.shape[0]:
-            o, s = owner_polar(x_owned, group, hp)
-        else:
-            o = x_owned
-            s = x_owned.new_zeros(0, dtype=torch.promote_types(x_owned.dtype, torch.float32)) if hp.scale == "nuclear" else None
-        results.append((mats, *_receive(group, o, s)))
+def local_directions(G: List[Optional[Tensor]], M: List[Tensor], hp: PolarGradHParams) -> Dict[int, Tensor]:
+    """The polar input X of every param with a grad, on local tensors (elementwise: no communication),
+    once per param (a fused param spans several groups). Momentum-first: M ← β·M + (1−β)·G in place,
+    X = G.lerp(M, β) (Nesterov) or M. Polar-first: X = G (momentum waits for O)."""
+    live = [i for i, g in enumerate(G) if g is not None]
+    if not live:
+        return {}
+    if hp.order == "polar_first":
+        return {i: G[i] for i in live}  # type: ignore[misc]
+    gl = [G[i] if G[i].dtype == M[i].dtype else G[i].to(M[i].dtype) for i in live]  # type: ignore[union-attr]
+    ml = [M[i] for i in live]
+    tensor_lists.lerp_(ml, gl, 1 - hp.momentum)
+    return dict(zip(live, tensor_lists.lerp(gl, ml, hp.momentum) if hp.nesterov else ml))
 
-    # apply: decay once per param, then the update rows
-    touched = sorted({i for g in active for i in g.params if G[i] is not None})
+
+def send_to_owners(group: ExchangeGroup, impl: PolarImpl, x: Dict[int, Tensor], P: List[Tensor]) -> Tensor:
+    """Start moving this rank's rows of the group's polar inputs to their owners (zeros for a param
+    without a grad, so every rank runs the same collectives). Every group's send is issued before any
+    polar runs: in eager mode a later group's collective is in flight while earlier groups iterate."""
+    mats = [matrix_rows(x[r.param] if r.param in x else torch.zeros_like(P[r.param]), r, group.n) for r in group.matrices]
+    if group.kind == "rows":
+        return rows_to_owners(group, mats, payload_dtype(impl))
+    if group.kind == "replicated":
+        return replicated_to_owners(group, mats, payload_dtype(impl))
+    return torch.stack(mats) if len(mats) > 1 else mats[0].unsqueeze(0)
+
+
+def orthogonalize_on_owners(
+    group: ExchangeGroup, impl: PolarImpl, sent: Tensor, hp: PolarGradHParams
+) -> Tuple[List[Tensor], Any]:
+    """O and lr·s·extra on the owners' whole matrices (the one-device ``orthogonalize``), then back:
+    per matrix this rank's rows of O, and the step sizes ((B,) for "nuclear", else the group's one)."""
+    x_owned = owned_matrices(group, sent) if group.kind == "rows" else sent
+    o, size = owner_orthogonalize(x_owned, impl, hp)
+    per_matrix = size.reshape(-1) if hp.scale == "nuclear" else None
+    if group.kind == "rows":
+        o_rows, sizes = rows_from_owners(group, o.contiguous(), per_matrix)
+    elif group.kind == "replicated":
+        o_rows, sizes = replicated_from_owners(group, o.contiguous(), per_matrix)
+    else:
+        o_rows, sizes = list(o.unbind(0)), per_matrix
+    return o_rows, (sizes if per_matrix is not None else size)
+
+
+def apply_rows(
+    active: List[Tuple[ExchangeGroup, PolarImpl]],
+    results: List[Tuple[List[Tensor], Any]],
+    P: List[Tensor],
+    G: List[Optional[Tensor]],
+    M: List[Tensor],
+    hp: PolarGradHParams,
+) -> None:
+    """Decay each param with a grad once, then W ← W − lr·s·D on this rank's rows of every matrix, with
+    D = O, or (polar-first) M ← β·M + (1−β)·O on those rows and D = M or O.lerp(M, β)."""
+    touched = sorted({i for g, _ in active for i in g.params if G[i] is not None})
     if touched:
         _apply_decay([P[i] for i in touched], hp)
-    for group, (mats, o_rows, s) in zip(active, results):
-        shape_step = None if hp.scale == "nuclear" else hp.lr * (shape_scale(hp.scale, group.m, group.n) * hp.extra_scale)
-        up = torch.promote_types(group.dtype, torch.float32)
+    beta = hp.momentum
+    for (group, _), (o_rows, size) in zip(active, results):
         for k, (ref, o) in enumerate(zip(group.matrices, o_rows)):
             if G[ref.param] is None or ref.local_rows == 0:
                 continue
-            step_size = shape_step if s is None else s[k] * (hp.lr * hp.extra_scale)
             if hp.order == "polar_first":
                 m_rows = matrix_rows(M[ref.param], ref, group.n)
                 om = o.to(m_rows.dtype)
                 m_rows.lerp_(om, 1 - beta)
                 o = om.lerp(m_rows, beta) if hp.nesterov else m_rows
-            matrix_rows(P[ref.param], ref, group.n).sub_((o.to(up) * step_size).to(group.dtype))
-    return state
+            step = size[k] if hp.scale == "nuclear" else size
+            matrix_rows(P[ref.param], ref, group.n).sub_((upcast(o, group.dtype) * step).to(group.dtype))
 
 
 def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:

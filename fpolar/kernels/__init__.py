@@ -6,10 +6,9 @@ One Newton–Schulz step on a batch of wide matrices X (B, m, n), m ≤ n, is th
     Bm = b·A + c·A·A          fpolar::sym_poly(Tensor a, float b, float c) -> Tensor (B, m, m)
     X  ← a·X + Bm·X           fpolar::ns_apply(Tensor x, Tensor bm, float a) -> Tensor (B, m, n)
 
-and the AOL ("Turbo-Muon") start replaces the Frobenius normalization and the first Gram product:
-
-    fpolar::aol_gram(Tensor x, float eps) -> (Tensor x_scaled, Tensor a_scaled)
-      A = X Xᵀ, s_i = 1/√(Σ_j |A_ij| + eps), x_scaled = diag(s)·X, a_scaled = diag(s)·A·diag(s)
+The AOL ("Turbo-Muon") row scaling of the "aol" schedule runs in torch
+(``fpolar.polar.newton_schulz.aol_precondition``), its Gram product through ``sym_gram`` when the
+Triton ops are selected.
 
 Every op: inputs bf16, fp16 or fp32 (for ns_apply x and bm of one dtype); products accumulate in
 fp32; outputs have the input dtype and are contiguous; any m, n (edges are masked, m = 1 works);
@@ -36,38 +35,30 @@ What each kernel computes and fuses:
   The kernel assumes A symmetric (the twin computes A·A as written).
 - ns_apply: one batched matmul Bm·X with a·X added in the epilogue (no separate pass over X);
   output tiles visited in groups of 8 tile-rows for L2 reuse.
-- aol_gram: two kernels. (1) lower-tile Gram into an fp32 scratch (the output itself for fp32),
-  mirrored, with each tile's |A| row sums — for its rows and, off the diagonal, for its mirror's
-  rows — added into fp32 per-row accumulators with atomics in the same pass; (2) an elementwise
-  kernel, run over X and over A, that forms s from the row sums on the fly and scales in fp32,
-  rounding once. Atomic order varies, so the last bits of s can vary between runs.
 
 Tile heuristic (no autotuning, chosen instantly from (m, n, dtype); ``symmetric_tile_config`` and
 ``matmul_tile_config``): 128-wide output tiles (128×128 for ns_apply) with 8 warps and 3 pipeline
 stages; a side of 64 with 4 warps and 4 stages only where the matrix is at most 64 on that side.
 K steps of 64 for 16-bit inputs and 32 for fp32 (same shared memory per stage). Every ``launch_*``
-takes ``config=triton.Config(...)`` to override it. Measured once on an H100 (bf16, µs, launcher
-only, vs torch's full matmul / baddbmm): sym_gram 12×768×3072: 53 vs 70, 32×2048×2048: 590 vs 860;
-sym_poly 32×2048: 659 vs 985; ns_apply 12×768×3072: 105 vs 135. Through the op, eager, add ~50 µs
-of Python dispatch per call (custom_op + Triton launch); CUDA graphs remove it. Row strides that are
-not multiples of 16 elements (e.g. m = 1000) cost the loads their 16-byte vectorization: correct, but
-slower than cuBLAS there (sym_poly 3×1000×1000: 99 vs 28 µs).
+takes ``config=triton.Config(...)`` to override it. Through the op, eager, each call adds Python
+dispatch (custom_op + Triton launch); CUDA graphs remove it. Row strides that are not multiples of 16
+elements (e.g. m = 1000) cost the loads their 16-byte vectorization: correct, but slower than cuBLAS
+there. Measured: see BENCHMARKS.md, "Each NS line alone, cuBLAS vs Triton" and "Triton kernels alone,
+launcher only".
 
 Addressing: the batch offset is int64 (batch · stride can pass 2**31 elements); inside one matrix
 offsets are int32, so a single matrix must span fewer than 2**31 elements (checked). The grid is one
 flat axis of batch × tiles, so the batch size has no 65535 grid limit.
 
 Launchers (``launch_sym_gram(x, out)``, ``launch_sym_poly(a, out, b, c)``,
-``launch_ns_apply(x, bm, out, a)``, ``launch_aol_gram(x, x_scaled, a_scaled, eps)``) run the Triton
-kernels on caller-provided outputs. They accept CUDA tensors, and CPU tensors when the Triton
-interpreter is on (``TRITON_INTERPRET=1`` set before triton is imported), which is how CI checks the
+``launch_ns_apply(x, bm, out, a)``) run the Triton kernels on caller-provided outputs. They accept
+CUDA tensors, and CPU tensors when the Triton interpreter is on (``TRITON_INTERPRET=1`` set before triton is imported), which is how CI checks the
 kernels' logic without a GPU.
 """
 
 from __future__ import annotations
 
 from ._common import HAS_TRITON, SUPPORTED_DTYPES, matmul_tile_config, symmetric_tile_config
-from .aol_gram import aol_gram, aol_gram_reference, launch_aol_gram
 from .ns_apply import launch_ns_apply, ns_apply, ns_apply_reference
 from .sym_gram import launch_sym_gram, sym_gram, sym_gram_reference
 from .sym_poly import launch_sym_poly, sym_poly, sym_poly_reference
@@ -75,9 +66,6 @@ from .sym_poly import launch_sym_poly, sym_poly, sym_poly_reference
 __all__ = [
     "HAS_TRITON",
     "SUPPORTED_DTYPES",
-    "aol_gram",
-    "aol_gram_reference",
-    "launch_aol_gram",
     "launch_ns_apply",
     "launch_sym_gram",
     "launch_sym_poly",

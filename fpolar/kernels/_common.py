@@ -135,7 +135,7 @@ def _k_block(dtype: torch.dtype) -> int:
 
 
 def symmetric_tile_config(m: int, dtype: torch.dtype) -> triton.Config:
-    """Tile choice for the lower-triangle kernels (sym_gram, sym_poly, aol_gram).
+    """Tile choice for the lower-triangle kernels (sym_gram, sym_poly).
 
     Output tiles are square (mirroring a tile needs BLOCK_M == BLOCK_N): 128 wide with 8 warps and
     3 stages, or 64 wide with 4 warps and 4 stages when one such tile covers the whole matrix

@@ -50,7 +50,7 @@ def gram_tile(
     """fp32 tile X[rows_i, :] · X[rows_j, :]ᵀ of shape (BLOCK, BLOCK).
 
     Rows past ``n_rows`` and columns past ``n_cols`` load as zeros, so they add nothing and the
-    out-of-range part of the tile is zero (the row sums of aol_gram rely on that).
+    out-of-range part of the tile is zero.
     """
     ks = tl.arange(0, BLOCK_K)
     valid_i = rows_i < n_rows

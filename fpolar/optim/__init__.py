@@ -11,7 +11,8 @@ torch.optim. Each param group runs one algorithm: "polargrad" (the polar step on
 
 from .base import PolarOptimizer
 from .group_state import ALGORITHMS
-from .groups import HEAD_NAMES, is_matrix, param_groups
+from ..routing import is_matrix
+from .groups import HEAD_NAMES, param_groups
 from .muon import Muon
 from .polargrad import PolarGrad
 

@@ -295,7 +295,7 @@ class PolarOptimizer(torch.optim.Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        checkpoint.load(self, state_dict)
+        self._load(state_dict)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -307,7 +307,22 @@ class PolarOptimizer(torch.optim.Optimizer):
             per_param = self.state
             self.state = defaultdict(dict)
             self._runtime = [GroupRuntime(g["algorithm"], list(g["params"])) for g in self.param_groups]
-            checkpoint.load(self, checkpoint.pack(self.param_groups, per_param))
+            self._load(checkpoint.pack(self.param_groups, per_param))
+
+    @torch.no_grad()
+    def _load(self, state_dict: Any) -> None:
+        """Validate the whole checkpoint (``checkpoint.plan_load``; raises before any change), then
+        replace each group's dict and state."""
+        loads = checkpoint.plan_load(state_dict, self.param_groups, self._runtime, self.validate_group)
+        for load in loads:
+            rt = self._runtime[load.index]
+            self.param_groups[load.index] = load.group
+            rt.key = None  # hparams are rebuilt from the loaded group at the next step
+            state = checkpoint.loaded_state(load, rt)
+            if state is None:
+                self._drop_state(rt)
+            else:
+                self._install_state(rt, state)
 
 
 def _params_and_names(params: Any, where: str) -> Tuple[List[Tensor], Optional[List[str]]]:

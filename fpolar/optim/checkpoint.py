@@ -8,10 +8,19 @@ per-param state keys:
     "polargrad" group   "momentum_buffer" (param shape), "step" (0-d; the group's count, equal for all)
     "adamw" group       "step" (0-d), "exp_avg", "exp_avg_sq" (param shape)
 
-A group has state for all of its params or for none (it never stepped). Loading is two-phase: ``_plan``
-reads and checks everything and builds the new group dicts without touching the optimizer;
-``_commit`` then copies. Copying into the existing buffers (rather than swapping tensors) keeps the
-per-param momentum views, and any compiled graph holding them, valid.
+A group has state for all of its params or for none (it never stepped). Loading is two-phase:
+``plan_load`` reads and checks everything and builds the new group dicts without touching anything;
+the optimizer then commits each ``GroupLoad``, calling ``loaded_state`` for the group's functional
+state. Copying into the existing buffers (rather than swapping tensors) keeps the per-param momentum
+views, and any compiled graph holding them, valid.
+
+The interface to the optimizer is plain data, so this module does not import it (the optimizer imports
+this one, never the reverse):
+
+* ``param_groups``: the optimizer's current group dicts (read only);
+* ``runtimes``: their ``GroupRuntime`` objects, one per group, in order (read only during the plan);
+* ``validate_group(group, where) -> hparams``: checks a complete group dict, raising ValueError/TypeError
+  that names ``where``; changes nothing.
 """
 
 from __future__ import annotations
@@ -19,16 +28,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from numbers import Real
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from ..state import AdamWState, PolarGradState
-from .group_state import GroupRuntime, HParams
+from .group_state import FunctionalState, GroupRuntime, HParams
 
-if TYPE_CHECKING:
-    from .base import PolarOptimizer
+ValidateGroup = Callable[[Mapping[str, Any], str], HParams]
+"""``validate_group(group, where) -> hparams``: the optimizer's check of one complete group dict."""
 
 STATE_KEYS: Dict[str, tuple] = {
     "polargrad": ("momentum_buffer", "step"),
@@ -37,20 +46,20 @@ STATE_KEYS: Dict[str, tuple] = {
 
 
 @dataclass
-class _GroupPlan:
-    index: int
-    group: Dict[str, Any]  # the group as it will be after loading (checkpoint values, our params)
-    hparams: HParams  # validated from ``group``; used to build state if the group has none yet
-    entries: Optional[List[Mapping[str, Any]]]  # per-param saved state, or None: the group never stepped
+class GroupLoad:
+    """What loading a checkpoint does to one param group, decided before anything changes.
 
-
-def load(opt: "PolarOptimizer", state_dict: Any) -> None:
-    """Replace ``opt``'s param-group hparams and state with the checkpoint's; see module docstring.
-
-    Raises ValueError/TypeError, leaving ``opt`` unchanged, when the checkpoint does not fit.
+    Attributes:
+        index: the group's position in ``param_groups``.
+        group: the group dict as it will be after loading (the checkpoint's values, the live params).
+        hparams: validated from ``group``; used to build state if the group has none yet.
+        entries: the per-param saved state dicts, or None: the group never stepped (its state is dropped).
     """
-    plans = _plan(opt, state_dict)
-    _commit(opt, plans)
+
+    index: int
+    group: Dict[str, Any]
+    hparams: HParams
+    entries: Optional[List[Mapping[str, Any]]]
 
 
 def pack(param_groups: Sequence[Mapping[str, Any]], state: Mapping[Tensor, Mapping[str, Any]]) -> Dict[str, Any]:
@@ -64,7 +73,18 @@ def pack(param_groups: Sequence[Mapping[str, Any]], state: Mapping[Tensor, Mappi
     return {"state": {index[id(p)]: s for p, s in state.items() if id(p) in index}, "param_groups": groups}
 
 
-def _plan(opt: "PolarOptimizer", state_dict: Any) -> List[_GroupPlan]:
+def plan_load(
+    state_dict: Any,
+    param_groups: Sequence[Mapping[str, Any]],
+    runtimes: Sequence[GroupRuntime],
+    validate_group: ValidateGroup,
+) -> List[GroupLoad]:
+    """Check a whole checkpoint against the optimizer's groups; one ``GroupLoad`` per group, in order.
+
+    Nothing is changed (the checkpoint's values are deep-copied into the new group dicts). Raises
+    ValueError/TypeError naming the mismatch: number of groups or params, algorithms, keys, hparam
+    values, state keys, shapes and types.
+    """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
     for key in ("state", "param_groups"):
@@ -75,15 +95,15 @@ def _plan(opt: "PolarOptimizer", state_dict: Any) -> List[_GroupPlan]:
         raise TypeError(f"checkpoint 'param_groups' must be a list, got {type(saved_groups).__name__}")
     if not isinstance(saved_state, Mapping):
         raise TypeError(f"checkpoint 'state' must be a dict, got {type(saved_state).__name__}")
-    if len(saved_groups) != len(opt.param_groups):
+    if len(saved_groups) != len(param_groups):
         raise ValueError(
-            f"checkpoint has {len(saved_groups)} param groups but this optimizer has {len(opt.param_groups)} "
+            f"checkpoint has {len(saved_groups)} param groups but this optimizer has {len(param_groups)} "
             "(a 'polargrad' group with non-matrix params is split in two; build the optimizer as it was built)"
         )
 
     used_ids: Dict[Any, str] = {}
     plans = []
-    for i, (group, rt, saved) in enumerate(zip(opt.param_groups, opt._runtime, saved_groups)):
+    for i, (group, rt, saved) in enumerate(zip(param_groups, runtimes, saved_groups)):
         where = f"checkpoint param_groups[{i}]"
         if not isinstance(saved, Mapping):
             raise TypeError(f"{where} must be a dict, got {type(saved).__name__}")
@@ -107,7 +127,7 @@ def _plan(opt: "PolarOptimizer", state_dict: Any) -> List[_GroupPlan]:
         new_group["params"] = group["params"]
         if "param_names" not in new_group and "param_names" in group:
             new_group["param_names"] = group["param_names"]
-        hparams = opt.validate_group(new_group, where)
+        hparams = validate_group(new_group, where)
 
         # An empty dict counts as no state: reading opt.state[p] for a param without state (a
         # defaultdict, as in torch.optim) leaves one behind.
@@ -122,7 +142,7 @@ def _plan(opt: "PolarOptimizer", state_dict: Any) -> List[_GroupPlan]:
                 )
             entries = [saved_state[sid] for sid in ids]
             _check_entries(entries, rt, where)
-        plans.append(_GroupPlan(i, new_group, hparams, entries))
+        plans.append(GroupLoad(i, new_group, hparams, entries))
 
     unknown = [k for k, v in saved_state.items() if k not in used_ids and v]
     if unknown:
@@ -183,22 +203,21 @@ def _reusable(rt: GroupRuntime, hparams: HParams) -> bool:
 
 
 @torch.no_grad()
-def _commit(opt: "PolarOptimizer", plans: List[_GroupPlan]) -> None:
-    for plan in plans:
-        rt = opt._runtime[plan.index]
-        opt.param_groups[plan.index] = plan.group
-        rt.key = None  # hparams are rebuilt from the loaded group at the next step
-        if plan.entries is None:
-            opt._drop_state(rt)
-            continue
-        state = rt.state if _reusable(rt, plan.hparams) else rt.new_state(plan.hparams)
-        if isinstance(state, PolarGradState):
-            state.step.copy_(_as_tensor(plan.entries[0]["step"]))
-            for dst, e in zip(state.momentum, plan.entries):
-                dst.copy_(e["momentum_buffer"])
-        else:
-            for j, e in enumerate(plan.entries):
-                state.step[j].copy_(_as_tensor(e["step"]))
-                state.exp_avg[j].copy_(e["exp_avg"])
-                state.exp_avg_sq[j].copy_(e["exp_avg_sq"])
-        opt._install_state(rt, state)
+def loaded_state(load: GroupLoad, runtime: GroupRuntime) -> Optional[FunctionalState]:
+    """The functional state ``runtime``'s group has after ``load``: None if the checkpoint has none for
+    it; else its current state with the saved values copied in (when its layout fits the loaded
+    hparams), or a new state holding them. Call only after ``plan_load`` accepted the whole checkpoint:
+    the copy writes into the live buffers. Values are cast to each buffer's dtype and device."""
+    if load.entries is None:
+        return None
+    state = runtime.state if _reusable(runtime, load.hparams) else runtime.new_state(load.hparams)
+    if isinstance(state, PolarGradState):
+        state.step.copy_(_as_tensor(load.entries[0]["step"]))
+        for dst, e in zip(state.momentum, load.entries):
+            dst.copy_(e["momentum_buffer"])
+    else:
+        for j, e in enumerate(load.entries):
+            state.step[j].copy_(_as_tensor(e["step"]))
+            state.exp_avg[j].copy_(e["exp_avg"])
+            state.exp_avg_sq[j].copy_(e["exp_avg_sq"])
+    return state

@@ -2,9 +2,8 @@
 
 Routing rules (the same in the optimizers and in ``param_groups``):
 
-* A tensor is a **matrix** when it has ≥ 2 dims and at least one element: 2-D (m, n) is one matrix,
-  3-D (k, m, n) is k matrices, ≥ 4-D (out, c, kh, kw…) is one (out, c·kh·kw…) matrix (see
-  ``fpolar.state``). Matrices in a "polargrad" group run the polar step.
+* A tensor is a **matrix** by ``fpolar.routing.is_matrix`` (≥ 2 dims and at least one element; the
+  rule shared with ``fpolar.compile`` and the demo). Matrices in a "polargrad" group run the polar step.
 * Everything else in a "polargrad" group (0-/1-D tensors: biases, norm gains, scalars; empty tensors)
   runs AdamW, in the same optimizer and the same ``step()``. The optimizer splits such a group in two
   at ``add_param_group`` time: the matrix group first, then an "adamw" group holding the rest with
@@ -19,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from ..routing import is_matrix
 from .group_state import ADAMW_KEYS, ALGORITHMS
 
 # Keys of a "polargrad" group that configure the AdamW half split off from it.
@@ -29,10 +29,24 @@ HEAD_NAMES: Tuple[str, ...] = ("lm_head", "head", "classifier", "output")
 
 ADAMW_FOR_CHOICES: Tuple[str, ...] = ("embedding", "head")
 
+# Sequence-valued options stored as tuples, so two optimizers built from a list and a tuple compare equal.
+_TUPLE_KEYS: Tuple[str, ...] = ("ns_coefficients", "adamw_betas")
 
-def is_matrix(p: Tensor) -> bool:
-    """Whether the polar step takes ``p``: at least 2 dims and at least one element."""
-    return p.dim() >= 2 and p.numel() > 0
+
+def optimizer_defaults(polar_keys: Sequence[str], arguments: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``defaults`` of a ``PolarOptimizer`` from its constructor's arguments (e.g. ``locals()``).
+
+    Layout, the same for every optimizer class: each key of ``polar_keys`` (the class's "polargrad"
+    group keys), then ``"algorithm": "polargrad"``, then the ``adamw_*`` options. ``arguments`` must
+    hold every key of ``polar_keys`` and ``ADAMW_OPTION_KEYS``; other entries are ignored.
+    """
+    defaults = {k: arguments[k] for k in polar_keys}
+    defaults["algorithm"] = "polargrad"
+    defaults.update({k: arguments[k] for k in ADAMW_OPTION_KEYS})
+    for k in _TUPLE_KEYS:
+        if k in defaults:
+            defaults[k] = tuple(defaults[k])
+    return defaults
 
 
 def split_group(

@@ -14,6 +14,7 @@ import torch
 from ..hparams import PolarGradHParams
 from .base import PolarOptimizer, Scalar
 from .group_state import SCHEDULED_KEYS
+from .groups import optimizer_defaults
 from .polargrad import HPARAM_DEFAULTS as _HP
 from .polargrad import POLARGRAD_KEYS
 
@@ -111,36 +112,8 @@ class Muon(PolarOptimizer):
         adamw_weight_decay: Optional[Scalar] = None,
     ) -> None:
         _check_adjust_lr_fn(adjust_lr_fn)
-        defaults = dict(
-            lr=lr,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            nesterov=nesterov,
-            ns_coefficients=tuple(ns_coefficients),
-            eps=eps,
-            ns_steps=ns_steps,
-            adjust_lr_fn=adjust_lr_fn,
-            scale=scale,
-            coefficients=coefficients,
-            weight_decay_mode=weight_decay_mode,
-            order=order,
-            extra_scale=extra_scale,
-            polar=polar,
-            schedule_overflow=schedule_overflow,
-            polar_dtype=polar_dtype,
-            kernels=kernels,
-            qdwh_iters=qdwh_iters,
-            qdwh_l0=qdwh_l0,
-            polish_steps=polish_steps,
-            gram_restart=gram_restart,
-            momentum_dtype=momentum_dtype,
-            algorithm="polargrad",
-            adamw_lr=adamw_lr,
-            adamw_betas=tuple(adamw_betas),
-            adamw_eps=adamw_eps,
-            adamw_weight_decay=adamw_weight_decay,
-        )
-        super().__init__(params, defaults)
+        # locals() holds every constructor argument by name: the defaults are exactly the arguments given.
+        super().__init__(params, optimizer_defaults(self.polar_keys, locals()))
 
     def _polar_hparams(self, group: Mapping[str, Any], lr: Scalar, weight_decay: Scalar) -> PolarGradHParams:
         adjust, scale = group["adjust_lr_fn"], group["scale"]

@@ -14,6 +14,7 @@ import torch
 from ..hparams import PolarGradHParams
 from .base import PolarOptimizer, Scalar
 from .group_state import SCHEDULED_KEYS
+from .groups import optimizer_defaults
 
 POLARGRAD_KEYS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PolarGradHParams) if f.init)
 
@@ -84,34 +85,8 @@ class PolarGrad(PolarOptimizer):
         adamw_eps: float = 1e-8,
         adamw_weight_decay: Optional[Scalar] = None,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            weight_decay_mode=weight_decay_mode,
-            order=order,
-            scale=scale,
-            extra_scale=extra_scale,
-            polar=polar,
-            coefficients=coefficients,
-            ns_steps=ns_steps,
-            schedule_overflow=schedule_overflow,
-            eps=eps,
-            polar_dtype=polar_dtype,
-            kernels=kernels,
-            qdwh_iters=qdwh_iters,
-            qdwh_l0=qdwh_l0,
-            polish_steps=polish_steps,
-            gram_restart=gram_restart,
-            momentum_dtype=momentum_dtype,
-            algorithm="polargrad",
-            adamw_lr=adamw_lr,
-            adamw_betas=tuple(adamw_betas),
-            adamw_eps=adamw_eps,
-            adamw_weight_decay=adamw_weight_decay,
-        )
-        super().__init__(params, defaults)
+        # locals() holds every constructor argument by name: the defaults are exactly the arguments given.
+        super().__init__(params, optimizer_defaults(self.polar_keys, locals()))
 
     def _polar_hparams(self, group: Mapping[str, Any], lr: Scalar, weight_decay: Scalar) -> PolarGradHParams:
         fields = {k: group[k] for k in POLARGRAD_KEYS if k not in SCHEDULED_KEYS}

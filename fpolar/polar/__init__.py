@@ -1,7 +1,9 @@
 """Batched polar factor: one interface, several backends.
 
-``polar(x)`` takes any (…, m, n) tensor; the optimizer step calls ``polar_wide`` on (B, m, n) batches
-that are already wide (m ≤ n), grouped by shape.
+``polar(x)`` takes any (…, m, n) tensor. The optimizer step calls ``polar_in_orientation`` on one
+(B, m, n) batch per shape group, which hands ``polar_wide`` the wide (m ≤ n) side. The implementation
+(``PolarImpl``: method, kernels, iteration dtype) is decided once per shape group by
+``PolarSpec.impl_for`` (see ``fpolar.polar.dispatch``).
 
 Backends (``method``):
     "newton_schulz"       odd-polynomial iteration with a coefficient schedule (fast, approximate)
@@ -13,7 +15,7 @@ Backends (``method``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -25,18 +27,36 @@ from ..coefficients import (
     expand_schedule,
     resolve_named,
 )
-from .dispatch import choose_ns_ops, gram_space_ops, use_gram_space
+from .dispatch import PolarImpl, decide_polar_impl, ns_ops
 from .gram_newton_schulz import gram_newton_schulz
-from .newton_schulz import TORCH_OPS, NSOps, newton_schulz
+from .newton_schulz import newton_schulz
 from .qdwh import qdwh_polar
 from .svd import svd_polar
+from .tensor_parallel import tensor_parallel_polar
 
 PolarMethod = Literal["newton_schulz", "gram_newton_schulz", "qdwh", "svd"]
 KernelChoice = Literal["auto", "torch", "triton"]
 POLAR_METHODS: tuple[str, ...] = ("newton_schulz", "gram_newton_schulz", "qdwh", "svd")
 KERNEL_CHOICES: tuple[str, ...] = ("auto", "torch", "triton")
 
+# The options of ``PolarSpec.build`` and ``polar()``: the names of the ``PolarGradHParams`` fields they
+# come from, so one option has one name from the hparams down to the backends.
+POLAR_OPTIONS: tuple[str, ...] = (
+    "coefficients",
+    "ns_steps",
+    "schedule_overflow",
+    "eps",
+    "polar_dtype",
+    "kernels",
+    "qdwh_iters",
+    "qdwh_l0",
+    "polish_steps",
+    "gram_restart",
+)
+
 __all__ = [
+    "POLAR_OPTIONS",
+    "PolarImpl",
     "PolarSpec",
     "PolarMethod",
     "polar",
@@ -52,8 +72,9 @@ __all__ = [
 class PolarSpec:
     """Everything that decides how a polar factor is computed; built once, outside the step.
 
-    ``dtype=None`` picks: bfloat16 for the Newton–Schulz family on CUDA, else the input dtype promoted
-    to at least float32.
+    Field names are the ``PolarGradHParams`` names (``method`` is its ``polar``). ``polar_dtype=None``
+    picks: bfloat16 for the Newton–Schulz family on CUDA, else the input dtype promoted to at least
+    float32.
     """
 
     method: PolarMethod = "newton_schulz"
@@ -61,7 +82,7 @@ class PolarSpec:
     safety: float = 1.0
     normalization: Literal["frobenius", "aol"] = "frobenius"
     eps: float = 1e-7
-    dtype: Optional[torch.dtype] = None
+    polar_dtype: Optional[torch.dtype] = None
     kernels: KernelChoice = "auto"
     qdwh_iters: int = 2
     qdwh_l0: Optional[float] = None
@@ -73,47 +94,56 @@ class PolarSpec:
         method: str = "newton_schulz",
         *,
         coefficients: CoefficientSpec = "polar_express",
-        steps: Optional[int] = None,
-        overflow: Overflow = "repeat_last",
+        ns_steps: Optional[int] = None,
+        schedule_overflow: Overflow = "repeat_last",
         eps: float = 1e-7,
-        dtype: Optional[torch.dtype] = None,
+        polar_dtype: Optional[torch.dtype] = None,
         kernels: str = "auto",
         qdwh_iters: int = 2,
         qdwh_l0: Optional[float] = None,
         polish_steps: int = 1,
         gram_restart: int = 3,
     ) -> "PolarSpec":
-        """Validate user-facing options and expand the coefficient schedule; raises naming the bad value."""
+        """Validate user-facing options and expand the coefficient schedule; raises naming the bad value.
+
+        The options (``POLAR_OPTIONS``) mean what the ``PolarGradHParams`` fields of the same names mean.
+        """
         if method not in POLAR_METHODS:
             raise ValueError(f"unknown polar method {method!r}; expected one of {list(POLAR_METHODS)}")
         if kernels not in KERNEL_CHOICES:
             raise ValueError(f"unknown kernels choice {kernels!r}; expected one of {list(KERNEL_CHOICES)}")
         named = resolve_named(coefficients)
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
-            raise TypeError(f"ns_steps must be an int or None, got {steps!r}")
-        if steps is not None and steps < 0:
-            raise ValueError(f"ns_steps must be ≥ 0, got {steps}")
-        if overflow not in ("repeat_last", "cycle"):
-            raise ValueError(f"unknown schedule overflow {overflow!r}; expected 'repeat_last' or 'cycle'")
+        if ns_steps is not None and (isinstance(ns_steps, bool) or not isinstance(ns_steps, int)):
+            raise TypeError(f"ns_steps must be an int or None, got {ns_steps!r}")
+        if ns_steps is not None and ns_steps < 0:
+            raise ValueError(f"ns_steps must be ≥ 0, got {ns_steps}")
+        if schedule_overflow not in ("repeat_last", "cycle"):
+            raise ValueError(
+                f"unknown schedule overflow {schedule_overflow!r}; expected 'repeat_last' or 'cycle'"
+            )
         if not (isinstance(eps, (int, float)) and eps >= 0):
             raise ValueError(f"eps must be a float ≥ 0, got {eps!r}")
-        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-            raise TypeError(f"polar dtype must be a floating torch.dtype or None, got {dtype!r}")
-        if method == "qdwh" and dtype not in (None, torch.float32, torch.float64):
-            raise ValueError(f"qdwh runs in float32 or float64, got dtype={dtype}")
-        for name, v, lo in (("qdwh_iters", qdwh_iters, 0), ("polish_steps", polish_steps, 0), ("gram_restart", gram_restart, 1)):
+        if polar_dtype is not None and (not isinstance(polar_dtype, torch.dtype) or not polar_dtype.is_floating_point):
+            raise TypeError(f"polar dtype must be a floating torch.dtype or None, got polar_dtype={polar_dtype!r}")
+        if method == "qdwh" and polar_dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"qdwh runs in float32 or float64, got polar_dtype={polar_dtype}")
+        for name, v, lo in (
+            ("qdwh_iters", qdwh_iters, 0),
+            ("polish_steps", polish_steps, 0),
+            ("gram_restart", gram_restart, 1),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}")
         if qdwh_l0 is not None and not (0.0 < qdwh_l0 <= 1.0):
             raise ValueError(f"qdwh_l0 must lie in (0, 1], got {qdwh_l0!r}")
-        n_steps = named.default_steps if steps is None else steps
+        n_steps = named.default_steps if ns_steps is None else ns_steps
         return PolarSpec(
             method=method,  # type: ignore[arg-type]
-            schedule=expand_schedule(named.coefficients, n_steps, overflow),
+            schedule=expand_schedule(named.coefficients, n_steps, schedule_overflow),
             safety=named.safety,
             normalization=named.normalization,
             eps=float(eps),
-            dtype=dtype,
+            polar_dtype=polar_dtype,
             kernels=kernels,  # type: ignore[arg-type]
             qdwh_iters=qdwh_iters,
             qdwh_l0=qdwh_l0,
@@ -127,97 +157,122 @@ class PolarSpec:
 
     def compute_dtype_for(self, input_dtype: torch.dtype, on_cuda: bool) -> torch.dtype:
         """The dtype the iteration runs in for inputs of ``input_dtype``, on CUDA or not."""
-        if self.dtype is not None:
-            return self.dtype
+        if self.polar_dtype is not None:
+            return self.polar_dtype
         if self.method in ("newton_schulz", "gram_newton_schulz") and on_cuda:
             return torch.bfloat16
         return torch.promote_types(input_dtype, torch.float32)
 
+    def impl_for(self, m: int, n: int, input_dtype: torch.dtype, device: torch.device) -> PolarImpl:
+        """The implementation for (·, m, n) matrices of ``input_dtype`` on ``device``, either orientation
+        (the iteration runs on the wide side). See ``fpolar.polar.dispatch`` for the rules."""
+        on_cuda = device.type == "cuda"
+        return decide_polar_impl(
+            self.method, self.kernels, self.normalization, min(m, n), max(m, n), on_cuda,
+            self.compute_dtype_for(input_dtype, on_cuda),
+        )
 
-def ns_ops_for(x: Tensor, spec: PolarSpec) -> NSOps:
-    """cuBLAS batched matmul or the Triton kernels, per ``spec.kernels`` (see ``fpolar.polar.dispatch``)."""
-    return choose_ns_ops(x, spec.kernels, spec.compute_dtype(x))
 
+def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None) -> Tensor:
+    """Polar factor of each matrix of a wide batch ``x`` (B, m, n), m ≤ n, in ``impl.polar_dtype``.
 
-def polar_wide(x: Tensor, spec: PolarSpec) -> Tensor:
-    """Polar factor of each matrix of a wide batch ``x`` (B, m, n), m ≤ n; result in ``spec.compute_dtype(x)``.
-
-    ``x`` is not modified. No host sync for the Newton–Schulz family and QDWH.
+    ``impl`` is the decision ``spec.impl_for`` made for ``x``'s shape group (taken here from ``x`` when
+    None). ``x`` is not modified. No host sync for the Newton–Schulz family and QDWH.
     """
-    dtype = spec.compute_dtype(x)
-    method = spec.method
-    if method == "newton_schulz" and use_gram_space(x, spec.kernels, spec.normalization, dtype):
-        method = "gram_newton_schulz"
-    if method == "newton_schulz":
+    if impl is None:
+        impl = spec.impl_for(x.size(-2), x.size(-1), x.dtype, x.device)
+    dtype = impl.polar_dtype
+    if impl.method == "newton_schulz":
         return newton_schulz(
             x,
             spec.schedule,
             safety=spec.safety,
             normalization=spec.normalization,
             eps=spec.eps,
-            dtype=dtype,
-            ops=ns_ops_for(x, spec),
+            polar_dtype=dtype,
+            ops=ns_ops(impl.kernels, x.device),
         )
-    if method == "gram_newton_schulz":
+    if impl.method == "gram_newton_schulz":
         return gram_newton_schulz(
             x,
             spec.schedule,
             safety=spec.safety,
             eps=spec.eps,
-            dtype=dtype,
-            restart_every=spec.gram_restart,
-            ops=gram_space_ops(x, spec.kernels, dtype),
+            polar_dtype=dtype,
+            gram_restart=spec.gram_restart,
+            ops=ns_ops(impl.kernels, x.device),
         )
-    if method == "qdwh":
-        return qdwh_polar(x, iters=spec.qdwh_iters, l0=spec.qdwh_l0, polish_steps=spec.polish_steps, dtype=dtype)
+    if impl.method == "qdwh":
+        return qdwh_polar(
+            x, qdwh_iters=spec.qdwh_iters, qdwh_l0=spec.qdwh_l0, polish_steps=spec.polish_steps, polar_dtype=dtype
+        )
     return svd_polar(x.to(dtype))
+
+
+def polar_in_orientation(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None) -> Tensor:
+    """Polar factor of each matrix of ``x`` (B, m, n), either orientation, returned in that orientation
+    (in ``impl.polar_dtype``): a tall batch is iterated as its wide transpose, so the Gram side is
+    min(m, n). Both transposes are views."""
+    tall = x.size(-2) > x.size(-1)
+    o = polar_wide(x.mT if tall else x, spec, impl)
+    return o.mT if tall else o
 
 
 def polar(
     x: Tensor,
     method: PolarMethod = "newton_schulz",
     *,
-    coefficients: CoefficientSpec = "polar_express",
-    steps: Optional[int] = None,
-    overflow: Overflow = "repeat_last",
-    eps: float = 1e-7,
-    dtype: Optional[torch.dtype] = None,
-    kernels: KernelChoice = "auto",
-    qdwh_iters: int = 2,
-    qdwh_l0: Optional[float] = None,
-    polish_steps: int = 1,
-    gram_restart: int = 3,
+    process_group: Any = None,
+    partition_dim: Optional[int] = None,
+    tp_mode: str = "distributed",
+    partition_sizes: Optional[Sequence[int]] = None,
+    **options: Any,
 ) -> Tensor:
     """The polar factor U Vᵀ of every matrix in ``x`` (…, m, n), where each matrix = U Σ Vᵀ.
 
+    Tensor parallel: with ``process_group`` and ``partition_dim``, ``x`` is this rank's shard of matrices
+    split along ``partition_dim`` (−2 rows, −1 columns) and the result is this rank's shard of their
+    polar factor; ``tp_mode`` "distributed" (Newton–Schulz, the Gram matrix all-reduced each
+    iteration; needs the split on the long side) or "duplicated" (gather, any method, narrow);
+    ``partition_sizes``: the split dim's size on every rank when uneven. See
+    ``fpolar.polar.tensor_parallel``.
+
     Leading dimensions are a batch. Tall matrices are transposed internally so the iteration runs on
-    the small Gram side. ``x`` is not modified; the result has ``x``'s shape and dtype. See
-    ``PolarSpec.build`` for the options (``steps=None`` uses the schedule's own length; ``dtype=None``
-    is bfloat16 for Newton–Schulz on CUDA, else at least float32).
+    the small Gram side. ``x`` is not modified; the result has ``x``'s shape and dtype.
 
-    Raises TypeError/ValueError for tensors that are not real dense floating matrices.
+    ``method`` is ``PolarGradHParams.polar``; ``options`` are the ``POLAR_OPTIONS``, with the names and
+    meanings of the ``PolarGradHParams`` fields: ``coefficients``, ``ns_steps`` (None: the schedule's
+    own length), ``schedule_overflow``, ``eps``, ``polar_dtype`` (None: bfloat16 for Newton–Schulz on
+    CUDA, else at least float32), ``kernels``, ``qdwh_iters``, ``qdwh_l0``, ``polish_steps``,
+    ``gram_restart``. The implementation is decided once per call (``PolarSpec.impl_for``).
+
+    Raises TypeError/ValueError for tensors that are not real dense floating matrices, unknown
+    options and bad option values.
     """
-    from ..validation import check_matrix_tensor
+    from ..validation import check_matrix_tensor, check_real_dense_float
 
-    check_matrix_tensor(x, "x")
-    spec = PolarSpec.build(
-        method,
-        coefficients=coefficients,
-        steps=steps,
-        overflow=overflow,
-        eps=eps,
-        dtype=dtype,
-        kernels=kernels,
-        qdwh_iters=qdwh_iters,
-        qdwh_l0=qdwh_l0,
-        polish_steps=polish_steps,
-        gram_restart=gram_restart,
-    )
+    if process_group is None:
+        check_matrix_tensor(x, "x")
+    else:  # a tensor-parallel shard may be empty (more ranks than rows)
+        check_real_dense_float(x, "x")
+    unknown = sorted(set(options) - set(POLAR_OPTIONS))
+    if unknown:
+        raise TypeError(f"polar() got unknown options {unknown}; expected some of {list(POLAR_OPTIONS)}")
+    spec = PolarSpec.build(method, **options)
+    if process_group is not None or partition_dim is not None:
+        if process_group is None or partition_dim is None:
+            raise ValueError(
+                f"a tensor-parallel polar needs both process_group and partition_dim, got "
+                f"process_group={process_group!r}, partition_dim={partition_dim!r}"
+            )
+        def polar_whole(batch: Tensor) -> Tensor:
+            return polar_in_orientation(batch, spec, spec.impl_for(batch.size(-2), batch.size(-1), batch.dtype, batch.device))
+
+        return tensor_parallel_polar(
+            x, spec, polar_whole, process_group=process_group, partition_dim=partition_dim, mode=tp_mode,
+            partition_sizes=partition_sizes,
+        )
     m, n = x.shape[-2:]
-    batch = x.reshape(-1, m, n)
-    tall = m > n
-    wide = batch.mT if tall else batch
-    out = polar_wide(wide, spec)
-    if tall:
-        out = out.mT
+    impl = spec.impl_for(m, n, x.dtype, x.device)
+    out = polar_in_orientation(x.reshape(-1, m, n), spec, impl)
     return out.reshape(x.shape).to(x.dtype)

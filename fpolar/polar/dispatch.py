@@ -1,44 +1,70 @@
-"""Which implementation runs a Newton–Schulz polar step for a shape group, when ``kernels="auto"``.
+"""Which implementation computes the polar factor of a shape group: one decision, made once.
 
-Two independent choices, made from shapes and dtypes only (at trace time, so they never recompile):
+``PolarSpec.impl_for`` takes it when the plan is built (``fpolar.init_state``; ``fpolar.polar`` once
+per call) and stores it as a ``PolarImpl``: the method after the Gram-space choice, who runs the
+products that touch the m×n matrix (cuBLAS batched matmul or fpolar's Triton kernels), and the
+iteration dtype. ``polar_wide`` runs it; ``describe_plan`` prints it. The rules read shapes, dtypes,
+the device type and options only, never tensor values, so a compiled step never recompiles on them.
 
-1. **Gram space or not.** Gram Newton–Schulz iterates on the m×m Gram matrix and touches the m×n
-   matrix only at restarts; it does fewer FLOPs once n is a few times m. Measured on the H100
-   (torch 2.11, bf16, 5 steps; BENCHMARKS.md): 12×768×2304 1.09 → 0.87 ms, 12×768×3072 1.38 → 0.98 ms,
-   1×4096×16384 10.2 → 6.8 ms; square loses (12×768×768 0.55 → 0.76 ms, 4096² 3.4 → 4.1 ms).
-   Used for n ≥ ``GRAM_MIN_ASPECT``·m, on CUDA, with Frobenius normalization.
-2. **cuBLAS or Triton** for the three NS lines. The Triton kernels compute only the lower triangle of
-   the symmetric products. Measured (5 bf16 steps): 1×4096² 3.51 → 2.86 ms, 4×2048² a tie (1.99 vs
-   2.01 ms), 12×768×3072 1.39 → 1.40 ms, 12×768² 0.57 → 1.52 ms. Used where the Gram side
-   m ≥ ``TRITON_MIN_SIDE``.
+``kernels="auto"`` for Newton–Schulz on CUDA:
+
+1. **Gram space** (Gram Newton–Schulz on cuBLAS) for n ≥ ``GRAM_MIN_ASPECT``·m with Frobenius
+   normalization: it iterates on the m×m Gram matrix and wins once n is a few times m; square loses.
+   Measured: BENCHMARKS.md, "Polar step and whole optimizer step on the H100" (the Gram-NS5 rows) and
+   "Single large matrices and the crossovers behind kernels="auto"".
+2. **Triton** for the three NS lines where the Gram side m ≥ ``TRITON_MIN_SIDE`` in bf16/fp16: the
+   kernels compute only the lower triangle of the symmetric products. Measured: the same sections,
+   and "Each NS line alone, cuBLAS vs Triton".
+3. cuBLAS otherwise. In Gram space ``auto`` keeps cuBLAS for the two m×n products as well: the Triton
+   kernels there lost on the GPT-2-small step (same sections, the "Gram-NS5 Triton X-lines" rows);
+   ``kernels="triton"`` still selects them.
 
 CPU always gets the torch path (the Triton kernels run on CPU only in the interpreter, for tests).
 """
 
 from __future__ import annotations
 
+from typing import Literal, NamedTuple
+
 import torch
-from torch import Tensor
 
 from .newton_schulz import TORCH_OPS, NSOps
 
 GRAM_MIN_ASPECT = 2.0
 TRITON_MIN_SIDE = 4096
 
+NSKernels = Literal["torch", "triton"]
 
-def triton_ops() -> NSOps:
-    from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
 
-    ops = torch.ops.fpolar
-    return NSOps(ops.sym_gram, ops.sym_poly, ops.ns_apply)
+class PolarImpl(NamedTuple):
+    """What computes the polar factor of one wide (B, m, n) batch: decided once per shape group.
+
+    Attributes:
+        method: "newton_schulz", "gram_newton_schulz", "qdwh" or "svd" (``kernels="auto"`` may have
+            turned "newton_schulz" into "gram_newton_schulz").
+        kernels: "torch" (batched matmul) or "triton" (``torch.ops.fpolar``) for the products that
+            touch the m×n matrix of the Newton–Schulz family; "torch" for QDWH and SVD.
+        polar_dtype: the dtype the iteration runs in (and of its result).
+    """
+
+    method: str
+    kernels: NSKernels
+    polar_dtype: torch.dtype
+
+    @property
+    def label(self) -> str:
+        """Human-readable name, as ``describe_plan`` shows it."""
+        if self.method == "newton_schulz":
+            return f"newton_schulz [{'triton kernels' if self.kernels == 'triton' else 'torch matmul'}]"
+        if self.method == "gram_newton_schulz" and self.kernels == "triton":
+            return "gram_newton_schulz [triton kernels]"
+        return self.method
 
 
 def ns_implementation(m: int, n: int, on_cuda: bool, dtype: torch.dtype, kernels: str, normalization: str) -> str:
     """"gram", "triton" or "torch": what runs NS on a wide (·, m, n) batch (m ≤ n) iterated in ``dtype``."""
-    if kernels == "torch":
-        return "torch"
-    if kernels == "triton":
-        return "triton"
+    if kernels in ("torch", "triton"):
+        return kernels
     if on_cuda and normalization == "frobenius" and n >= GRAM_MIN_ASPECT * m:
         return "gram"
     if on_cuda and dtype in (torch.bfloat16, torch.float16) and m >= TRITON_MIN_SIDE:
@@ -46,34 +72,35 @@ def ns_implementation(m: int, n: int, on_cuda: bool, dtype: torch.dtype, kernels
     return "torch"
 
 
-def use_gram_space(x: Tensor, kernels: str, normalization: str, dtype: torch.dtype) -> bool:
-    """Whether wide batch ``x`` (B, m, n) runs as Gram Newton–Schulz."""
-    return ns_implementation(x.size(-2), x.size(-1), x.is_cuda, dtype, kernels, normalization) == "gram"
+def decide_polar_impl(
+    method: str, kernels: str, normalization: str, m: int, n: int, on_cuda: bool, polar_dtype: torch.dtype
+) -> PolarImpl:
+    """The ``PolarImpl`` for a wide (·, m, n) batch (m ≤ n); ``kernels`` is the user's "auto"/"torch"/"triton"."""
+    if method == "newton_schulz":
+        impl = ns_implementation(m, n, on_cuda, polar_dtype, kernels, normalization)
+        if impl == "gram":
+            return PolarImpl("gram_newton_schulz", "torch", polar_dtype)
+        return PolarImpl("newton_schulz", impl, polar_dtype)  # type: ignore[arg-type]
+    if method == "gram_newton_schulz":
+        return PolarImpl(method, "triton" if kernels == "triton" else "torch", polar_dtype)
+    return PolarImpl(method, "torch", polar_dtype)
 
 
-def choose_ns_ops(x: Tensor, kernels: str, dtype: torch.dtype) -> NSOps:
-    """The three-line NS implementation for wide batch ``x`` (B, m, n) iterated in ``dtype``."""
-    # Gram space was decided by the caller (use_gram_space); "aol" here asks only cuBLAS vs Triton.
-    impl = ns_implementation(x.size(-2), x.size(-1), x.is_cuda, dtype, kernels, "aol")
-    if impl == "triton":
-        if not x.is_cuda:
-            raise ValueError(
-                f"kernels='triton' needs CUDA tensors, got a tensor on {x.device}; use 'auto' or 'torch'"
-            )
-        return triton_ops()
-    return TORCH_OPS
+def triton_ops() -> NSOps:
+    """fpolar's Triton kernels behind the ``NSOps`` interface (CUDA tensors; registers ``torch.ops.fpolar``)."""
+    from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
+
+    ops = torch.ops.fpolar
+    return NSOps(ops.sym_gram, ops.sym_poly, ops.ns_apply)
 
 
-# In Gram space only R = XXᵀ and Q·X touch the m×n matrix. With the Triton kernels for those two the
-# GPT-2-small polar step took 4.95 ms against 3.50 ms on cuBLAS (H100, BENCHMARKS.md), so auto keeps
-# cuBLAS; kernels="triton" still selects them.
-GRAM_SPACE_TRITON = False
+def check_kernels_device(kernels: str, device: torch.device) -> None:
+    """Raise ValueError if ``kernels`` cannot run on ``device`` (the Triton kernels need CUDA)."""
+    if kernels == "triton" and device.type != "cuda":
+        raise ValueError(f"kernels='triton' needs CUDA tensors, got a tensor on {device}; use 'auto' or 'torch'")
 
 
-def gram_space_ops(x: Tensor, kernels: str, dtype: torch.dtype) -> NSOps:
-    """Implementation of the two m×n products of Gram Newton–Schulz on wide batch ``x``."""
-    if kernels == "triton" or (
-        kernels == "auto" and GRAM_SPACE_TRITON and x.is_cuda and dtype in (torch.bfloat16, torch.float16)
-    ):
-        return choose_ns_ops(x, "triton", dtype)
-    return TORCH_OPS
+def ns_ops(kernels: NSKernels, device: torch.device) -> NSOps:
+    """The ``NSOps`` for a ``PolarImpl.kernels`` choice on ``device``."""
+    check_kernels_device(kernels, device)
+    return triton_ops() if kernels == "triton" else TORCH_OPS

@@ -4,7 +4,7 @@ Every NS step is X_{k+1} = p_k(R_k)·X_k with R_k = X_k X_kᵀ (m×m) and p_k(R)
 X_k = Q_k X₀ with Q_{k+1} = p_k(R_k) Q_k, and R_{k+1} = p_k(R_k) R_k p_k(R_k) (p_k(R_k) commutes with R_k).
 All the work per step is m×m; X is touched only by one Gram product and one final Q·X per block, which
 wins when n ≫ m. Low-precision error accumulates in R, so the iteration restarts (X ← QX, R ← XXᵀ) every
-``restart_every`` steps (default 3: 5 steps run as blocks of 3 + 2, the same split as the reference
+``gram_restart`` steps (default 3: 5 steps run as blocks of 3 + 2, the same split as the reference
 implementation's restart before step 2, mirrored).
 
 FLOPs for 5 steps on m×n, in units of m³ with n = 4m: 90 for dense NS, 60 here (no symmetry used).
@@ -27,26 +27,26 @@ def gram_newton_schulz(
     *,
     safety: float = 1.0,
     eps: float = 1e-7,
-    dtype: torch.dtype = torch.bfloat16,
-    restart_every: int = 3,
+    polar_dtype: torch.dtype = torch.bfloat16,
+    gram_restart: int = 3,
     ops: NSOps = TORCH_OPS,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` (B, m, n), m ≤ n; same result as ``newton_schulz``
-    with the same schedule, up to rounding. Returns (B, m, n) in ``dtype``.
+    with the same schedule, up to rounding. Returns (B, m, n) in ``polar_dtype``.
 
     ``ops`` runs the two products that touch the m×n matrix (R = XXᵀ and X ← Q·X, as
     ``ops.apply(x, q, 0)``); the m×m work stays on batched matmul."""
     if x.size(-2) > x.size(-1):
         raise ValueError(f"gram_newton_schulz expects wide matrices (m ≤ n), got shape {tuple(x.shape)}")
-    if restart_every < 1:
-        raise ValueError(f"restart_every must be ≥ 1, got {restart_every}")
-    x = frobenius_normalize(x, safety, eps, dtype)
+    if gram_restart < 1:
+        raise ValueError(f"gram_restart must be ≥ 1, got {gram_restart}")
+    x = frobenius_normalize(x, safety, eps, polar_dtype)
     if ops is not TORCH_OPS:
         x = x.contiguous()  # see newton_schulz: one copy instead of one per Triton call
     m = x.size(-2)
-    eye = torch.eye(m, dtype=dtype, device=x.device)
-    for start in range(0, len(schedule), restart_every):
-        block = schedule[start : start + restart_every]
+    eye = torch.eye(m, dtype=polar_dtype, device=x.device)
+    for start in range(0, len(schedule), gram_restart):
+        block = schedule[start : start + gram_restart]
         r = ops.gram(x)
         q = None
         for k, (a, b, c) in enumerate(block):

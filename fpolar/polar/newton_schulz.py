@@ -76,7 +76,7 @@ def newton_schulz(
     safety: float = 1.0,
     normalization: Literal["frobenius", "aol"] = "frobenius",
     eps: float = 1e-7,
-    dtype: torch.dtype = torch.bfloat16,
+    polar_dtype: torch.dtype = torch.bfloat16,
     ops: NSOps = TORCH_OPS,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` by Newton–Schulz.
@@ -84,16 +84,20 @@ def newton_schulz(
     Args:
         x: (B, m, n) with m ≤ n, any float dtype; not modified.
         schedule: the (a, b, c) of each step, already expanded to the step count.
-        safety, normalization, eps: how X is scaled before the first step (see ``coefficients``).
-        dtype: the dtype the iteration runs in (matmuls accumulate in fp32 on GPU).
+        safety, normalization, eps: how X is scaled before the first step (see ``coefficients``):
+            X / (safety·‖X‖_F + eps), then for "aol" also the AOL row scaling (``aol_precondition``).
+        polar_dtype: the dtype the iteration runs in (matmuls accumulate in fp32 on GPU).
         ops: the implementation of the three lines.
 
     Returns:
-        (B, m, n) in ``dtype``. A zero matrix maps to zero.
+        (B, m, n) in ``polar_dtype``. A zero matrix maps to zero.
     """
     if x.size(-2) > x.size(-1):
         raise ValueError(f"newton_schulz expects wide matrices (m ≤ n), got shape {tuple(x.shape)}")
-    x = frobenius_normalize(x, safety, eps, dtype)
+    # Every schedule starts from X/‖X‖_F, cast to the iteration dtype. AOL then scales the rows; its
+    # s_i are invariant to a scalar factor on X, so the Frobenius step before it changes the result
+    # only through eps and rounding.
+    x = frobenius_normalize(x, safety, eps, polar_dtype)
     if ops is not TORCH_OPS:
         # A tall group arrives as a transposed view; cuBLAS takes that as is, the Triton ops would
         # copy it inside each call. One copy here, fused into the normalization under compile.

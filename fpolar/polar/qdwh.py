@@ -63,34 +63,34 @@ _CHOLESKY_MAX_C = 100.0
 def qdwh_polar(
     x: Tensor,
     *,
-    iters: int = 2,
-    l0: float | None = None,
+    qdwh_iters: int = 2,
+    qdwh_l0: float | None = None,
     polish_steps: int = 1,
-    dtype: torch.dtype = torch.float32,
+    polar_dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` (B, m, n), m ≤ n, by QDWH.
 
     Args:
-        iters: weighted Halley steps. 2 is the PolarGrad paper's setting (inexact: singular values of
-            the result lie in about [0.73, 1] for ill-conditioned inputs); 6 converges in fp64 for any
-            condition number up to 1/l0.
-        l0: assumed lower bound on σ_min after scaling; default machine eps of ``dtype``.
+        qdwh_iters: weighted Halley steps. 2 is the PolarGrad paper's setting (inexact: singular values
+            of the result lie in about [0.73, 1] for ill-conditioned inputs); 6 converges in fp64 for any
+            condition number up to 1/qdwh_l0.
+        qdwh_l0: assumed lower bound on σ_min after scaling; default machine eps of ``polar_dtype``.
         polish_steps: cubic Newton–Schulz steps X ← 1.5X − 0.5XXᵀX after the Halley steps.
-        dtype: float32 or float64, the dtype of the whole computation and of the result.
+        polar_dtype: float32 or float64, the dtype of the whole computation and of the result.
 
     The input is scaled by 1/√(‖X‖₁‖X‖_∞) ≥ 1/σ_max first. A zero matrix maps to zero.
     """
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"qdwh runs in float32 or float64, got dtype={dtype}")
-    x = x.to(dtype)
+    if polar_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"qdwh runs in float32 or float64, got polar_dtype={polar_dtype}")
+    x = x.to(polar_dtype)
     norm1 = x.abs().sum(dim=-2).amax(dim=-1)
     norm_inf = x.abs().sum(dim=-1).amax(dim=-1)
     alpha = torch.sqrt(norm1 * norm_inf)
     # A zero matrix keeps alpha = 0; dividing by 1 instead leaves it zero.
     alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
     x = x / alpha[..., None, None]
-    l = torch.finfo(dtype).eps if l0 is None else float(l0)
-    for _ in range(iters):
+    l = torch.finfo(polar_dtype).eps if qdwh_l0 is None else float(qdwh_l0)
+    for _ in range(qdwh_iters):
         a, b, c, l = qdwh_weights(l)
         x = _halley_qr(x, a, b, c) if c > _CHOLESKY_MAX_C else _halley_cholesky(x, a, b, c)
     for _ in range(polish_steps):

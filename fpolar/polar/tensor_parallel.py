@@ -12,11 +12,15 @@ matrix's factor). Two correct ways, selectable:
     need the big one), and this refuses, naming ``partition_dim``.
 "duplicated": all-gather the whole matrix, run any polar backend on it, keep this rank's slice.
     Replicated work and memory, any split, any method.
+
+Reached through ``fpolar.polar(x_shard, …, process_group=…, partition_dim=…)``, which hands in its spec
+and its one-device polar for the duplicated mode (this module sits below ``fpolar.polar``'s package
+module and does not import it).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -24,8 +28,7 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..polar import PolarSpec, polar_wide
-from ..polar.newton_schulz import NSOps, _torch_apply, _torch_poly, aol_precondition
+from .newton_schulz import NSOps, _torch_apply, _torch_poly, aol_precondition
 
 TP_MODES = ("distributed", "duplicated")
 
@@ -34,7 +37,7 @@ def _sum(t: Tensor, group: Any) -> Tensor:
     return funcol.wait_tensor(funcol.all_reduce(t, "sum", group))
 
 
-def _distributed_newton_schulz(y: Tensor, spec: PolarSpec, group: Any) -> Tensor:
+def _distributed_newton_schulz(y: Tensor, spec: Any, group: Any) -> Tensor:
     """NS on column shards ``y`` (B, a, b_t) of wide matrices; the Gram all-reduced every iteration."""
     dtype = spec.compute_dtype(y)
     acc = torch.promote_types(y.dtype, torch.float32)
@@ -65,7 +68,8 @@ def _gather_along(x: Tensor, dim: int, sizes: Sequence[int], group: Any) -> Tens
 
 def tensor_parallel_polar(
     x_shard: Tensor,
-    spec: PolarSpec,
+    spec: Any,
+    polar_whole: Callable[[Tensor], Tensor],
     *,
     process_group: Any,
     partition_dim: int,
@@ -76,7 +80,9 @@ def tensor_parallel_polar(
 
     Args:
         x_shard: (…, m, n) this rank's shard; not modified. Leading dims are a batch.
-        spec: how the polar factor is computed (``PolarSpec.build``).
+        spec: the ``PolarSpec`` (how the polar factor is computed).
+        polar_whole: the one-device polar factor of a (B, m, n) batch of either orientation, returned
+            in that orientation (used by the duplicated mode).
         process_group: the tensor-parallel group (every rank calls this with its shard).
         partition_dim: the split matrix dim: ``x_shard.dim() − 2`` / −2 (rows) or ``x_shard.dim() − 1`` / −1
             (columns).
@@ -115,10 +121,7 @@ def tensor_parallel_polar(
     if mode == "duplicated":
         whole = _gather_along(x_shard, dim, sizes, process_group)
         m, n = whole.shape[-2:]
-        batch = whole.reshape(-1, m, n)
-        tall = m > n
-        out = polar_wide(batch.mT if tall else batch, spec)
-        out = (out.mT if tall else out).reshape(whole.shape)
+        out = polar_whole(whole.reshape(-1, m, n)).reshape(whole.shape)
         start = sum(sizes[:rank])
         return out.narrow(dim, start, sizes[rank]).to(x_shard.dtype).contiguous()
     if spec.method != "newton_schulz":

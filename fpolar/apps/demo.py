@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import fpolar
+from fpolar.routing import is_matrix
 
 
 @dataclass
@@ -46,9 +47,9 @@ def make_student(d_in: int, width: int, classes: int, device: torch.device, seed
 
 
 def split(model: nn.Module) -> tuple[List[Tensor], List[Tensor]]:
-    """Matrices (≥ 2-D) for the polar step, everything else for AdamW."""
+    """Matrices (``fpolar.routing.is_matrix``) for the polar step, everything else for AdamW."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+    return [p for p in params if is_matrix(p)], [p for p in params if not is_matrix(p)]
 
 
 def make_polar_stepper(model: nn.Module, hp: fpolar.PolarGradHParams, adam_lr: float) -> Callable[[], None]:

@@ -37,7 +37,7 @@ class OptimizerSpec:
         hparams: extra ``PolarGradHParams`` fields (momentum, order, scale, polar, ...).
         decay_gamma: StepLR factor every 25 steps, or None for a constant lr.
         nuclear_lr: True when the step is lr·‖·‖_*·O: its stable lr shrinks with the problem size, so
-            a smaller problem scales it up (see ``fpolar.experiments.paper``).
+            a smaller problem scales it up (see ``fpolar.apps.experiments.paper``).
     """
 
     name: str

@@ -14,9 +14,9 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from .hparams import PolarGradHParams
-from .polargrad import polargrad_step
-from .state import init_state
+from ..hparams import PolarGradHParams
+from ..polargrad import polargrad_step
+from ..state import init_state
 
 GPT2_SMALL: List[Tuple[Tuple[int, int], int]] = [((2304, 768), 12), ((768, 768), 12), ((3072, 768), 12), ((768, 3072), 12)]
 

@@ -10,6 +10,6 @@ Modules, one idea each:
     report, plot           markdown tables against the paper's figures; the PNG
     paper                  the paper's settings, references, and ``main`` (the command line)
 
-Nothing is imported here, so ``import fpolar`` and ``python -m fpolar.experiments.paper`` stay cheap and
-clean; import ``fpolar.experiments.paper`` for ``main`` and ``run_reproduction``.
+Nothing is imported here, so ``import fpolar`` and ``python -m fpolar.apps.experiments.paper`` stay cheap and
+clean; import ``fpolar.apps.experiments.paper`` for ``main`` and ``run_reproduction``.
 """
