@@ -75,3 +75,15 @@ def test_fused_param_steps_like_its_parts(order):
     torch.testing.assert_close(w, torch.cat(parts), rtol=0, atol=1e-6)
     rows = fpolar.describe_plan(fused_state, hp)
     assert [(r["kind"], r["shape"], r["bytes_sent_per_step"]) for r in rows] == [("local", (4, 4), 0), ("local", (8, 4), 0)]
+
+
+@pytest.mark.parametrize("payload", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_scales_travel_bit_exactly_in_the_payload_dtype(payload):
+    """Step sizes ride back in the polar dtype's slots (a float32 in two bf16 slots): unchanged bits."""
+    from fpolar.distributed.exchange import _scale_bits, _unpack_scales, scale_dtype
+
+    scales = torch.randn(3, dtype=torch.float64).exp().to(scale_dtype(payload))
+    bits = _scale_bits(scales, 5, payload)  # 3 scales, 5 slots: two padding slots
+    assert bits.dtype == payload and bits.shape[0] == 5
+    back = _unpack_scales(bits, payload)
+    assert torch.equal(back[:3], scales) and torch.equal(back[3:], torch.zeros(2, dtype=scales.dtype))
