@@ -191,6 +191,30 @@ def check_bf16_exchange(rank: int, world: int, shared: str) -> dict:
 check_bf16_exchange.worlds = (2,)
 
 
+def check_replicate_dtensor(rank: int, world: int, shared: str) -> dict:
+    """DTensor params with a Replicate placement share the polar work like DDP (one all_gather per group)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    full = {k: torch.randn(s) / s[-1] ** 0.5 for k, s in SHAPES.items()}
+    params = [DTensor.from_local(full[k].clone(), mesh, [Replicate()], run_check=False) for k in SHAPES]
+    hp = hparams(CONFIGS[0], nesterov=True)
+    state = fpolar.init_state(params, hp, split_sizes=split_of())
+    assert {g.kind for g in state.plan.groups} == {"replicated"}
+    for t in range(3):
+        g = full_grads(t)
+        grads = [DTensor.from_local(g[k], mesh, [Replicate()], run_check=False) for k in SHAPES]
+        fpolar.polargrad_step(params, grads, state, hp)
+    err = compare({k: p.to_local() for k, p in zip(SHAPES, params)}, run_reference(full, hp, 3))
+    assert err <= TOL, f"Replicate DTensor params differ from one process by {err:.3g}"
+    return {"max_abs_error": err}
+
+
+check_replicate_dtensor.worlds = (2,)
+
+
 def check_replicated_parity(rank: int, world: int, shared: str) -> dict:
     """DDP-style: plain replicated params, init with process_group, equals the one-process step."""
     errors = {}
@@ -259,6 +283,7 @@ CHECKS = [
     ("fsdp_parity", check_fsdp_parity),
     ("bf16_exchange", check_bf16_exchange),
     ("replicated_parity", check_replicated_parity),
+    ("replicate_dtensor", check_replicate_dtensor),
     ("comm_counts", check_comm_counts),
 ]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 import traceback
@@ -104,6 +103,3 @@ def assert_check(results: Dict[str, List[dict]], name: str, world_size: int) -> 
         extra = results.get("__spawn__", [{"error": ""}])[0]["error"]
         raise AssertionError(f"{name} ran on {len(recs)} of {world_size} ranks. {extra}")
     return recs
-
-
-sys.path.insert(0, HERE)

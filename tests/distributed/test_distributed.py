@@ -27,9 +27,6 @@ def world2(world4):  # after world 4: it loads what world 4 saved
     return run_world(2, SHARED)
 
 
-NAMES = [name for name, _ in checks.CHECKS]
-
-
 @pytest.mark.parametrize("name", [n for n, f in checks.CHECKS if 4 in getattr(f, "worlds", (2, 4))])
 def test_world4(world4, name):
     assert_check(world4, name, 4)
