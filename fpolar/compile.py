@@ -13,8 +13,10 @@ Three recipes (README, "Compile your whole train step"):
 * **torch.compile of the whole step**::
 
       step = make_train_step(model, loss_fn, polar_hp, adamw_hp, backward="func")
-      compiled = torch.compile(step, fullgraph=True)                       # one frame, 0 graph breaks
-      # mode="reduce-overhead" on CUDA: every mutated tensor is marked static-address already.
+      compiled = compile_train_step(step)                                  # one frame, 0 graph breaks
+      # = torch.compile(step, fullgraph=True, options=inductor_options()): the Inductor settings this
+      # torch needs (fpolar.inductor_options). mode="reduce-overhead" on CUDA: every mutated tensor
+      # is marked static-address already.
 
 * **torch.compile of the optimizer step alone** (model compiled separately, ``loss.backward()`` as
   usual): ``mark_static(params, grads, state, adamw_state, hp, adamw_hp)`` once, then
@@ -40,9 +42,11 @@ from torch import Tensor, nn
 
 from .adamw import adamw_step
 from .hparams import AdamWHParams, PolarGradHParams
+from .inductor_options import inductor_options
 from .polargrad import polargrad_step
 from .routing import is_matrix
 from .state import AdamWState, PolarGradState, init_adamw_state, init_state
+from .validation import check_real_dense_float
 
 LossFn = Callable[..., Tensor]
 """``loss_fn(model, *batch) -> loss``: a 0-d tensor. It calls ``model`` itself, so any forward works."""
@@ -59,6 +63,7 @@ __all__ = [
     "Split",
     "TrainStep",
     "capture_cuda_graph",
+    "compile_train_step",
     "make_train_step",
     "mark_static",
     "matrices_to_polar",
@@ -171,6 +176,16 @@ class TrainStep:
             if not p.requires_grad:
                 continue
             (polar if split(name, p) else adamw).append((name, p))
+        # Checked here with the model's names ("0.weight"), before init_state would name "params[0]".
+        for name, p in polar + adamw:
+            check_real_dense_float(p, f"parameter {name!r}")
+        for name, p in polar:
+            if not is_matrix(p):
+                raise ValueError(
+                    f"split sent parameter {name!r} of shape {tuple(p.shape)} to PolarGrad, which takes non-empty "
+                    "tensors with ≥ 2 dims; return False for it from split (the default split, "
+                    "fpolar.compile.matrices_to_polar, sends it to AdamW)"
+                )
         self.polar_names: Tuple[str, ...] = tuple(n for n, _ in polar)
         self.adamw_names: Tuple[str, ...] = tuple(n for n, _ in adamw)
         self.polar_params: List[Tensor] = [p for _, p in polar]
@@ -249,12 +264,31 @@ class TrainStep:
 
         # torch.func.grad enables grad inside even under an outer no_grad, which the update needs.
         with torch.no_grad():
-            grads, loss = torch.func.grad_and_value(loss_of)(self._func_params)
+            try:
+                grads, loss = torch.func.grad_and_value(loss_of)(self._func_params)
+            except RuntimeError as e:
+                if "mutate a captured Tensor" not in str(e):
+                    raise
+                raise RuntimeError(self._buffer_mutation_hint()) from e
             self._apply(
                 [grads[f"model.{n}"] for n in self.polar_names],
                 [grads[f"model.{n}"] for n in self.adamw_names],
             )
         return loss.detach()
+
+    def _buffer_mutation_hint(self) -> str:
+        stateful = [
+            f"{name!r} ({type(m).__name__})"
+            for name, m in self.model.named_modules()
+            if m.training and any(True for _ in m.buffers(recurse=False))
+        ]
+        which = f" (modules with buffers in train mode: {', '.join(stateful)})" if stateful else ""
+        return (
+            f"backward='func' cannot run a forward that updates module buffers in place{which}, e.g. BatchNorm's "
+            "running statistics: torch.func's gradient transform refuses in-place writes to captured tensors. "
+            "Build the step with make_train_step(..., backward='autograd') (it also captures in a CUDA graph), "
+            "or put those modules in eval mode. Nothing was updated."
+        )
 
     def _apply(self, polar_grads: List[Tensor], adamw_grads: List[Tensor]) -> None:
         if self.polar_params:
@@ -295,6 +329,19 @@ def make_train_step(
         a ``TrainStep``; its optimizer state is fresh (zero momentum, step 0).
     """
     return TrainStep(model, loss_fn, polar_hparams, adamw_hparams, split=split, backward=backward)
+
+
+def compile_train_step(step: "TrainStep", *, mode: Optional[str] = None, dynamic: Optional[bool] = None) -> Callable[..., Tensor]:
+    """``torch.compile(step, fullgraph=True)`` with the Inductor options this torch needs for a whole
+    train step (``fpolar.inductor_options``: on torch < 2.13, no loop reordering after fusion, which
+    asserts on a transformer's step), scoped to this compile. ``mode`` as in torch.compile.
+
+    Returns the compiled callable (``compiled(*batch) -> loss``); it compiles at its first call.
+    Raises TypeError if ``step`` is not a ``TrainStep``, ValueError for an unknown ``mode``.
+    """
+    if not isinstance(step, TrainStep):
+        raise TypeError(f"step must be a TrainStep from make_train_step, got {type(step).__name__}")
+    return torch.compile(step, fullgraph=True, dynamic=dynamic, options=inductor_options(mode))
 
 
 class CUDAGraphTrainStep:

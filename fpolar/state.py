@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import state_dict as checkpoint
 from .hparams import AdamWHParams, PolarGradHParams
 from .polar import PolarImpl, PolarSpec
 from .validation import check_matrix_tensor, check_real_dense_float, check_tensor_list
@@ -135,6 +136,14 @@ class PolarGradState:
             return self.polar_impls
         return plan_polar_impls(self.groups, spec)
 
+    def state_dict(self, hparams: Optional[PolarGradHParams] = None) -> dict:
+        """A checkpoint of this state (``fpolar.state_dict``): ``torch.save`` it, load with weights_only."""
+        return checkpoint.polargrad_state_dict(self, hparams)
+
+    def load_state_dict(self, state_dict: dict, hparams: Optional[PolarGradHParams] = None) -> None:
+        """Copy a checkpoint into this state in place; refuses a mismatch, unchanged (``fpolar.state_dict``)."""
+        checkpoint.load_polargrad_state_dict(self, state_dict, hparams)
+
     def check_matches(self, params: Sequence[Tensor]) -> None:
         """Raise ValueError unless ``params`` are the shapes, dtypes and devices this state was built for."""
         if len(params) != len(self.shapes):
@@ -196,6 +205,14 @@ class AdamWState:
     exp_avg: List[Tensor]
     exp_avg_sq: List[Tensor]
     shapes: Tuple[torch.Size, ...]
+
+    def state_dict(self, hparams: Optional[AdamWHParams] = None) -> dict:
+        """A checkpoint of this state (``fpolar.state_dict``): ``torch.save`` it, load with weights_only."""
+        return checkpoint.adamw_state_dict(self, hparams)
+
+    def load_state_dict(self, state_dict: dict, hparams: Optional[AdamWHParams] = None) -> None:
+        """Copy a checkpoint into this state in place; refuses a mismatch, unchanged (``fpolar.state_dict``)."""
+        checkpoint.load_adamw_state_dict(self, state_dict, hparams)
 
     def check_matches(self, params: Sequence[Tensor]) -> None:
         if len(params) != len(self.shapes):

@@ -278,10 +278,15 @@ def test_checkpoint_of_the_other_class_or_torch_muon_is_refused():
     for p in mats:
         p.grad = torch.randn_like(p)
     tm.step()
-    ours = Muon(mats, lr=0.02)
-    with pytest.raises(ValueError, match="not saved by fpolar.optim"):
+    # PolarGrad refuses a torch.optim.Muon checkpoint, naming where it loads; Muon takes it over
+    # (tests/test_torch_migration.py checks the numbers).
+    ours = PolarGrad(mats, lr=0.02)
+    with pytest.raises(ValueError, match="not saved by fpolar.optim.*loads into fpolar.optim.Muon"):
         ours.load_state_dict(tm.state_dict())
     assert len(ours.state) == 0
+    muon = Muon(mats, lr=0.05)
+    muon.load_state_dict(tm.state_dict())
+    assert muon.param_groups[0]["lr"] == 0.02 and len(muon.state) == len(mats)
 
 
 # --------------------------------------------------------------------------- dtype, views, resets

@@ -7,6 +7,10 @@
 ``load_state_dict``, LR schedulers, closures, hooks and ``torch.compile(opt.step)`` work as with
 torch.optim. Each param group runs one algorithm: "polargrad" (the polar step on matrices) or "adamw";
 ``param_groups(model)`` builds the usual split (matrices vs. biases, norms, embeddings, head).
+
+From torch.optim: ``Muon.load_state_dict`` takes a ``torch.optim.Muon`` checkpoint, and
+``Muon.from_torch(muon, adamw)`` continues a torch.optim.Muon + torch.optim.AdamW pair as one optimizer;
+``Muon.torch_state_dicts`` goes back (see ``fpolar.optim.torch_migration``).
 """
 
 from .base import PolarOptimizer

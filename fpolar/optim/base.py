@@ -9,8 +9,10 @@ per param group per step on the whole group (one batched polar call per shape gr
   group's hparams when its static config changed, builds functional state for groups that see their
   first grad, and refills the 0-d lr / weight-decay tensors from the group's floats. It raises before
   any tensor is touched, so a bad grad in the last group leaves the first groups unchanged too.
-* ``_apply`` (traceable): the functional steps. Under ``torch.compile(opt.step)`` it is one graph whose
-  inputs include the lr tensors, so a scheduler changing ``group["lr"]`` does not recompile it.
+* the math: ``_apply`` (traceable), the functional steps. Under ``torch.compile(opt.step)`` it is one
+  graph whose inputs include the lr tensors, so a scheduler changing ``group["lr"]`` does not
+  recompile it. By default on CUDA the same steps run as one CUDA graph per parameter layout
+  instead (``fpolar.optim.compiled_step``; the ``compiled`` argument chooses).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..hparams import AdamWHParams, PolarGradHParams
 from ..polargrad import polargrad_step
 from ..validation import check_params_and_grads, check_real_dense_float
 from . import checkpoint
+from .compiled_step import Compiled, StepProgram, check_compiled, resolve_backend
 from .group_state import (
     ADAMW_KEYS,
     SCHEDULED_KEYS,
@@ -67,12 +70,17 @@ class PolarOptimizer(torch.optim.Optimizer):
 
     polar_keys: Tuple[str, ...] = ()
 
-    def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: Dict[str, Any], compiled: Compiled = None) -> None:
         if isinstance(params, set):
             raise TypeError("params must be an ordered collection (a list), not a set: set order changes between runs")
+        check_compiled(compiled)  # a bad value raises here, before anything is built
         # add_param_group (called by the base constructor) appends here.
         self._runtime: List[GroupRuntime] = []
+        # How step() runs the math (fpolar.optim.compiled_step): None = CUDA graph on CUDA, else eager.
+        self._compiled_arg: Compiled = compiled
+        self._program: Optional[StepProgram] = None
         super().__init__(params, defaults)
+        self._step_program()  # compiled="cuda_graph" with a param off CUDA raises now
 
     # ----------------------------------------------------------------- hparams
 
@@ -190,9 +198,32 @@ class PolarOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
+            program = self._step_program()
             self._prepare()
-            self._apply()
+            if program is None:
+                self._apply()
+            else:
+                program(self)
         return loss
+
+    def _step_program(self) -> Optional[StepProgram]:
+        """The program that runs this step's math, or None for eager ``_apply``: never under
+        torch.compile (the caller's compile traces ``_apply``); chosen from the ``compiled`` argument
+        and the params' devices at every step, so groups added later count."""
+        if torch.compiler.is_compiling():
+            return None
+        if self._compiled_arg is None and any(type(p).__name__ == "DTensor" for rt in self._runtime for p in rt.params):
+            # Sharded (DTensor) params step eagerly by default: their step runs collectives, which the
+            # CUDA-graph program has not been tested capturing (NCCL); compiled=... still asks for it.
+            self._program = None
+            return None
+        devices = {p.device for rt in self._runtime for p in rt.params}
+        backend = resolve_backend(self._compiled_arg, sorted(devices, key=str))
+        if backend is None:
+            self._program = None
+        elif self._program is None or self._program.backend != backend:
+            self._program = StepProgram(backend)
+        return self._program
 
     @torch.compiler.disable
     def _prepare(self) -> None:
@@ -299,8 +330,16 @@ class PolarOptimizer(torch.optim.Optimizer):
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # torch.optim keeps only defaults, state and param_groups; the compiled choice travels too
+        # (the program itself, with its CUDA graph, is rebuilt at the next step).
+        return {**super().__getstate__(), "_compiled_arg": self.__dict__.get("_compiled_arg")}
+
     def __setstate__(self, state: Dict[str, Any]) -> None:
+        state = dict(state)
+        state.setdefault("_compiled_arg", self.__dict__.get("_compiled_arg"))
         super().__setstate__(state)
+        self._program = None
         if "_runtime" not in self.__dict__:
             # Unpickled or deep-copied: the functional state objects were not part of the pickle.
             # Rebuild them and copy the per-param state back in, as a checkpoint load would.

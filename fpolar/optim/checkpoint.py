@@ -108,7 +108,10 @@ def plan_load(
         if not isinstance(saved, Mapping):
             raise TypeError(f"{where} must be a dict, got {type(saved).__name__}")
         if "algorithm" not in saved:
-            raise ValueError(f"{where} has no 'algorithm' key: the checkpoint was not saved by fpolar.optim")
+            raise ValueError(
+                f"{where} has no 'algorithm' key: the checkpoint was not saved by fpolar.optim. A torch.optim.Muon "
+                "checkpoint loads into fpolar.optim.Muon (see fpolar.optim.torch_migration)"
+            )
         if saved["algorithm"] != rt.algorithm:
             raise ValueError(
                 f"{where} runs algorithm {saved['algorithm']!r} but this optimizer's group {i} runs {rt.algorithm!r}"

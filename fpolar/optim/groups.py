@@ -29,6 +29,9 @@ HEAD_NAMES: Tuple[str, ...] = ("lm_head", "head", "classifier", "output")
 
 ADAMW_FOR_CHOICES: Tuple[str, ...] = ("embedding", "head")
 
+# torch.optim.AdamW's default weight decay: an explicit "adamw" group's unless given.
+TORCH_ADAMW_WEIGHT_DECAY = 0.01
+
 # Sequence-valued options stored as tuples, so two optimizers built from a list and a tuple compare equal.
 _TUPLE_KEYS: Tuple[str, ...] = ("ns_coefficients", "adamw_betas")
 
@@ -126,14 +129,19 @@ def _adamw_settings(
     group: Mapping[str, Any], defaults: Mapping[str, Any], *, prefix: str, inherit: Optional[Mapping[str, Any]] = None
 ) -> Dict[str, Any]:
     """lr, betas, eps, weight_decay of an AdamW group: the group's own value, else the optimizer's
-    ``adamw_*`` default; an ``adamw_lr`` / ``adamw_weight_decay`` of None means "the polar group's value"
-    (``inherit``, or the optimizer's ``lr`` / ``weight_decay`` for an explicit "adamw" group)."""
-    inherit = inherit if inherit is not None else defaults
+    ``adamw_*`` default. An ``adamw_lr`` of None means "the polar group's lr" (``inherit``, or the
+    optimizer's ``lr`` for an explicit "adamw" group). An ``adamw_weight_decay`` of None means the polar
+    group's weight_decay for the AdamW part split off a "polargrad" group (its params were given with the
+    matrices), and torch.optim.AdamW's default 0.01 for an explicit "adamw" group (what the AdamW
+    optimizer it replaces would have used: ``Muon(param_groups(model, adamw={"lr": 3e-3}), lr=0.02)`` is
+    ``torch.optim.Muon(hidden, lr=0.02)`` + ``torch.optim.AdamW(rest, lr=3e-3)``)."""
     out = {}
     for k in ADAMW_KEYS:
         v = group.get(prefix + k, defaults["adamw_" + k])
-        if v is None and k in ("lr", "weight_decay"):
-            v = inherit[k]
+        if v is None and k == "weight_decay" and inherit is None:
+            v = TORCH_ADAMW_WEIGHT_DECAY
+        elif v is None and k in ("lr", "weight_decay"):
+            v = (inherit if inherit is not None else defaults)[k]
         out[k] = v
     return out
 
@@ -165,7 +173,8 @@ def param_groups(
             "classifier", "output").
         polar: extra keys for the polar group (e.g. ``{"lr": 0.02}``).
         adamw: extra keys for the AdamW group: "lr", "betas", "eps", "weight_decay". Missing ones take
-            the optimizer's ``adamw_*`` defaults.
+            the optimizer's ``adamw_*`` arguments; where those are None, weight_decay is
+            torch.optim.AdamW's 0.01 and lr the optimizer's lr.
         with_names: give params as ``(name, param)`` pairs, so that ``state_dict()`` records
             "param_names" (all groups of the optimizer must then be named).
 

@@ -13,6 +13,7 @@ import torch
 
 from ..hparams import PolarGradHParams
 from .base import PolarOptimizer, Scalar
+from .compiled_step import Compiled
 from .group_state import SCHEDULED_KEYS
 from .groups import optimizer_defaults
 
@@ -48,7 +49,16 @@ class PolarGrad(PolarOptimizer):
             "adamw" groups). Default 1e-3 (torch.optim.AdamW's): nuclear-scaled lrs are not on AdamW's
             scale. None means "the polar group's lr".
         adamw_betas, adamw_eps: AdamW's (0.9, 0.999) and 1e-8.
-        adamw_weight_decay: None (default) means "the polar group's weight_decay".
+        adamw_weight_decay: None (default): the AdamW part split off a "polargrad" group uses that
+            group's weight_decay; an explicit "adamw" group (e.g. from ``param_groups``) uses
+            torch.optim.AdamW's default 0.01.
+        compiled: how ``step()`` runs the math after its eager checks. None (default): on CUDA,
+            one CUDA graph per parameter layout (AdamW groups through torch's fused AdamW kernel),
+            captured at a layout's second step and replayed after, recaptured when the layout changes
+            (a grad becoming None, a group added, a static hparam changed); off CUDA, eager. False:
+            always eager. True: the device's default program ("cuda_graph" on CUDA, "compile"
+            elsewhere). "compile": ``torch.compile`` of the functional steps. See
+            ``fpolar.optim.compiled_step``. Ignored inside ``torch.compile(opt.step)``.
 
     Params are updated in place by ``step()``; bf16/fp16/fp32/fp64 params are supported (momentum in
     the param dtype unless ``momentum_dtype``). See ``PolarOptimizer`` for state and checkpoints.
@@ -84,9 +94,10 @@ class PolarGrad(PolarOptimizer):
         adamw_betas: Sequence[float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
         adamw_weight_decay: Optional[Scalar] = None,
+        compiled: Compiled = None,
     ) -> None:
         # locals() holds every constructor argument by name: the defaults are exactly the arguments given.
-        super().__init__(params, optimizer_defaults(self.polar_keys, locals()))
+        super().__init__(params, optimizer_defaults(self.polar_keys, locals()), compiled=compiled)
 
     def _polar_hparams(self, group: Mapping[str, Any], lr: Scalar, weight_decay: Scalar) -> PolarGradHParams:
         fields = {k: group[k] for k in POLARGRAD_KEYS if k not in SCHEDULED_KEYS}

@@ -1,0 +1,598 @@
+"""The whole train step of GPT-2-sized models, for every optimizer recipe: what a user sees end to end.
+
+    python benchmarks/train.py [--models gpt2-small,gpt2-medium] [--only SUBSTR,...] [--budget-s 420]
+                               [--recipe-timeout-s 150] [--json PATH] [--md PATH]
+    python benchmarks/train.py --quick --device cpu      # tiny model, eager model, the CPU recipes
+
+A step is forward (bf16 autocast on CUDA) + ``loss.backward()`` + the optimizer(s), on a fixed batch of
+8 × 1024 random tokens. The hidden matrices of the blocks (attention qkv and out, MLP in and out) go to
+the Muon-type optimizer; embeddings, the output head, biases and LayerNorm gains go to AdamW. Every
+Muon runs 5 Newton–Schulz steps, momentum 0.95 with Nesterov, no weight decay.
+
+Per recipe, with the model eager and with ``torch.compile(model)``: median ms per step (CUDA events, one
+step each, after the first and ``--warmup-steps`` more), first-step seconds (building the optimizer,
+compiling and capturing land here, or in the warm-up steps' seconds, also kept, for a capture made at a
+later step; the compiled model's own compile is done before the column starts and reported apart), the peak allocated memory over the timed steps, and the optimizer overhead = step
+− the AdamW-only step of the same model mode in the same run. The loss of the first and last step is
+kept as a check that the recipe trains (the batch is fixed, so it must fall).
+
+Recipes whose package is missing print "n/a (not installed)"; one that fails prints its error; one that
+runs past ``--recipe-timeout-s`` or starts after ``--budget-s`` is cut and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib.util
+import inspect
+import os
+import signal
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: fpolar
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: common, gpt
+
+import fpolar  # noqa: E402
+from common import environment, pick_device, print_header, save_json, sync  # noqa: E402
+from gpt import GPT, GPT2_MEDIUM, GPT2_SMALL, GPTConfig, is_hidden_matrix, lm_loss, random_batch  # noqa: E402
+
+MODELS: Dict[str, GPTConfig] = {"gpt2-small": GPT2_SMALL, "gpt2-medium": GPT2_MEDIUM}
+QUICK_MODELS: Dict[str, GPTConfig] = {"tiny": GPTConfig(layers=2, d_model=64, heads=4, vocab=256, block=64)}
+
+NS_STEPS = 5
+LR_MUON = 0.02
+LR_ADAMW = 1e-3
+ADAMW_BETAS = (0.9, 0.95)
+
+Step = Callable[[Tensor, Tensor], Tensor]
+
+
+# --------------------------------------------------------------------------- what a recipe gets
+
+
+@dataclass
+class Run:
+    """One model and one way to run its forward, shared by the recipes of a column."""
+
+    model: nn.Module  # parameters are reset to the same initial values before each recipe
+    forward: nn.Module  # ``model`` or ``torch.compile(model)``
+    compiled_model: bool
+    device: torch.device
+    autocast: Optional[torch.dtype]
+
+    def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
+        ctx = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        with ctx:
+            return lm_loss(self.forward, idx, targets)
+
+    def loss_fn(self, model: nn.Module, idx: Tensor, targets: Tensor) -> Tensor:
+        """``loss_fn(model, *batch)`` for ``make_train_step``: ``model`` is this run's model, so the
+        forward it runs is this run's (compiled or not)."""
+        return self.loss(idx, targets)
+
+    def hidden(self) -> List[Tensor]:
+        return [p for n, p in self.model.named_parameters() if is_hidden_matrix(n, p)]
+
+    def rest(self) -> List[Tensor]:
+        return [p for n, p in self.model.named_parameters() if not is_hidden_matrix(n, p)]
+
+
+@dataclass
+class Recipe:
+    name: str
+    kind: str  # "floor", "peer" or "fpolar"
+    build: Callable[[Run], Step]
+    needs: Optional[str] = None  # import name of the peer package
+    modes: Tuple[str, ...] = ("eager", "compiled")  # model modes it runs with
+    cuda_only: bool = False
+    compiles: bool = False  # the recipe compiles something itself (skipped by --no-compile)
+
+
+def _adamw(params: Sequence[Tensor], device: torch.device) -> torch.optim.Optimizer:
+    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(params, lr=LR_ADAMW, betas=ADAMW_BETAS, weight_decay=0.0, **kind)
+
+
+def _loop(run: Run, *opts: torch.optim.Optimizer, set_to_none: bool = True) -> Step:
+    """The usual loop body: forward, backward, every optimizer's step, zero_grad."""
+
+    def step(idx: Tensor, targets: Tensor) -> Tensor:
+        loss = run.loss(idx, targets)
+        loss.backward()
+        for o in opts:
+            o.step()
+        for o in opts:
+            o.zero_grad(set_to_none=set_to_none)
+        return loss.detach()
+
+    return step
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def adamw_only(run: Run) -> Step:
+    return _loop(run, _adamw(list(run.model.parameters()), run.device))
+
+
+def torch_muon(run: Run) -> Step:
+    if not hasattr(torch.optim, "Muon"):
+        raise ModuleNotFoundError(f"torch {torch.__version__} has no torch.optim.Muon")
+    muon = torch.optim.Muon(run.hidden(), lr=LR_MUON, weight_decay=0.0, momentum=0.95, nesterov=True, ns_steps=NS_STEPS)
+    return _loop(run, muon, _adamw(run.rest(), run.device))
+
+
+def _dion_muon(run: Run):
+    import dion
+
+    groups = [
+        {"params": run.hidden()},
+        {"params": run.rest(), "algorithm": "adamw", "lr": LR_ADAMW, "beta1": ADAMW_BETAS[0], "beta2": ADAMW_BETAS[1]},
+    ]
+    # distributed_mesh=None: one device. Its NS is Polar Express, 5 steps, bf16, torch.compile'd.
+    return dion.Muon(groups, distributed_mesh=None, lr=LR_MUON, mu=0.95, weight_decay=0.0, nesterov=True)
+
+
+def dion_muon(run: Run) -> Step:
+    return _loop(run, _dion_muon(run))
+
+
+def dion_muon_cuda_graph(run: Run) -> Step:
+    from dion.cuda_graph import CudaGraphOptimizer
+
+    # its wrapper captures the optimizer step after the warm-up steps; .grad must keep its address
+    return _loop(run, CudaGraphOptimizer(_dion_muon(run), warmup_steps=2), set_to_none=False)
+
+
+def heavyball_muon(run: Run) -> Step:
+    import heavyball
+    import heavyball.utils as hbu
+
+    # heavyball's own default mode ("max-autotune-no-cudagraphs") autotunes every matmul shape on
+    # the first step; the default mode is what its users get without that minutes-long wait.
+    hbu.compile_mode = "default"
+    muon = heavyball.Muon(run.hidden(), lr=LR_MUON, betas=(0.95, 0.99), weight_decay=0.0, nesterov=True)
+    return _loop(run, muon, _adamw(run.rest(), run.device))
+
+
+def eo_muon(run: Run) -> Step:
+    from emerging_optimizers.orthogonalized_optimizers import Muon
+
+    # fp32_matmul_prec="medium": its Newton–Schulz in bf16, one matrix at a time
+    muon = Muon(run.hidden(), lr=LR_MUON, momentum=0.95, weight_decay=0.0, num_ns_steps=NS_STEPS,
+                nesterov=True, scale_mode="shape_scaling", fp32_matmul_prec="medium")
+    return _loop(run, muon, _adamw(run.rest(), run.device))
+
+
+def _fpolar_muon(run: Run, **extra) -> torch.optim.Optimizer:
+    import fpolar.optim as fo
+
+    accepted = inspect.signature(fo.Muon.__init__).parameters
+    missing = [k for k in extra if k not in accepted]
+    if missing:
+        raise TypeError(f"fpolar.optim.Muon takes no {missing} in this version")
+    groups = fo.param_groups(run.model, adamw={"lr": LR_ADAMW, "betas": ADAMW_BETAS, "weight_decay": 0.0})
+    return fo.Muon(groups, lr=LR_MUON, weight_decay=0.0, momentum=0.95, nesterov=True, ns_steps=NS_STEPS, **extra)
+
+
+def fpolar_muon(run: Run) -> Step:
+    return _loop(run, _fpolar_muon(run))
+
+
+def fpolar_muon_eager(run: Run) -> Step:
+    return _loop(run, _fpolar_muon(run, compiled=False))
+
+
+def fpolar_muon_grads_kept(run: Run) -> Step:
+    # .grad tensors zeroed in place keep their addresses: the captured step reads them, no copy
+    return _loop(run, _fpolar_muon(run), set_to_none=False)
+
+
+def _hparams(device: torch.device) -> Tuple[fpolar.PolarGradHParams, fpolar.AdamWHParams]:
+    """torch.optim.Muon's math on fpolar's functional step; 0-d tensor lrs on the device."""
+    polar = fpolar.PolarGradHParams(
+        lr=torch.tensor(LR_MUON, device=device), weight_decay=0.0, momentum=0.95, nesterov=True, scale="shape",
+        coefficients="muon", ns_steps=NS_STEPS, polar_dtype=torch.bfloat16 if device.type == "cuda" else None,
+    )
+    adamw = fpolar.AdamWHParams(lr=torch.tensor(LR_ADAMW, device=device), betas=ADAMW_BETAS, weight_decay=0.0)
+    return polar, adamw
+
+
+def fpolar_cuda_graph(run: Run) -> Step:
+    from fpolar.compile import capture_cuda_graph, make_train_step
+
+    polar, adamw = _hparams(run.device)
+    step = make_train_step(run.model, run.loss_fn, polar, adamw, split=is_hidden_matrix)
+    graphed: List[Callable] = []
+
+    def replay(idx: Tensor, targets: Tensor) -> Tensor:
+        if not graphed:  # the capture (with its eager warm-up steps) is part of the first step
+            graphed.append(capture_cuda_graph(step, idx, targets))
+        return graphed[0](idx, targets)
+
+    return replay
+
+
+def _fpolar_whole_step_compiled(mode: Optional[str]) -> Callable[[Run], Step]:
+    def build(run: Run) -> Step:
+        from fpolar.compile import make_train_step
+
+        polar, adamw = _hparams(run.device)
+        step = make_train_step(run.model, run.loss_fn, polar, adamw, split=is_hidden_matrix, backward="func")
+        compile_step = getattr(fpolar.compile, "compile_train_step", None)
+        if compile_step is not None:
+            return compile_step(step, mode=mode)
+        return torch.compile(step, fullgraph=True, mode=mode)
+
+    return build
+
+
+def _fpolar_optimizer_compiled(mode: Optional[str]) -> Callable[[Run], Step]:
+    """The model runs as the column says, ``loss.backward()`` as usual, then fpolar's functional
+    PolarGrad + AdamW step as one compiled function (state marked static-address)."""
+
+    def build(run: Run) -> Step:
+        from fpolar.compile import mark_static
+
+        polar, adamw = _hparams(run.device)
+        mats, rest = run.hidden(), run.rest()
+        state, astate = fpolar.init_state(mats, polar), fpolar.init_adamw_state(rest, adamw)
+        for p in mats + rest:
+            p.grad = torch.zeros_like(p)  # static .grad buffers: backward accumulates into them
+        grads = [p.grad for p in mats + rest]
+        mark_static(mats, rest, grads, state, astate, polar, adamw)
+        n = len(mats)
+
+        def opt_step() -> None:
+            fpolar.polargrad_step(mats, grads[:n], state, polar)
+            fpolar.adamw_step(rest, grads[n:], astate, adamw)
+
+        compiled = torch.compile(opt_step, fullgraph=True, mode=mode)
+
+        def step(idx: Tensor, targets: Tensor) -> Tensor:
+            loss = run.loss(idx, targets)
+            loss.backward()
+            with torch.no_grad():
+                compiled()
+            torch._foreach_zero_(grads)
+            return loss.detach()
+
+        return step
+
+    return build
+
+
+def recipes() -> List[Recipe]:
+    """In the order they run: the rows a time budget must not lose first, slow-to-compile peers last."""
+    return [
+        Recipe("AdamW fused, everything (the floor)", "floor", adamw_only),
+        Recipe("torch.optim.Muon + fused AdamW", "peer", torch_muon),
+        Recipe("dion Muon (+ its AdamW)", "peer", dion_muon, needs="dion", compiles=True),
+        Recipe("dion Muon + its CudaGraphOptimizer", "peer", dion_muon_cuda_graph, needs="dion", cuda_only=True, compiles=True),
+        Recipe("fpolar.optim.Muon(param_groups(model))", "fpolar", fpolar_muon),
+        Recipe("fpolar.optim.Muon, zero_grad(set_to_none=False)", "fpolar", fpolar_muon_grads_kept, cuda_only=True),
+        Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
+        Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),
+        Recipe("fpolar step compiled apart (torch.compile)", "fpolar", _fpolar_optimizer_compiled(None), compiles=True),
+        Recipe("fpolar make_train_step(func) + compile_train_step", "fpolar",
+               _fpolar_whole_step_compiled(None), modes=("eager",), compiles=True),
+        Recipe("Emerging-Optimizers Muon + fused AdamW", "peer", eo_muon, needs="emerging_optimizers"),
+        Recipe("heavyball Muon + fused AdamW", "peer", heavyball_muon, needs="heavyball", compiles=True),
+        Recipe("fpolar step compiled apart (reduce-overhead)", "fpolar", _fpolar_optimizer_compiled("reduce-overhead"),
+               cuda_only=True, compiles=True),
+    ]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+class RecipeTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise RecipeTimeout in the main thread after ``seconds`` (SIGALRM; a no-op where it is missing)."""
+    if not hasattr(signal, "SIGALRM") or seconds == float("inf"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise RecipeTimeout(f"timed out after {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def step_times_ms(step: Step, batch: Tuple[Tensor, Tensor], n: int, device: torch.device) -> Tuple[List[float], Tensor]:
+    """Milliseconds of each of ``n`` steps (CUDA events on CUDA, host clock on CPU) and the last loss."""
+    loss = None
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+        for start, end in events:
+            start.record()
+            loss = step(*batch)
+            end.record()
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in events], loss
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        loss = step(*batch)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times, loss
+
+
+def reset_model(model: nn.Module, initial: List[Tensor]) -> None:
+    with torch.no_grad():
+        for p, p0 in zip(model.parameters(), initial):
+            p.copy_(p0)
+            p.grad = None
+
+
+def measure(recipe: Recipe, run: Run, batch: Tuple[Tensor, Tensor], args: argparse.Namespace) -> Dict[str, object]:
+    device = run.device
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    step = recipe.build(run)
+    first_loss = step(*batch)
+    sync(device)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(args.warmup_steps):
+        step(*batch)
+    sync(device)
+    warmup_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, last_loss = step_times_ms(step, batch, args.steps, device)
+    row: Dict[str, object] = {
+        "ms": statistics.median(times),
+        "ms_min": min(times),
+        "first_step_s": first_s,
+        "warmup_steps_s": warmup_s,  # captures made at a later step (CUDA graphs) land here
+        "loss_first": float(first_loss),
+        "loss_last": float(last_loss),
+    }
+    if device.type == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def compile_model_warmup(run: Run, batch: Tuple[Tensor, Tensor]) -> float:
+    """Seconds of the compiled model's first forward + backward (its compile), done once per column."""
+    sync(run.device)
+    t0 = time.perf_counter()
+    for _ in range(2):  # the second call settles any recompile from the first backward
+        run.loss(*batch).backward()
+    sync(run.device)
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny model, model eager only, recipes that need no compile")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--models", default=None, help=f"comma list of {list(MODELS)} (default: both)")
+    ap.add_argument("--modes", default=None, help="comma list of eager,compiled (default both; --quick: eager)")
+    ap.add_argument("--only", default=None, help="comma list of substrings of recipe names (the floor always runs)")
+    ap.add_argument("--no-compile", action="store_true", help="skip recipes that compile something themselves")
+    ap.add_argument("--batch", type=int, default=None, help="sequences per batch (default 8; --quick 2)")
+    ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 1024; --quick 32)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20; --quick 3)")
+    ap.add_argument("--warmup-steps", type=int, default=None, help="steps after the first, before timing (default 3; --quick 1)")
+    ap.add_argument("--autocast", choices=["bf16", "none"], default=None, help="default bf16 on CUDA, none on CPU")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="no recipe starts after this many seconds, and none runs past it (default 420 on CUDA)")
+    ap.add_argument("--recipe-timeout-s", type=float, default=150.0, help="cut one recipe after this many seconds")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="write every number to this JSON file")
+    ap.add_argument("--md", default=None, help="write the markdown tables to this file")
+    args = ap.parse_args(argv)
+    args.batch = args.batch or (2 if args.quick else 8)
+    args.seq = args.seq or (32 if args.quick else 1024)
+    args.steps = args.steps or (3 if args.quick else 20)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.quick else 3)
+    if args.quick:
+        args.no_compile = True
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", module=r"torch\._(dynamo|inductor)")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    device = pick_device(args.device)
+    if args.quick and device.type == "cpu":
+        torch.set_num_threads(1)  # tiny shapes: threads only wait on each other
+    budget = args.budget_s if args.budget_s is not None else (420.0 if device.type == "cuda" else float("inf"))
+    autocast = {"bf16": torch.bfloat16, "none": None}[args.autocast or ("bf16" if device.type == "cuda" else "none")]
+    for knob in ("recompile_limit", "cache_size_limit"):  # peers compile one graph per shape
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 256)
+    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    table = QUICK_MODELS if args.quick else MODELS
+    model_names = [m.strip() for m in (args.models or ",".join(table)).split(",") if m.strip()]
+    unknown = [m for m in model_names if m not in table]
+    if unknown:
+        print(f"unknown model(s) {unknown}; choose from {list(table)}")
+        return 2
+    modes = [m.strip() for m in (args.modes or ("eager" if args.quick else "eager,compiled")).split(",") if m.strip()]
+    if any(m not in ("eager", "compiled") for m in modes):
+        print(f"unknown mode in {modes}; choose from eager, compiled")
+        return 2
+    only = [s.strip().lower() for s in args.only.split(",")] if args.only else None
+    all_recipes = [
+        r for r in recipes()
+        if (r.kind == "floor" or only is None or any(o in r.name.lower() for o in only))
+        and not (args.no_compile and r.compiles)
+    ]
+
+    env = environment(device)
+    print_header(env)
+    t_start = time.perf_counter()
+    deadline = t_start + budget
+    results: Dict[str, object] = {
+        "env": env, "batch": args.batch, "seq": args.seq, "steps": args.steps, "autocast": str(autocast),
+        "budget_s": budget, "recipe_timeout_s": args.recipe_timeout_s, "models": {},
+    }
+    for model_name in model_names:
+        cfg = table[model_name]
+        torch.manual_seed(args.seed)
+        model = GPT(cfg).to(device)
+        initial = [p.detach().clone() for p in model.parameters()]
+        batch = random_batch(cfg, args.batch, args.seq, device, seed=args.seed)
+        entry: Dict[str, object] = {
+            "config": vars(cfg) if hasattr(cfg, "__dict__") else str(cfg),
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "columns": {},
+        }
+        results["models"][model_name] = entry
+        for mode in modes:
+            column: Dict[str, object] = {"rows": []}
+            entry["columns"][mode] = column
+            run = Run(model, torch.compile(model) if mode == "compiled" else model, mode == "compiled", device, autocast)
+            if mode == "compiled":
+                left = deadline - time.perf_counter()
+                try:
+                    with time_limit(min(args.recipe_timeout_s, left)):
+                        column["model_compile_s"] = compile_model_warmup(run, batch)
+                    print(f"[{time.perf_counter() - t_start:6.1f} s] {model_name} | compiled model: first fwd+bwd "
+                          f"{column['model_compile_s']:.1f} s", flush=True)
+                except Exception as e:  # noqa: BLE001
+                    column["error"] = _short(e)
+                    print(f"{model_name} | compiled model failed: {column['error']}", flush=True)
+                    continue
+                reset_model(model, initial)
+            for recipe in all_recipes:
+                if mode not in recipe.modes:
+                    continue
+                row: Dict[str, object] = {"name": recipe.name, "kind": recipe.kind}
+                left = deadline - time.perf_counter()
+                if recipe.cuda_only and device.type != "cuda":
+                    row["error"] = "n/a (needs CUDA)"
+                elif recipe.needs and importlib.util.find_spec(recipe.needs) is None:
+                    row["error"] = "n/a (not installed)"
+                elif left < 5:
+                    row["error"] = f"n/a (time budget of {budget:.0f} s spent)"
+                else:
+                    try:
+                        with time_limit(min(args.recipe_timeout_s, left)):
+                            row.update(measure(recipe, run, batch, args))
+                    except RecipeTimeout as e:
+                        row["error"] = f"cut: {e}"
+                    except Exception as e:  # noqa: BLE001 - one recipe failing must not stop the table
+                        row["error"] = _short(e)
+                        if os.environ.get("TRAIN_TRACEBACK"):
+                            traceback.print_exc()
+                    finally:
+                        _cleanup(model, initial, device)
+                column["rows"].append(row)
+                status = row.get("error") or (
+                    f"{row['ms']:.2f} ms/step, first step {row['first_step_s']:.1f} s, "
+                    f"loss {row['loss_first']:.3f} → {row['loss_last']:.3f}"
+                )
+                print(f"[{time.perf_counter() - t_start:6.1f} s] {model_name} | model {mode} | {recipe.name}: {status}",
+                      flush=True)
+            floor = next((r.get("ms") for r in column["rows"] if r["kind"] == "floor"), None)
+            for r in column["rows"]:
+                if "ms" in r and floor is not None:
+                    r["overhead_ms"] = r["ms"] - floor
+        del model, initial, batch
+        _cleanup(None, [], device)
+
+    md = markdown(results, modes)
+    print()
+    print(md)
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+    results["markdown"] = md
+    save_json(args.json, results)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md + "\n")
+        print(f"wrote {args.md}")
+    return 0
+
+
+def _short(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:120] if lines else ''}"
+
+
+def _cleanup(model: Optional[nn.Module], initial: List[Tensor], device: torch.device) -> None:
+    """Back to the same starting point for the next recipe: initial weights, no grads, no leftovers."""
+    if model is not None:
+        reset_model(model, initial)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def markdown(results: Dict[str, object], modes: Sequence[str]) -> str:
+    """One table per model: a row per recipe, column pairs (ms/step, overhead over AdamW) per model mode."""
+    env = results["env"]
+    out = [f"Command: `{env['command']}`; device: {env['device']}, torch {env['torch']}; batch "
+           f"{results['batch']} × {results['seq']} tokens, autocast {results['autocast']}; median of "
+           f"{results['steps']} steps."]
+    for model_name, entry in results["models"].items():
+        cols = entry["columns"]
+        out.append("")
+        header = [f"{model_name} ({entry['params_m']:.0f}M params)"]
+        for mode in modes:
+            extra = f", model compile {cols[mode]['model_compile_s']:.0f} s" if "model_compile_s" in cols.get(mode, {}) else ""
+            header += [f"model {mode}: ms/step{extra}", "overhead ms", "1st step s", "peak GiB"]
+        header.append("loss first → last")
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        names: List[str] = []
+        for mode in modes:
+            for r in cols.get(mode, {}).get("rows", []):
+                if r["name"] not in names:
+                    names.append(r["name"])
+        for name in names:
+            cells = [name]
+            loss = ""
+            for mode in modes:
+                r = next((x for x in cols.get(mode, {}).get("rows", []) if x["name"] == name), None)
+                if r is None:
+                    cells += ["—", "", "", ""]
+                elif "error" in r:
+                    cells += [r["error"].replace("|", "/"), "", "", ""]
+                else:
+                    cells += [f"{r['ms']:.2f}", f"{r.get('overhead_ms', float('nan')):+.2f}",
+                              f"{r['first_step_s']:.1f}", f"{r['peak_gib']:.2f}" if "peak_gib" in r else "—"]
+                    loss = loss or f"{r['loss_first']:.3f} → {r['loss_last']:.3f}"
+            cells.append(loss)
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""The math of a ``fpolar.optim`` step as one program per parameter layout, not op-by-op dispatch.
+
+``PolarOptimizer.step()`` is ``_prepare`` (eager: validation, hparams, state, refilling the 0-d lr /
+weight-decay tensors from the groups' floats) followed by the math: one ``polargrad_step`` or AdamW
+step per group. Eagerly that math is hundreds of small kernel launches, so on a GPU the host, not the
+device, sets the pace. ``StepProgram`` runs it as one program instead:
+
+* ``"cuda_graph"`` (the CUDA default): the eager functional steps captured in one
+  ``torch.cuda.CUDAGraph``. AdamW groups run torch's fused AdamW kernel (``fpolar.adamw_fused``).
+  The first step of a layout runs eagerly on a side stream (cuBLAS and allocator warm-up must happen
+  outside a capture), the second is captured and replayed, later ones replay. The graph reads the lr
+  and weight-decay tensors that ``_prepare`` refills, so schedulers work without a recapture. It
+  reads the gradients at the addresses it was captured with: it keeps those tensors, and before a
+  replay copies in any ``p.grad`` that is another tensor (``zero_grad(set_to_none=False)`` keeps
+  them the same, so nothing is copied).
+* ``"compile"`` (any device; what ``compiled=True`` means off CUDA): the same calls under
+  ``torch.compile(fullgraph=True)``; dynamo's guards recompile for a new layout, and the lr tensors
+  are graph inputs, so a schedule does not recompile.
+
+Layouts that cannot be captured (a group on the SVD backend, whose solver syncs with the host, or a
+capture that fails: a warning says so) run eagerly. The layout — which groups step, which of their params have a grad, the identity of each group's
+state and hparams objects (new ones come with a changed static hparam or a first step), whether an
+AdamW group's weight decay is zero, and the params' addresses — is checked at every step; a new layout is warmed up and
+captured again, and the old graph is dropped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ..adamw import adamw_step
+from ..adamw_fused import fused_adamw_available, fused_adamw_step
+from ..inductor_options import inductor_options
+from ..polargrad import polargrad_step
+from .group_state import GroupRuntime
+
+__all__ = ["BACKENDS", "Compiled", "StepProgram", "check_compiled", "resolve_backend"]
+
+BACKENDS: Tuple[str, ...] = ("cuda_graph", "compile")
+
+Compiled = Union[None, bool, str]
+# One stepping group: its runtime, its grads (None where a param has none), and whether an AdamW
+# group needs its decay multiply (False only for a float weight decay of exactly 0).
+Work = List[Tuple[GroupRuntime, List[Optional[Tensor]], bool]]
+
+
+def resolve_backend(compiled: Compiled, devices: Sequence[torch.device]) -> Optional[str]:
+    """The backend for the optimizer's ``compiled`` argument and its params' devices.
+
+    None (default): "cuda_graph" when every param is on CUDA, else off (None). False: off. True: the
+    device's default ("cuda_graph" on CUDA, "compile" elsewhere). A name from ``BACKENDS``: that one.
+    Raises ValueError for another value, or "cuda_graph" with a param off CUDA.
+    """
+    check_compiled(compiled)
+    on_cuda = bool(devices) and all(d.type == "cuda" for d in devices)
+    if compiled is None:
+        return "cuda_graph" if on_cuda else None
+    if compiled is False:
+        return None
+    if compiled is True:
+        return "cuda_graph" if on_cuda else "compile"
+    if compiled == "cuda_graph" and not on_cuda:
+        off = next((d for d in devices if d.type != "cuda"), None)
+        raise ValueError(f"compiled='cuda_graph' needs every param on CUDA; one is on {off}")
+    return compiled
+
+
+def check_compiled(compiled: Compiled) -> None:
+    """Raise ValueError unless ``compiled`` is None, True, False or a name from ``BACKENDS``."""
+    if not (compiled is None or isinstance(compiled, bool) or (isinstance(compiled, str) and compiled in BACKENDS)):
+        raise ValueError(f"compiled must be None, True, False or one of {list(BACKENDS)}, got {compiled!r}")
+
+
+def _decays(group: dict) -> bool:
+    wd = group["weight_decay"]
+    return isinstance(wd, Tensor) or float(wd) != 0.0
+
+
+def _capturable(work: Work) -> bool:
+    """Whether the math can be recorded in a CUDA graph: not with the SVD backend, whose solver
+    checks convergence on the host."""
+    return not any(rt.algorithm == "polargrad" and rt.hparams.polar == "svd" for rt, _, _ in work)  # type: ignore[union-attr]
+
+
+def run_math(work: Work, fused_adamw: bool) -> None:
+    """The functional steps of the stepping groups, in order (what eager ``_apply`` does)."""
+    for rt, grads, decay in work:
+        if rt.algorithm == "polargrad":
+            polargrad_step(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+        elif fused_adamw:
+            fused_adamw_step(rt.params, grads, rt.state, rt.hparams, decay=decay)  # type: ignore[arg-type]
+        else:
+            adamw_step(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+
+
+class StepProgram:
+    """Runs an optimizer's math (after its ``_prepare``) through ``backend``; see the module docstring.
+
+    Attributes (read them): ``backend``; ``captures``: CUDA graphs captured so far; ``warmups``:
+    eager warm-up steps run for new layouts; ``layout``: the current layout key.
+    """
+
+    def __init__(self, backend: str, *, compiler: Any = None) -> None:
+        """``backend``: one of ``BACKENDS``. ``compiler``: for "compile", a torch.compile backend to
+        use instead of Inductor with ``fpolar.inductor_options()`` (tests pass a counting one)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
+        self.backend = backend
+        self.captures = 0
+        self.warmups = 0
+        self.layout: Optional[tuple] = None
+        self._warm = False  # the current layout has had its eager warm-up step
+        self._graph: Optional["torch.cuda.CUDAGraph"] = None
+        self._graph_grads: List[List[Optional[Tensor]]] = []
+        self._compiled: Optional[Callable[[Work, bool], None]] = None
+        self._compiler = compiler
+        self._eager_layout: Optional[tuple] = None  # a layout whose capture failed: it runs eagerly
+
+    def __call__(self, optimizer: Any) -> None:
+        """One step's math for ``optimizer`` (a ``PolarOptimizer`` whose ``_prepare`` just ran):
+        params and state updated in place, as its eager ``_apply`` would."""
+        work = [
+            (rt, grads, rt.algorithm == "polargrad" or _decays(group))
+            for group, rt in zip(optimizer.param_groups, optimizer._runtime)
+            if rt.state is not None
+            for grads in [[p.grad for p in rt.params]]
+            if any(g is not None for g in grads)
+        ]
+        if not work:
+            return
+        # Param addresses too: a graph writes where the params were at capture (``p.data = …`` moves one).
+        layout = tuple(
+            (id(rt), id(rt.state), id(rt.hparams), tuple(g is not None for g in grads), decay,
+             tuple(p.data_ptr() for p in rt.params))
+            for rt, grads, decay in work
+        )
+        if self.backend == "compile":
+            self._run_compiled(work)
+        elif torch.cuda.is_current_stream_capturing():
+            run_math(work, fused_adamw=self._fused(work))  # inside the user's own capture: just record
+        elif layout == self._eager_layout or not _capturable(work):
+            run_math(work, fused_adamw=self._fused(work))
+        else:
+            self._run_graph(work, layout)
+        self.layout = layout
+
+    # ----------------------------------------------------------------- backends
+
+    @staticmethod
+    def _fused(work: Work) -> bool:
+        return all(
+            fused_adamw_available(p.device, p.dtype)
+            for rt, _, _ in work if rt.algorithm == "adamw" for p in rt.params
+        )
+
+    def _run_compiled(self, work: Work) -> None:
+        if self._compiled is None:
+            if self._compiler is None:
+                self._compiled = torch.compile(run_math, fullgraph=True, options=inductor_options())
+            else:
+                self._compiled = torch.compile(run_math, fullgraph=True, backend=self._compiler)
+        fused = all(p.device.type == "cuda" for rt, _, _ in work for p in rt.params) and self._fused(work)
+        self._compiled(work, fused)
+
+    def _run_graph(self, work: Work, layout: tuple) -> None:
+        fused = self._fused(work)
+        if layout != self.layout:  # drop the old graph (and the grads it kept alive)
+            self._warm, self._graph, self._graph_grads = False, None, []
+        if not self._warm:  # this step, eagerly, is the warm-up
+            device = work[0][0].params[0].device
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                run_math(work, fused)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.warmups += 1
+            self._warm = True
+            return
+        if self._graph is None:
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    run_math(work, fused)
+            except RuntimeError as e:  # nothing ran during the failed capture: run this step eagerly
+                warnings.warn(f"fpolar.optim: capturing the step in a CUDA graph failed ({str(e).strip()[:200]}); "
+                              "this parameter layout runs eagerly (pass compiled=False to skip the attempt)")
+                self._eager_layout, self._warm = layout, False
+                run_math(work, fused)
+                return
+            self._graph_grads = [list(grads) for _, grads, _ in work]  # kept: the graph reads these
+            self._graph = graph
+            self.captures += 1
+        else:
+            stale, fresh = [], []
+            for (_, grads, _), kept in zip(work, self._graph_grads):
+                for g, k in zip(grads, kept):
+                    if g is not None and g is not k:
+                        stale.append(k)
+                        fresh.append(g)
+            if stale:
+                torch._foreach_copy_(stale, fresh)
+        self._graph.replay()
