@@ -17,7 +17,8 @@ from .hparams import AdamWHParams, PolarGradHParams
 from .polar import PolarSpec, polar
 from .polargrad import polargrad_step
 from .scale import SCALE_RULES
-from .state import AdamWState, PolarGradState, init_adamw_state, init_state
+from .distributed.state import init_state
+from .state import AdamWState, PolarGradState, init_adamw_state
 
 __version__ = "0.1.0"
 

@@ -90,6 +90,8 @@ def _adamw_step(
     live = [i for i, g in enumerate(grads) if g is not None]
     if not live:
         return
+    if any(_is_dtensor(params[i]) for i in live):
+        check_distributed_skip_settings(hp, grad_scale, found_inf)
     grads = unscale_grads(grads, grad_scale)
     device = state.skipped.device  # type: ignore[union-attr]
     found: Optional[Tensor] = None
@@ -103,10 +105,10 @@ def _adamw_step(
         buckets.setdefault((params[i].device, params[i].dtype), []).append(i)
     for (dev, dtype), idx in buckets.items():
         f = None if found is None else (found if dev == device else found.to(dev))
-        p = [params[i] for i in idx]
-        g: List[Tensor] = [grads[i] for i in idx]  # type: ignore[misc]
-        m = [state.exp_avg[i] for i in idx]
-        v = [state.exp_avg_sq[i] for i in idx]
+        p = [_local(params[i]) for i in idx]
+        g: List[Tensor] = [_local(grads[i]) for i in idx]  # type: ignore[arg-type]
+        m = [_local(state.exp_avg[i]) for i in idx]
+        v = [_local(state.exp_avg_sq[i]) for i in idx]
         steps = [state.step[i] for i in idx]
         if f is not None:
             # a list of the one 0-d tensor: the single-Tensor overload of _foreach_add_ reads its value
@@ -219,3 +221,27 @@ def _negzero_where(found: Tensor, g: List[Tensor]) -> List[Tensor]:
     numels = [t.numel() for t in g]
     flat = torch.where(found, negzero, torch.cat([t.reshape(-1) for t in g]))
     return [x.view_as(t) for x, t in zip(flat.split(numels), g)]
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local tensor (aliasing it), else ``t``. AdamW is elementwise: on DTensors (FSDP2)
+    it runs on each rank's local shard, and the state stays a DTensor in the param's layout."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def check_distributed_skip_settings(
+    hp: AdamWHParams, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]
+) -> None:
+    """On sharded (DTensor) params each rank sees only its shard's grads, so a skip decided locally
+    could differ between ranks: refuse the settings that ask for it, before anything changes."""
+    if grad_scale is not None or found_inf is not None:
+        raise ValueError("grad_scale / found_inf are not supported on DTensor params yet")
+    if hp.nonfinite == "skip":
+        raise ValueError(
+            "nonfinite='skip' is not supported on DTensor params yet (ranks could disagree); pass "
+            "AdamWHParams(..., nonfinite='propagate') to accept that explicitly"
+        )

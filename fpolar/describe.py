@@ -15,7 +15,14 @@ from .state import PolarGradState
 
 
 def describe_plan(state: PolarGradState, hparams: PolarGradHParams) -> List[Dict[str, object]]:
-    """One dict per shape group: params, batch (B, m, n) as iterated (wide), dtype and implementation."""
+    """One dict per shape group: params, batch (B, m, n) as iterated (wide), dtype and implementation.
+
+    A distributed state (``fpolar.distributed``) describes its exchange groups instead: kind, owners
+    per rank, slots, exchange dtype and the bytes this rank sends per step, beside the same fields.
+    """
+    describe_exchange = getattr(state, "describe_exchange", None)
+    if describe_exchange is not None:
+        return describe_exchange(hparams)
     rows = []
     for g, impl in zip(state.groups, state.polar_impls_for(hparams.polar_spec)):
         rows.append(

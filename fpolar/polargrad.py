@@ -76,6 +76,12 @@ def polargrad_step(
     """
     if not isinstance(state, PolarGradState):
         raise TypeError(f"state must be a PolarGradState from fpolar.init_state, got {type(state).__name__}")
+    # A distributed state (``fpolar.distributed``) brings its own step around the same phases; asking
+    # the state keeps this module free of imports from the layer above it.
+    planned_step = getattr(state, "planned_step", None)
+    if planned_step is not None:
+        check_distributed_skip_settings(hparams, grad_scale, found_inf)
+        return planned_step(params, grads, state, hparams)
     impls = check_step_inputs(params, grads, state, hparams, grad_scale, found_inf)
 
     with torch.no_grad():
@@ -173,6 +179,26 @@ class Orthogonalized(NamedTuple):
 
     o: Tensor
     step_size: Union[Tensor, float]
+
+
+def check_distributed_skip_settings(
+    hparams: PolarGradHParams, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]
+) -> None:
+    """The distributed step does not take the on-device skip yet (every rank would have to agree on
+    it through one more collective): refuse the settings that ask for it, before anything changes,
+    rather than ignore them."""
+    if not isinstance(hparams, PolarGradHParams):
+        raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
+    if grad_scale is not None or found_inf is not None:
+        raise ValueError(
+            "grad_scale / found_inf are not supported by the distributed step yet; unscale the grads and "
+            "skip the step yourself (e.g. with torch.amp.GradScaler)"
+        )
+    if hparams.nonfinite == "skip":
+        raise ValueError(
+            "nonfinite='skip' is not supported by the distributed step yet (a non-finite grad would be "
+            "applied); pass PolarGradHParams(..., nonfinite='propagate') to accept that explicitly"
+        )
 
 
 def live_batch(

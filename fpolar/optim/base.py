@@ -17,6 +17,8 @@ per param group per step on the whole group (one batched polar call per shape gr
 
 from __future__ import annotations
 
+import warnings
+
 import contextlib
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
@@ -218,6 +220,11 @@ class PolarOptimizer(torch.optim.Optimizer):
         and the params' devices at every step, so groups added later count."""
         if torch.compiler.is_compiling():
             return None
+        if self._compiled_arg is None and any(type(p).__name__ == "DTensor" for rt in self._runtime for p in rt.params):
+            # Sharded (DTensor) params step eagerly by default: their step runs collectives, which the
+            # CUDA-graph program has not been tested capturing (NCCL); compiled=... still asks for it.
+            self._program = None
+            return None
         devices = {p.device for rt in self._runtime for p in rt.params}
         backend = resolve_backend(self._compiled_arg, sorted(devices, key=str))
         if backend is None:
@@ -297,6 +304,17 @@ class PolarOptimizer(torch.optim.Optimizer):
         """The 0-d int64 ``skipped_steps`` counter (made once, on the first param's device, so a
         captured step keeps its address), or None with ``nonfinite="propagate"``."""
         if self.nonfinite != "skip":
+            return None
+        if any(type(p).__name__ == "DTensor" for rt in self._runtime for p in rt.params):
+            # Each rank sees only its shards' grads: a skip decided locally could differ between ranks,
+            # and the distributed step does not take one yet. Said once, not silently dropped.
+            if not getattr(self, "_said_no_sharded_skip", False):
+                warnings.warn(
+                    "fpolar.optim: non-finite grads are not skipped on sharded (DTensor) params yet; "
+                    "this optimizer steps as with nonfinite='propagate'",
+                    stacklevel=3,
+                )
+                self._said_no_sharded_skip = True
             return None
         if self._skipped is None:
             device = next((p.device for rt in self._runtime for p in rt.params), torch.device("cpu"))

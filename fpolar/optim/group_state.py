@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..hparams import AdamWHParams, PolarGradHParams
-from ..state import AdamWState, PolarGradState, init_adamw_state, init_state
+from ..distributed.state import init_state
+from ..state import AdamWState, PolarGradState, init_adamw_state
 
 ALGORITHMS: Tuple[str, ...] = ("polargrad", "adamw")
 

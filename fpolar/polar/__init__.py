@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -33,6 +33,7 @@ from .gram_newton_schulz import gram_newton_schulz
 from .newton_schulz import newton_schulz
 from .qdwh import check_l0, qdwh_polar
 from .svd import svd_polar
+from .tensor_parallel import tensor_parallel_polar
 
 PolarMethod = Literal["newton_schulz", "gram_newton_schulz", "qdwh", "svd"]
 KernelChoice = Literal["auto", "torch", "triton"]
@@ -219,8 +220,24 @@ def polar_in_orientation(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] =
     return o.mT if tall else o
 
 
-def polar(x: Tensor, method: PolarMethod = "newton_schulz", **options: Any) -> Tensor:
+def polar(
+    x: Tensor,
+    method: PolarMethod = "newton_schulz",
+    *,
+    process_group: Any = None,
+    partition_dim: Optional[int] = None,
+    tp_mode: str = "distributed",
+    partition_sizes: Optional[Sequence[int]] = None,
+    **options: Any,
+) -> Tensor:
     """The polar factor U Vᵀ of every matrix in ``x`` (…, m, n), where each matrix = U Σ Vᵀ.
+
+    Tensor parallel: with ``process_group`` and ``partition_dim``, ``x`` is this rank's shard of matrices
+    split along ``partition_dim`` (−2 rows, −1 columns) and the result is this rank's shard of their
+    polar factor; ``tp_mode`` "distributed" (Newton–Schulz, the Gram matrix all-reduced each
+    iteration; needs the split on the long side) or "duplicated" (gather, any method, narrow);
+    ``partition_sizes``: the split dim's size on every rank when uneven. See
+    ``fpolar.polar.tensor_parallel``.
 
     Leading dimensions are a batch. Tall matrices are transposed internally so the iteration runs on
     the small Gram side. ``x`` is not modified; the result has ``x``'s shape and dtype.
@@ -234,13 +251,29 @@ def polar(x: Tensor, method: PolarMethod = "newton_schulz", **options: Any) -> T
     Raises TypeError/ValueError for tensors that are not real dense floating matrices, unknown
     options and bad option values.
     """
-    from ..validation import check_matrix_tensor
+    from ..validation import check_matrix_tensor, check_real_dense_float
 
-    check_matrix_tensor(x, "x")
+    if process_group is None:
+        check_matrix_tensor(x, "x")
+    else:  # a tensor-parallel shard may be empty (more ranks than rows)
+        check_real_dense_float(x, "x")
     unknown = sorted(set(options) - set(POLAR_OPTIONS))
     if unknown:
         raise TypeError(f"polar() got unknown options {unknown}; expected some of {list(POLAR_OPTIONS)}")
     spec = PolarSpec.build(method, **options)
+    if process_group is not None or partition_dim is not None:
+        if process_group is None or partition_dim is None:
+            raise ValueError(
+                f"a tensor-parallel polar needs both process_group and partition_dim, got "
+                f"process_group={process_group!r}, partition_dim={partition_dim!r}"
+            )
+        def polar_whole(batch: Tensor) -> Tensor:
+            return polar_in_orientation(batch, spec, spec.impl_for(batch.size(-2), batch.size(-1), batch.dtype, batch.device))
+
+        return tensor_parallel_polar(
+            x, spec, polar_whole, process_group=process_group, partition_dim=partition_dim, mode=tp_mode,
+            partition_sizes=partition_sizes,
+        )
     m, n = x.shape[-2:]
     impl = spec.impl_for(m, n, x.dtype, x.device)
     out = polar_in_orientation(x.reshape(-1, m, n), spec, impl)

@@ -1,0 +1,191 @@
+"""The planned PolarGrad / Muon step: the one-device phases with an exchange at each seam.
+
+    local_directions          X from momentum on local tensors (elementwise: no communication)
+      ── send_to_owners       "rows": all_to_all of each matrix's rows to its owner; "replicated":
+                              the owner takes its share; "local": nothing
+    orthogonalize_on_owners   ``fpolar.polargrad.orthogonalize`` on whole matrices: O and lr·s·extra,
+                              with ⟨O, X⟩ exact because the whole matrix is there
+      ── (inside it) back     all_to_all / all_gather of O's rows and bit-cast step sizes
+    apply_rows                decay, then W ← W − lr·s·D on this rank's rows (polar-first: M first)
+
+Every group's send is issued before any polar runs, so in eager mode a group's collective is in
+flight while earlier groups iterate (asynchronous functional collectives wait only when read).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import tensor_lists
+from ..hparams import PolarGradHParams, foreach_scalar
+from ..polar import PolarImpl
+from ..polar.dispatch import check_kernels_device
+from ..polargrad import Orthogonalized, orthogonalize, step_size, upcast
+from ..validation import check_params_and_grads
+from .exchange import (
+    owned_matrices,
+    replicated_from_owners,
+    replicated_to_owners,
+    rows_from_owners,
+    rows_to_owners,
+)
+from .layout import MatrixRef
+from .plan import ExchangeGroup, is_dtensor, local_tensor
+
+
+def payload_dtype(impl: PolarImpl) -> torch.dtype:
+    """The dtype matrices travel in: the polar iteration's dtype (bfloat16 for NS on CUDA)."""
+    return impl.polar_dtype
+
+
+def matrix_rows(t: Tensor, ref: MatrixRef, n: int) -> Tensor:
+    """The (rows, n) view of ``ref``'s rows in local tensor ``t`` (``n`` columns; rows may be 0)."""
+    base = t[ref.stack] if t.dim() == 3 else t.reshape(t.shape[0], n)
+    return base[ref.local_start : ref.local_start + ref.local_rows]
+
+
+def owner_orthogonalize(x: Tensor, impl: PolarImpl, hp: PolarGradHParams) -> Orthogonalized:
+    """The one-device phase on the owner's whole matrices (S, m, n): O = polar(X) and lr·s·extra, with
+    s = ⟨O, X⟩ computed here where the whole matrix is. An owner with no matrix this group (S = 0)
+    still returns the group's shape-rule step size."""
+    if x.shape[0] == 0:
+        return Orthogonalized(x, step_size(x, x, hp))
+    return orthogonalize(x, impl, hp)
+
+
+def _check_grads_agree(group_params: Sequence[int], grads: Sequence[Optional[Tensor]], params: Sequence[Tensor]) -> None:
+    for i in group_params:
+        g = grads[i]
+        if g is not None and is_dtensor(params[i]) != is_dtensor(g):
+            raise ValueError(
+                f"params[{i}] is {'a DTensor' if is_dtensor(params[i]) else 'a plain tensor'} but grads[{i}] is not"
+            )
+        if g is not None and is_dtensor(g) and g.placements != params[i].placements:
+            raise ValueError(f"grads[{i}] has placements {g.placements} but params[{i}] has {params[i].placements}")
+
+
+def distributed_polargrad_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: Any,
+    hparams: PolarGradHParams,
+) -> Any:
+    """One PolarGrad / PolarGradM / Muon step over params laid out as ``state.plan`` says.
+
+    Args:
+        params: as given to ``init_distributed_state`` (DTensors stay DTensors). **Updated in place.**
+        grads: one per param (DTensor grads for DTensor params, same placements), or None to skip.
+            A skipped param's matrices still travel (as zeros) so every rank runs the same collectives.
+        state: from ``init_distributed_state``. **Updated in place.**
+        hparams: ``PolarGradHParams``.
+
+    Every rank of each process group must call this with the same params and the same set of None
+    grads. Raises TypeError/ValueError before any tensor changes.
+    """
+    if not isinstance(hparams, PolarGradHParams):
+        raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
+    if getattr(state, "plan", None) is None:
+        raise TypeError(f"state must come from init_distributed_state, got {type(state).__name__}")
+    check_params_and_grads(params, grads, matrices=True)
+    state.check_matches(params)
+    plan, hp = state.plan, hparams
+    impls = state.polar_impls_for(hp.polar_spec)
+    for g, impl in zip(plan.groups, impls):
+        _check_grads_agree(g.params, grads, params)
+        check_kernels_device(impl.kernels, g.device)
+
+    P = [local_tensor(p) for p in params]
+    G: List[Optional[Tensor]] = [None if g is None else local_tensor(g) for g in grads]
+    M = [local_tensor(m) for m in state.momentum]
+    if hp.weight_decay_mode == "l2":
+        G = [g if g is None else g + foreach_scalar(hp.weight_decay, g) * p for p, g in zip(P, G)]
+    state.step.add_(1)
+    active = [(g, impl) for g, impl in zip(plan.groups, impls) if any(G[i] is not None for i in g.params)]
+
+    x = local_directions(G, M, hp)
+    in_flight = [send_to_owners(group, impl, x, P) for group, impl in active]
+    results = [orthogonalize_on_owners(group, impl, sent, hp) for (group, impl), sent in zip(active, in_flight)]
+    apply_rows(active, results, P, G, M, hp)
+    return state
+
+
+def local_directions(G: List[Optional[Tensor]], M: List[Tensor], hp: PolarGradHParams) -> Dict[int, Tensor]:
+    """The polar input X of every param with a grad, on local tensors (elementwise: no communication),
+    once per param (a fused param spans several groups). Momentum-first: M ← β·M + (1−β)·G in place,
+    X = G.lerp(M, β) (Nesterov) or M. Polar-first: X = G (momentum waits for O)."""
+    live = [i for i, g in enumerate(G) if g is not None]
+    if not live:
+        return {}
+    if hp.order == "polar_first":
+        return {i: G[i] for i in live}  # type: ignore[misc]
+    gl = [G[i] if G[i].dtype == M[i].dtype else G[i].to(M[i].dtype) for i in live]  # type: ignore[union-attr]
+    ml = [M[i] for i in live]
+    tensor_lists.lerp_(ml, gl, 1 - hp.momentum)
+    return dict(zip(live, tensor_lists.lerp(gl, ml, hp.momentum) if hp.nesterov else ml))
+
+
+def send_to_owners(group: ExchangeGroup, impl: PolarImpl, x: Dict[int, Tensor], P: List[Tensor]) -> Tensor:
+    """Start moving this rank's rows of the group's polar inputs to their owners (zeros for a param
+    without a grad, so every rank runs the same collectives). Every group's send is issued before any
+    polar runs: in eager mode a later group's collective is in flight while earlier groups iterate."""
+    mats = [matrix_rows(x[r.param] if r.param in x else torch.zeros_like(P[r.param]), r, group.n) for r in group.matrices]
+    if group.kind == "rows":
+        return rows_to_owners(group, mats, payload_dtype(impl))
+    if group.kind == "replicated":
+        return replicated_to_owners(group, mats, payload_dtype(impl))
+    return torch.stack(mats) if len(mats) > 1 else mats[0].unsqueeze(0)
+
+
+def orthogonalize_on_owners(
+    group: ExchangeGroup, impl: PolarImpl, sent: Tensor, hp: PolarGradHParams
+) -> Tuple[List[Tensor], Any]:
+    """O and lr·s·extra on the owners' whole matrices (the one-device ``orthogonalize``), then back:
+    per matrix this rank's rows of O, and the step sizes ((B,) for "nuclear", else the group's one)."""
+    x_owned = owned_matrices(group, sent) if group.kind == "rows" else sent
+    o, size = owner_orthogonalize(x_owned, impl, hp)
+    per_matrix = size.reshape(-1) if hp.scale == "nuclear" else None
+    if group.kind == "rows":
+        o_rows, sizes = rows_from_owners(group, o.contiguous(), per_matrix)
+    elif group.kind == "replicated":
+        o_rows, sizes = replicated_from_owners(group, o.contiguous(), per_matrix)
+    else:
+        o_rows, sizes = list(o.unbind(0)), per_matrix
+    return o_rows, (sizes if per_matrix is not None else size)
+
+
+def apply_rows(
+    active: List[Tuple[ExchangeGroup, PolarImpl]],
+    results: List[Tuple[List[Tensor], Any]],
+    P: List[Tensor],
+    G: List[Optional[Tensor]],
+    M: List[Tensor],
+    hp: PolarGradHParams,
+) -> None:
+    """Decay each param with a grad once, then W ← W − lr·s·D on this rank's rows of every matrix, with
+    D = O, or (polar-first) M ← β·M + (1−β)·O on those rows and D = M or O.lerp(M, β)."""
+    touched = sorted({i for g, _ in active for i in g.params if G[i] is not None})
+    if touched:
+        _apply_decay([P[i] for i in touched], hp)
+    beta = hp.momentum
+    for (group, _), (o_rows, size) in zip(active, results):
+        for k, (ref, o) in enumerate(zip(group.matrices, o_rows)):
+            if G[ref.param] is None or ref.local_rows == 0:
+                continue
+            if hp.order == "polar_first":
+                m_rows = matrix_rows(M[ref.param], ref, group.n)
+                om = o.to(m_rows.dtype)
+                m_rows.lerp_(om, 1 - beta)
+                o = om.lerp(m_rows, beta) if hp.nesterov else m_rows
+            step = size[k] if hp.scale == "nuclear" else size
+            matrix_rows(P[ref.param], ref, group.n).sub_((upcast(o, group.dtype) * step).to(group.dtype))
+
+
+def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:
+    wd = hp.weight_decay
+    if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
+        return
+    factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
+    tensor_lists.mul_(params, foreach_scalar(factor, params[0]))

@@ -1,0 +1,506 @@
+"""Checks run inside every spawned rank (see harness.py); each returns measured values or raises.
+
+The model: matrices of mixed shapes, each in its own layer, ``fully_shard``-ed per layer:
+three (7, 8) (7 rows: not divisible by 2 or 4), a (3, 7) (fewer rows than 4 ranks: empty shards), a
+tall (10, 3), a 3-D (3, 5, 6) stack (whole matrices per rank; one rank of 4 holds none), a conv
+weight (5, 3, 3, 3) and a fused QKV (12, 8) split as [6, 3, 3]. The reference is the one-process
+``fpolar.polargrad_step`` on full tensors (the QKV as three separate params).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import fpolar
+import fpolar.optim
+from fpolar.distributed import distributed_polargrad_step, init_distributed_state
+from fpolar.distributed.layout import chunk_spans
+
+SHAPES: Dict[str, Tuple[int, ...]] = {
+    "a": (7, 8),
+    "b": (7, 8),
+    "c": (7, 8),
+    "small": (3, 7),
+    "tall": (10, 3),
+    "stack": (3, 5, 6),
+    "conv": (5, 3, 3, 3),
+    "qkv": (12, 8),
+}
+QKV_SPLIT = (6, 3, 3)
+TOL = 1e-5
+
+
+class Layer(nn.Module):
+    def __init__(self, shape: Tuple[int, ...]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(shape) / shape[-1] ** 0.5)
+        self.bias = nn.Parameter(torch.randn(shape[0]) * 0.1)
+
+
+class Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleDict({k: Layer(s) for k, s in SHAPES.items()})
+
+    def __getitem__(self, key: str) -> Layer:
+        return self.layers[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # fully_shard needs a root with a forward
+        return x
+
+
+_MODEL: dict = {}
+
+
+def sharded_model(world_size: int):
+    """The model, fully_shard-ed per layer once per process, its weights reset to the seed-0 values."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    fresh = Model()
+    full = {k: layer.weight.detach().clone() for k, layer in fresh.layers.items()}
+    if world_size not in _MODEL:
+        mesh = init_device_mesh("cpu", (world_size,))
+        for layer in fresh.layers.values():
+            fully_shard(layer, mesh=mesh)
+        fully_shard(fresh, mesh=mesh)
+        _MODEL[world_size] = (fresh, mesh)
+    model, mesh = _MODEL[world_size]
+    with torch.no_grad():
+        for k in SHAPES:
+            model[k].weight.to_local().copy_(as_shard(full[k], model[k].weight).to_local())
+    return model, full, mesh
+
+
+def full_grads(step: int) -> Dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    return {k: torch.randn(s, generator=gen) for k, s in SHAPES.items()}
+
+
+def as_shard(full: torch.Tensor, like) -> torch.Tensor:
+    """The DTensor Shard(0) of ``full`` on ``like``'s mesh, built from local rows (no communication)."""
+    from torch.distributed.tensor import DTensor
+
+    mesh = like.device_mesh
+    start, length = chunk_spans(full.shape[0], mesh.size())[mesh.get_local_rank()]
+    local = full[start : start + length].contiguous()
+    return DTensor.from_local(local, mesh, like.placements, run_check=False, shape=full.shape, stride=full.stride())
+
+
+def reference_params(full: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+    out = []
+    for k in SHAPES:
+        out.extend(full[k].split(QKV_SPLIT) if k == "qkv" else [full[k]])
+    return [t.clone() for t in out]
+
+
+def reference_grads(g: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+    out = []
+    for k in SHAPES:
+        out.extend(g[k].split(QKV_SPLIT) if k == "qkv" else [g[k]])
+    return out
+
+
+def split_of() -> Dict[int, Tuple[int, ...]]:
+    return {list(SHAPES).index("qkv"): QKV_SPLIT}
+
+
+CONFIGS = [
+    dict(polar=polar, order=order, scale=scale)
+    for polar in ("newton_schulz", "qdwh", "svd")
+    for order in ("momentum_first", "polar_first")
+    for scale in ("nuclear", "shape")
+]
+
+
+def hparams(cfg: dict, nesterov: bool) -> fpolar.PolarGradHParams:
+    lr = 0.01 if cfg["scale"] == "nuclear" else 0.05
+    return fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, nesterov=nesterov, **cfg)
+
+
+def run_reference(full, hp, steps: int) -> List[torch.Tensor]:
+    ref = reference_params(full)
+    state = fpolar.init_state(ref, hp)
+    for t in range(steps):
+        fpolar.polargrad_step(ref, reference_grads(full_grads(t)), state, hp)
+    return ref
+
+
+def compare(got: Dict[str, torch.Tensor], ref: List[torch.Tensor]) -> float:
+    ref_full, k = {}, 0
+    for name in SHAPES:
+        parts = len(QKV_SPLIT) if name == "qkv" else 1
+        ref_full[name] = torch.cat(ref[k : k + parts]) if parts > 1 else ref[k]
+        k += parts
+    return max((got[n] - ref_full[n]).abs().max().item() for n in SHAPES)
+
+
+def check_fsdp_parity(rank: int, world: int, shared: str) -> dict:
+    """5 steps of the planned step on fully_shard params == the one-process step."""
+    errors = {}
+    # every config at 2 ranks; at 4 ranks (empty shards, fewer rows than ranks) a subset that still
+    # covers each method, order and scale, to keep CI time down
+    chosen = range(len(CONFIGS)) if world == 2 else (0, 3, 5, 6, 9, 11)
+    for j in chosen:
+        cfg = CONFIGS[j]
+        model, full, _ = sharded_model(world)
+        params = [model[k].weight for k in SHAPES]
+        hp = hparams(cfg, nesterov=j % 2 == 1)
+        state = init_distributed_state(params, hp, split_sizes=split_of())
+        for t in range(5):
+            g = full_grads(t)
+            grads = [as_shard(g[k], model[k].weight) for k in SHAPES]
+            with torch.no_grad():
+                distributed_polargrad_step(params, grads, state, hp)
+        got = {k: model[k].weight.full_tensor() for k in SHAPES}
+        err = compare(got, run_reference(full, hp, 5))
+        errors["/".join(cfg.values()) + ("/nesterov" if j % 2 else "")] = err
+        assert err <= TOL, f"{cfg}: max abs error {err:.3g} > {TOL}"
+        mom_is_dtensor = all(type(m).__name__ == "DTensor" for m in state.momentum)
+        assert mom_is_dtensor, "momentum must stay DTensor in the params' layout"
+    return {"max_abs_error": errors}
+
+
+def check_bf16_exchange(rank: int, world: int, shared: str) -> dict:
+    """A bfloat16 polar dtype (the CUDA default): rows travel in bf16, step sizes as float32 bit-cast into
+    two bf16 slots. Against the one-process bf16 step: close, not equal, because the owner's ⟨O, X⟩
+    reads X after its bf16 trip (the one-process step reads the float32 momentum)."""
+    model, full, _ = sharded_model(world)
+    params = [model[k].weight for k in SHAPES]
+    hp = fpolar.PolarGradHParams(lr=0.01, weight_decay=0.1, polar_dtype=torch.bfloat16)
+    state = fpolar.init_state(params, hp, split_sizes=split_of())
+    for t in range(3):
+        g = full_grads(t)
+        with torch.no_grad():
+            fpolar.polargrad_step(params, [as_shard(g[k], model[k].weight) for k in SHAPES], state, hp)
+    err = compare({k: model[k].weight.full_tensor() for k in SHAPES}, run_reference(full, hp, 3))
+    moved = compare({k: full[k] for k in SHAPES}, run_reference(full, hp, 3))
+    # bf16 Newton–Schulz is itself accurate to a few percent, and rounding its input to bf16 moves O by
+    # up to ~10% on these shapes (measured: polar(x) vs polar(bf16(x)), both bf16): the bound is that,
+    # not 1e-5. A mangled scale bit pattern would be off by orders of magnitude (the bits are checked
+    # exactly in tests/test_distributed_plan.py).
+    assert err == err and err <= 0.15 * moved, f"bf16 exchange: error {err:.3g} against a total update of {moved:.3g}"
+    return {"max_abs_error": err, "max_abs_update": moved}
+
+
+check_bf16_exchange.worlds = (2,)
+
+
+def check_replicate_dtensor(rank: int, world: int, shared: str) -> dict:
+    """DTensor params with a Replicate placement share the polar work like DDP (one all_gather per group)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    full = {k: torch.randn(s) / s[-1] ** 0.5 for k, s in SHAPES.items()}
+    params = [DTensor.from_local(full[k].clone(), mesh, [Replicate()], run_check=False) for k in SHAPES]
+    hp = hparams(CONFIGS[0], nesterov=True)
+    state = fpolar.init_state(params, hp, split_sizes=split_of())
+    assert {g.kind for g in state.plan.groups} == {"replicated"}
+    for t in range(3):
+        g = full_grads(t)
+        grads = [DTensor.from_local(g[k], mesh, [Replicate()], run_check=False) for k in SHAPES]
+        fpolar.polargrad_step(params, grads, state, hp)
+    err = compare({k: p.to_local() for k, p in zip(SHAPES, params)}, run_reference(full, hp, 3))
+    assert err <= TOL, f"Replicate DTensor params differ from one process by {err:.3g}"
+    return {"max_abs_error": err}
+
+
+check_replicate_dtensor.worlds = (2,)
+
+
+def check_replicated_parity(rank: int, world: int, shared: str) -> dict:
+    """DDP-style: plain replicated params, init with process_group, equals the one-process step."""
+    errors = {}
+    for j, cfg in enumerate(CONFIGS[::3]):
+        torch.manual_seed(0)
+        full = {k: torch.randn(s) / s[-1] ** 0.5 for k, s in SHAPES.items()}
+        params = [full[k].clone() for k in SHAPES]
+        hp = hparams(cfg, nesterov=j % 2 == 0)
+        state = init_distributed_state(params, hp, process_group=dist.group.WORLD, split_sizes=split_of())
+        for t in range(5):
+            g = full_grads(t)
+            distributed_polargrad_step(params, [g[k] for k in SHAPES], state, hp)
+        err = compare(dict(zip(SHAPES, params)), run_reference(full, hp, 5))
+        errors["/".join(cfg.values())] = err
+        assert err <= TOL, f"{cfg}: max abs error {err:.3g} > {TOL}"
+    return {"max_abs_error": errors}
+
+
+def _comm_counts(fn) -> Dict[str, int]:
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    with CommDebugMode() as mode:
+        fn()
+    return {str(k): v for k, v in mode.get_comm_counts().items()}
+
+
+def check_comm_counts(rank: int, world: int, shared: str) -> dict:
+    """FSDP2: two all_to_all per exchanged shape group per step, nothing else; DDP: one all_gather."""
+    model, _, _ = sharded_model(world)
+    params = [model[k].weight for k in SHAPES]
+    hp = fpolar.PolarGradHParams(lr=0.01)
+    state = init_distributed_state(params, hp, split_sizes=split_of())
+    rows_groups = sum(g.kind == "rows" for g in state.plan.groups)
+    g = full_grads(0)
+    grads = [as_shard(g[k], model[k].weight) for k in SHAPES]
+    with torch.no_grad():
+        counts = _comm_counts(lambda: distributed_polargrad_step(params, grads, state, hp))
+    described = fpolar.describe_plan(state, hp)
+    assert [r["kind"] for r in described].count("rows") == rows_groups
+    a2a = sum(v for k, v in counts.items() if "all_to_all" in k)
+    assert a2a == 2 * rows_groups, f"{a2a} all_to_all for {rows_groups} row-sharded groups: {counts}"
+    assert sum(counts.values()) == a2a, f"collectives other than all_to_all: {counts}"
+
+    torch.manual_seed(0)
+    plain = [torch.randn(s) for s in SHAPES.values()]
+    rstate = init_distributed_state(plain, hp, process_group=dist.group.WORLD, split_sizes=split_of())
+    rcounts = _comm_counts(lambda: distributed_polargrad_step(plain, [torch.randn_like(p) for p in plain], rstate, hp))
+    gathers = sum(v for k, v in rcounts.items() if "all_gather" in k)
+    assert gathers == len(rstate.plan.groups) and sum(rcounts.values()) == gathers, rcounts
+    return {"bytes_sent_per_step": sum(r["bytes_sent_per_step"] for r in described), "fsdp": counts, "fsdp_row_groups": rows_groups, "replicated": rcounts, "replicated_groups": len(rstate.plan.groups)}
+
+
+def check_plan_same_on_every_rank(rank: int, world: int, shared: str) -> dict:
+    model, _, _ = sharded_model(world)
+    params = [model[k].weight for k in SHAPES]
+    plan = init_distributed_state(params, None, split_sizes=split_of()).plan
+    mine = [(g.kind, g.m, g.n, g.owned, g.slots) for g in plan.groups if g.kind != "local"]
+    every = [None] * world
+    dist.all_gather_object(every, mine)
+    assert all(e == mine for e in every), f"plans differ between ranks: {every}"
+    return {"groups": len(mine)}
+
+
+CHECKS = [
+    ("plan_same_on_every_rank", check_plan_same_on_every_rank),
+    ("fsdp_parity", check_fsdp_parity),
+    ("bf16_exchange", check_bf16_exchange),
+    ("replicated_parity", check_replicated_parity),
+    ("replicate_dtensor", check_replicate_dtensor),
+    ("comm_counts", check_comm_counts),
+]
+
+
+def check_tensor_parallel_polar(rank: int, world: int, shared: str) -> dict:
+    """TP polar of column- and row-sharded matrices (uneven splits) == the one-device polar."""
+    pg = dist.group.WORLD
+    errors = {}
+    gen = torch.Generator().manual_seed(7)
+    cases = [((6, 11), -1), ((11, 6), -2), ((8, 8), -2), ((8, 8), -1), ((2, 6, 13), 2)]
+    for shape, pdim in cases:
+        x = torch.randn(shape, generator=gen)
+        d = pdim % x.dim()
+        spans = chunk_spans(x.shape[d], world)
+        sizes = [s[1] for s in spans]
+        start, length = spans[rank]
+        shard = x.narrow(d, start, length)
+        for mode, method in (("distributed", "newton_schulz"), ("duplicated", "newton_schulz"), ("duplicated", "qdwh"), ("duplicated", "svd")):
+            got = fpolar.polar(shard, method, process_group=pg, partition_dim=pdim, tp_mode=mode, partition_sizes=sizes)
+            want = fpolar.polar(x, method).narrow(d, start, length)
+            err = (got - want).abs().max().item() if length else 0.0
+            errors[f"{shape}/dim{pdim}/{mode}/{method}"] = err
+            assert err <= TOL, f"{shape} split on {pdim}, {mode}/{method}: {err:.3g}"
+    # a wide matrix split along its short side cannot use the all-reduced Gram
+    x = torch.randn(6, 11, generator=gen)
+    spans = chunk_spans(6, world)
+    shard = x[spans[rank][0] : sum(spans[rank])]
+    try:
+        fpolar.polar(shard, process_group=pg, partition_dim=0, partition_sizes=[s[1] for s in spans])
+    except ValueError as e:
+        assert "partition_dim=0" in str(e), str(e)
+    else:
+        raise AssertionError("a short-side split in distributed mode was accepted")
+    return {"max_abs_error": errors}
+
+
+CHECKS.append(("tensor_parallel_polar", check_tensor_parallel_polar))
+
+
+def _set_grads(model, step: int, sharded: bool) -> None:
+    gen = torch.Generator().manual_seed(2000 + step)
+    for name, p in model.named_parameters():
+        g = torch.randn(p.shape, generator=gen)
+        p.grad = as_shard(g, p) if sharded else g
+
+
+def _muon(params):
+    return fpolar.optim.Muon(params, lr=0.02, weight_decay=0.1, adamw_lr=0.01)
+
+
+def _full_state(opt, model) -> Dict[str, torch.Tensor]:
+    """Every optimizer state tensor, whole, keyed by param name and state key."""
+    out = {}
+    for name, p in model.named_parameters():
+        for k, v in opt.state[p].items():
+            out[f"{name}/{k}"] = v.full_tensor() if hasattr(v, "full_tensor") else v.clone()
+    return out
+
+
+def check_optim_on_fully_shard(rank: int, world: int, shared: str) -> dict:
+    """fpolar.optim.Muon on a fully_shard-ed model's parameters(), no new argument: 3 steps equal the
+    same optimizer on the unsharded model; then DCP saves the state (world 4) or round-trips it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    model, full, _ = sharded_model(world)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                torch.manual_seed(len(name))
+                p.to_local().copy_(as_shard(torch.randn(p.shape) * 0.1, p).to_local())
+    torch.manual_seed(0)
+    plain = Model()
+    plain.load_state_dict({n: (p.full_tensor() if hasattr(p, "full_tensor") else p) for n, p in model.state_dict().items()})
+    opt, ref = _muon(model.parameters()), _muon(plain.parameters())
+    for t in range(3):
+        _set_grads(model, t, True)
+        _set_grads(plain, t, False)
+        counts = _comm_counts(opt.step)
+        ref.step()
+    rows_groups = sum(g.kind == "rows" for rt in opt._runtime if rt.state is not None and hasattr(rt.state, "plan") for g in rt.state.plan.groups)
+    a2a = sum(v for k, v in counts.items() if "all_to_all" in k)
+    assert a2a == 2 * rows_groups and sum(counts.values()) == a2a, f"optimizer step collectives {counts} for {rows_groups} groups"
+    err = max((p.full_tensor() - q).abs().max().item() for p, q in zip(model.parameters(), plain.parameters()))
+    assert err <= TOL, f"fpolar.optim.Muon on fully_shard params differs from one process by {err:.3g}"
+    kinds = {type(s["momentum_buffer"]).__name__ for s in opt.state.values() if "momentum_buffer" in s}
+    assert kinds == {"DTensor"}, f"momentum stored as {kinds}"
+
+    osd = get_optimizer_state_dict(model, opt)
+    ckpt = f"{shared}/optim_w{world}"
+    dcp.save({"optim": osd}, checkpoint_id=ckpt)
+    saved = _full_state(opt, model)
+    if rank == 0:
+        torch.save(saved, f"{shared}/optim_w{world}_full.pt")
+    # round trip on the same world: a fresh optimizer loads the checkpoint bit-exactly. DCP builds the
+    # fresh state by a zero-grad step only when no param has a grad, as when a run resumes.
+    model.zero_grad(set_to_none=True)
+    fresh = _muon(model.parameters())
+    target = get_optimizer_state_dict(model, fresh)
+    dcp.load({"optim": target}, checkpoint_id=ckpt)
+    set_optimizer_state_dict(model, fresh, target)
+    got = _full_state(fresh, model)
+    bad = [k for k in saved if not torch.equal(saved[k], got[k])]
+    assert not bad and set(got) == set(saved), f"DCP round trip changed {bad}"
+    dist.barrier()
+    return {"max_abs_error_vs_one_process": err, "state_tensors": len(saved), "optimizer_step_collectives": counts}
+
+
+def check_dcp_reshard_from_4(rank: int, world: int, shared: str) -> dict:
+    """Load the optimizer state world 4 saved into a world-2 fully_shard model: bit-exact, then it steps."""
+    import os
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    if not os.path.exists(f"{shared}/optim_w4_full.pt"):
+        raise AssertionError("world 4 saved no checkpoint (its optim_on_fully_shard check failed or did not run)")
+    model, _, _ = sharded_model(world)
+    model.zero_grad(set_to_none=True)
+    opt = _muon(model.parameters())
+    target = get_optimizer_state_dict(model, opt)
+    dcp.load({"optim": target}, checkpoint_id=f"{shared}/optim_w4")
+    set_optimizer_state_dict(model, opt, target)
+    want = torch.load(f"{shared}/optim_w4_full.pt")
+    got = _full_state(opt, model)
+    bad = [k for k in want if not torch.equal(want[k], got[k])]
+    assert not bad and set(got) == set(want), f"4 → 2 resharding changed {bad}"
+    _set_grads(model, 9, True)
+    opt.step()
+    return {"state_tensors": len(got)}
+
+
+check_dcp_reshard_from_4.worlds = (2,)
+
+
+def check_compiled_step(rank: int, world: int, shared: str) -> dict:
+    """The distributed functional step under torch.compile(fullgraph=True): one frame, no recompile over a
+    20-step lr schedule (0-d lr tensor), and the same params as eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    names = ["a", "small", "qkv"]
+    model, full, _ = sharded_model(world)
+    params = [model[k].weight for k in names]
+    lr = torch.tensor(0.01)
+    hp = fpolar.PolarGradHParams(lr=lr, weight_decay=0.1)
+    state = fpolar.init_state(params, hp)
+    g = full_grads(0)
+    grads = [as_shard(g[k], model[k].weight) for k in names]
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(fpolar.polargrad_step, backend=counter, fullgraph=True)
+    ref = [full[k].clone() for k in names]
+    ref_state = fpolar.init_state(ref, fpolar.PolarGradHParams(lr=lr, weight_decay=0.1))
+    with torch.no_grad():
+        for t in range(20):
+            lr.fill_(0.01 * (1 - t / 20))
+            step(params, grads, state, hp)
+            fpolar.polargrad_step(ref, [g[k] for k in names], ref_state, hp)
+    assert counter.frame_count == 1, f"{counter.frame_count} frames (recompiles)"
+    err = max((model[k].weight.full_tensor() - r).abs().max().item() for k, r in zip(names, ref))
+    assert err <= TOL, f"compiled distributed step differs from one process by {err:.3g}"
+    return {"frames": counter.frame_count, "max_abs_error": err}
+
+
+def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
+    """Errors name the problem and leave params and state as they were."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    model, full, mesh = sharded_model(world)
+    params = [model[k].weight for k in ("a", "b")]
+    hp = fpolar.PolarGradHParams(lr=0.01)
+    before = [p.to_local().clone() for p in params]
+    messages = {}
+
+    # one shape group on two meshes
+    other = DeviceMesh("cpu", list(reversed(range(world))))
+    odd = DTensor.from_local(torch.zeros(chunk_spans(7, world)[other.get_local_rank()][1], 8), other, [Shard(0)],
+                             run_check=False, shape=torch.Size([7, 8]), stride=(8, 1))
+    try:
+        fpolar.init_state([params[0], odd], hp)
+    except ValueError as e:
+        messages["two_meshes"] = str(e)
+        assert "different meshes" in str(e), str(e)
+    else:
+        raise AssertionError("params of one shape group on two meshes were accepted")
+
+    # a state built for another layout (the other mesh) is refused before anything changes
+    state = fpolar.init_state(params, hp)
+    g = full_grads(0)
+    moved = [odd, odd]
+    try:
+        fpolar.polargrad_step(moved, [as_shard(g["a"], odd)] * 2, state, hp)
+    except ValueError as e:
+        messages["other_mesh_state"] = str(e)
+        assert "built for" in str(e), str(e)
+    else:
+        raise AssertionError("a state built for another mesh was accepted")
+    # a state built for plain tensors refuses DTensors
+    plain_state = fpolar.init_state([full["a"].clone(), full["b"].clone()], hp, process_group=dist.group.WORLD)
+    try:
+        fpolar.polargrad_step(params, [as_shard(g["a"], params[0]), as_shard(g["b"], params[1])], plain_state, hp)
+    except ValueError as e:
+        messages["plain_state_dtensor_params"] = str(e)
+    else:
+        raise AssertionError("a replicated-params state was accepted for DTensor params")
+    assert state.step.item() == 0 and plain_state.step.item() == 0
+    assert all(torch.equal(b, p.to_local()) for b, p in zip(before, params)), "params changed before the error"
+    assert all(m.to_local().abs().sum() == 0 for m in state.momentum), "momentum changed before the error"
+    return {"messages": messages}
+
+
+check_compiled_step.worlds = (2,)  # compiling takes ~40 s per world on 2 busy cores: once is enough
+
+CHECKS += [
+    ("bad_input_changes_nothing", check_bad_input_changes_nothing),
+    ("optim_on_fully_shard", check_optim_on_fully_shard),
+    ("dcp_reshard_from_4", check_dcp_reshard_from_4),
+    ("compiled_step", check_compiled_step),
+]
