@@ -8,8 +8,9 @@
 # "lmtext" (the tuned PolarGrad / Muon / AdamW comparison on the stdlib text) fills one call on its own:
 # PARTS=lmtext; a second call on the still-warm machine continues its unfinished runs (on a fresh one,
 # LMTEXT_RESUME=path/to/the/first/lm_text.json, carried, keeps the runs that finished).
-# A device call is limited to 10 minutes, so the parts are run as three calls there:
-# "tests compile", "polar peers", "lm paper".
+# A device call is limited to 10 minutes, so the parts are run as separate calls there: "tests"
+# (about 4 min on the H200) and "compile" (over 5 min since the GPT compile tests) each alone or side
+# by side in one call (two OUT folders), "polar peers", "train", "lmtext", "lm paper".
 #
 # Each part's "exit N" is the status of its own test runner or benchmark (not of a pipe or a later
 # bookkeeping command); the script exits non-zero if any part, or any part's bookkeeping, failed.
@@ -41,8 +42,8 @@ print('optional test packages missing (their tests skip):', ', '.join(missing) i
 # One part: its test runner or benchmark, nothing after it, so its status is the part's status.
 run_part() {
   case $1 in
-    tests)   timeout 280 python3 -m pytest -q -p no:cacheprovider -rs tests ;;
-    compile) timeout 300 python3 -m pytest -q -p no:cacheprovider -rs compile_tests ;;
+    tests)   timeout 280 python3 -m pytest -q -p no:cacheprovider -rfEs tests ;;
+    compile) timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs compile_tests ;;
     polar)   timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" ;;
     peers)   timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" ;;
     lm)      timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" ;;
@@ -56,7 +57,7 @@ run_part() {
 # What of a part's output goes to the log: pytest's summary is at its end.
 shown() {
   case $1 in
-    tests|compile) tail -40 ;;
+    tests|compile) tail -80 ;;
     *)             cat ;;
   esac
 }

@@ -60,7 +60,7 @@ def found_nonfinite(
     for (dev, _), gs in buckets.items():
         # Per (device, dtype): one multi-tensor max-abs, one stack, one reduce. A max-abs cannot
         # overflow on finite values, and max reductions propagate NaN.
-        flag = ~torch.isfinite(torch.stack(torch._foreach_norm(gs, ord=math.inf)).amax())
+        flag = ~torch.isfinite(torch.stack(_max_abs(gs)).amax())
         flags.append(flag if dev == device else flag.to(device))
     if found_inf is not None:
         flags.append(found_inf.reshape(()).to(device=device) != 0)
@@ -70,6 +70,15 @@ def found_nonfinite(
     for f in flags[1:]:
         found = found | f
     return found
+
+
+def _max_abs(gs: List[Tensor]) -> List[Tensor]:
+    """max |g| of each tensor (NaN if it holds one). Eagerly one multi-tensor kernel; under torch.compile
+    one reduction per tensor, because Inductor (CUDA, torch < 2.13) asserts in
+    ``reorder_loops_by_dep_pair`` once a foreach node fuses with a neighbour (see ``fpolar.tensor_lists``)."""
+    if torch.compiler.is_compiling():
+        return [g.abs().amax() for g in gs]
+    return list(torch._foreach_norm(gs, ord=math.inf))
 
 
 def unscale_grads(grads: Sequence[Optional[Tensor]], grad_scale: Optional[Tensor]) -> List[Optional[Tensor]]:
