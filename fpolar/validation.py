@@ -99,8 +99,10 @@ def check_distinct(tensors: Sequence[Tensor], what: str) -> None:
     seen: dict = {}
     for i, t in enumerate(tensors):
         keys = [("id", id(t))]
-        if t.device.type != "meta" and t.numel() > 0:
-            keys.append(("mem", t.device, t.data_ptr(), tuple(t.shape), t.stride()))
+        # A DTensor's memory is its local shard (the wrapper has none of its own; its data_ptr is 0).
+        local = t.to_local() if type(t).__name__ == "DTensor" and hasattr(t, "to_local") else t
+        if local.device.type != "meta" and local.numel() > 0:
+            keys.append(("mem", local.device, local.data_ptr(), tuple(local.shape), local.stride()))
         for k in keys:
             if k in seen:
                 j = seen[k]

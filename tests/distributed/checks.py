@@ -463,8 +463,11 @@ def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
 
     # one shape group on two meshes
     other = DeviceMesh("cpu", list(reversed(range(world))))
-    odd = DTensor.from_local(torch.zeros(chunk_spans(7, world)[other.get_local_rank()][1], 8), other, [Shard(0)],
-                             run_check=False, shape=torch.Size([7, 8]), stride=(8, 1))
+    def on_other_mesh() -> DTensor:
+        return DTensor.from_local(torch.zeros(chunk_spans(7, world)[other.get_local_rank()][1], 8), other,
+                                  [Shard(0)], run_check=False, shape=torch.Size([7, 8]), stride=(8, 1))
+
+    odd = on_other_mesh()
     try:
         fpolar.init_state([params[0], odd], hp)
     except ValueError as e:
@@ -476,7 +479,7 @@ def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
     # a state built for another layout (the other mesh) is refused before anything changes
     state = fpolar.init_state(params, hp)
     g = full_grads(0)
-    moved = [odd, odd]
+    moved = [odd, on_other_mesh()]  # two tensors: the same one twice is refused for that reason first
     try:
         fpolar.polargrad_step(moved, [as_shard(g["a"], odd)] * 2, state, hp)
     except ValueError as e:
