@@ -8,9 +8,14 @@ Layouts (only tensors, ints, floats, strings, lists, dicts, None and torch dtype
 ``torch.load(weights_only=True)`` reads them):
 
     PolarGradState  {"kind": "PolarGradState", "step": 0-d tensor, "momentum": [tensor per param, its
-                     shape], "shapes": [[int, ...] per param], "hparams": {field: value} or None}
+                     shape], "skipped": 0-d int64 tensor, "shapes": [[int, ...] per param],
+                     "hparams": {field: value} or None}
     AdamWState      {"kind": "AdamWState", "step": [0-d tensor per param], "exp_avg": [...],
-                     "exp_avg_sq": [...], "shapes": [...], "hparams": {field: value} or None}
+                     "exp_avg_sq": [...], "skipped": 0-d int64 tensor, "shapes": [...],
+                     "hparams": {field: value} or None}
+
+``"skipped"`` (calls skipped for a non-finite grad) may be absent from an older checkpoint; the
+state's counter is then left as it is.
 
 ``"hparams"`` records the static hparams (every field but the scheduled ``lr`` / ``weight_decay``) when
 ``state_dict`` is given them; ``load_state_dict`` given hparams too refuses a checkpoint saved with other
@@ -147,6 +152,20 @@ def _copy_step(dst: Tensor, s: Union[Tensor, float]) -> None:
     dst.copy_(s.detach().reshape(()) if isinstance(s, Tensor) else torch.tensor(float(s)))
 
 
+def _check_skipped(saved: Any, kind: str) -> None:
+    """The skip counter is optional in a checkpoint (none before it existed); present, a one-element
+    integer tensor."""
+    if saved is None:
+        return
+    if not isinstance(saved, Tensor) or saved.numel() != 1 or saved.is_floating_point() or saved.is_complex():
+        raise ValueError(f"the {kind} checkpoint's 'skipped' must be a one-element integer tensor, got {saved!r}")
+
+
+def _copy_skipped(state: Any, saved: Optional[Tensor]) -> None:
+    if saved is not None and getattr(state, "skipped", None) is not None:
+        state.skipped.copy_(saved.reshape(()))
+
+
 def _checkpoint(kind: str, shapes: Sequence[Sequence[int]], hparams: Any, **tensors: Any) -> Dict[str, Any]:
     """The checkpoint layout both states share: ``kind``, the state's own entries, then the ``shapes`` and
     ``hparams`` record that ``_check_common`` / ``_check_hparams`` read back."""
@@ -155,7 +174,8 @@ def _checkpoint(kind: str, shapes: Sequence[Sequence[int]], hparams: Any, **tens
 
 def polargrad_state_dict(state: PolarGradStateLike, hparams: Optional[PolarGradHParams] = None) -> Dict[str, Any]:
     """``state`` as a checkpoint dict (layout in the module docstring); its live tensors, not copies."""
-    return _checkpoint("PolarGradState", state.shapes, hparams, step=state.step, momentum=list(state.momentum))
+    return _checkpoint("PolarGradState", state.shapes, hparams, step=state.step, momentum=list(state.momentum),
+                       skipped=getattr(state, "skipped", None))
 
 
 @torch.no_grad()
@@ -171,7 +191,9 @@ def load_polargrad_state_dict(
     _check_hparams(sd.get("hparams"), hparams, "PolarGradState")
     _check_step(sd["step"], "the PolarGradState checkpoint's 'step'")
     _check_tensors(sd["momentum"], state.momentum, "momentum", "PolarGradState")
+    _check_skipped(sd.get("skipped"), "PolarGradState")
     _copy_step(state.step, sd["step"])
+    _copy_skipped(state, sd.get("skipped"))
     for dst, src in zip(state.momentum, sd["momentum"]):
         dst.copy_(src)
 
@@ -179,7 +201,7 @@ def load_polargrad_state_dict(
 def adamw_state_dict(state: AdamWStateLike, hparams: Optional[AdamWHParams] = None) -> Dict[str, Any]:
     """``state`` as a checkpoint dict (layout in the module docstring); its live tensors, not copies."""
     return _checkpoint("AdamWState", state.shapes, hparams, step=list(state.step), exp_avg=list(state.exp_avg),
-                       exp_avg_sq=list(state.exp_avg_sq))
+                       exp_avg_sq=list(state.exp_avg_sq), skipped=getattr(state, "skipped", None))
 
 
 @torch.no_grad()
@@ -197,8 +219,10 @@ def load_adamw_state_dict(
         _check_step(s, f"the AdamWState checkpoint's step[{i}]")
     _check_tensors(sd["exp_avg"], state.exp_avg, "exp_avg", "AdamWState")
     _check_tensors(sd["exp_avg_sq"], state.exp_avg_sq, "exp_avg_sq", "AdamWState")
+    _check_skipped(sd.get("skipped"), "AdamWState")
     for dst, s in zip(state.step, steps):
         _copy_step(dst, s)
+    _copy_skipped(state, sd.get("skipped"))
     for dst, src in zip(state.exp_avg, sd["exp_avg"]):
         dst.copy_(src)
     for dst, src in zip(state.exp_avg_sq, sd["exp_avg_sq"]):

@@ -34,8 +34,8 @@ def _save_load(obj):
 
 def _tensors(state):
     if isinstance(state, fpolar.PolarGradState):
-        return [state.step, *state.buffers]
-    return [*state.step, *state.exp_avg, *state.exp_avg_sq]
+        return [state.step, state.skipped, *state.buffers]
+    return [*state.step, state.skipped, *state.exp_avg, *state.exp_avg_sq]
 
 
 def _assert_steps_continue_equal(step, params, state, resumed_params, resumed, hp, gen):
@@ -57,8 +57,12 @@ def test_polargrad_state_resumes_bit_exactly(options):
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         fpolar.polargrad_step(params, _grads(params, gen), state, hp)
+    bad = _grads(params, gen)
+    bad[0][0, 0] = float("nan")
+    fpolar.polargrad_step(params, bad, state, hp)  # skipped, and counted: the count is state too
     saved = _save_load(state.state_dict(hparams=hp))
     assert saved["step"].item() == 3 and saved["hparams"]["nesterov"] == hp.nesterov
+    assert saved["skipped"].item() == 1
 
     resumed_params = [p.clone() for p in params]
     resumed = fpolar.init_state(resumed_params, hp)
