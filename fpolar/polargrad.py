@@ -184,19 +184,19 @@ class Orthogonalized(NamedTuple):
 def check_distributed_skip_settings(
     hparams: PolarGradHParams, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]
 ) -> None:
-    """The distributed step does not take the on-device skip yet (every rank would have to agree on
-    it through one more collective): refuse the settings that ask for it, before anything changes,
-    rather than ignore them."""
+    """The planned step (distributed, or params split into parts with ``split_sizes``) does not take the
+    on-device skip yet (across ranks every rank would have to agree on it through one more collective):
+    refuse the settings that ask for it, before anything changes, rather than ignore them."""
     if not isinstance(hparams, PolarGradHParams):
         raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
     if grad_scale is not None or found_inf is not None:
         raise ValueError(
-            "grad_scale / found_inf are not supported by the distributed step yet; unscale the grads and "
+            "grad_scale / found_inf are not supported by the distributed step (or split_sizes) yet; unscale the grads and "
             "skip the step yourself (e.g. with torch.amp.GradScaler)"
         )
     if hparams.nonfinite == "skip":
         raise ValueError(
-            "nonfinite='skip' is not supported by the distributed step yet (a non-finite grad would be "
+            "nonfinite='skip' is not supported by the distributed step (or split_sizes) yet (a non-finite grad would be "
             "applied); pass PolarGradHParams(..., nonfinite='propagate') to accept that explicitly"
         )
 

@@ -63,7 +63,8 @@ def test_split_sizes_must_cover_the_rows():
 def test_fused_param_steps_like_its_parts(order):
     """One process, no communication: a (12, 4) param split [4, 8] equals two params (4, 4) and (8, 4)."""
     torch.manual_seed(0)
-    hp = fpolar.PolarGradHParams(lr=0.05, order=order, weight_decay=0.1, nesterov=True)
+    # the planned step takes no on-device skip yet: "propagate" is asked for explicitly (else refused)
+    hp = fpolar.PolarGradHParams(lr=0.05, order=order, weight_decay=0.1, nesterov=True, nonfinite="propagate")
     w = torch.randn(12, 4)
     parts = [w[:4].clone(), w[4:].clone()]
     fused_state = fpolar.init_state([w], hp, split_sizes={0: [4, 8]})
@@ -73,6 +74,8 @@ def test_fused_param_steps_like_its_parts(order):
         fpolar.polargrad_step([w], [g], fused_state, hp)
         fpolar.polargrad_step(parts, [g[:4], g[4:]], parts_state, hp)
     torch.testing.assert_close(w, torch.cat(parts), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="nonfinite='skip' is not supported"):
+        fpolar.polargrad_step([w], [torch.randn(12, 4)], fused_state, fpolar.PolarGradHParams(lr=0.05))
     rows = fpolar.describe_plan(fused_state, hp)
     assert [(r["kind"], r["shape"], r["bytes_sent_per_step"]) for r in rows] == [("local", (4, 4), 0), ("local", (8, 4), 0)]
 
