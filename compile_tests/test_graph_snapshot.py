@@ -41,7 +41,7 @@ class TestGraphSnapshot(TestCase):
         """One wide and one tall group, default hparams with decoupled decay: momentum (lerp through the
         views of the stacked buffer), Frobenius normalization, 5 NS steps, ⟨O, X⟩, decay, apply — and no
         stack copy of the momentum beyond the skip's snapshot. nonfinite="skip" adds, first, the max-abs
-        of the grads (_foreach_norm, stack, amax, isfinite as abs/ne/eq), and per group the snapshot
+        of the grads (abs + amax per grad, stack, amax, isfinite as abs/ne/eq), and per group the snapshot
         (clone), the selects (where: zeros into the polar input, 0 step size, decay factor 1) and the
         restore (where + copy); the normalization starts from X / max|X| (the second norm and div)."""
         params, grads = make_problem(((4, 8), (8, 4)))
