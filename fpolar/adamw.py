@@ -22,8 +22,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .dtensor import is_dtensor, local_tensor
 from .hparams import AdamWHParams, foreach_scalar
-from .nonfinite import found_nonfinite, select_scalar, unscale_grads
+from .nonfinite import found_nonfinite, refuse_skip_settings, select_scalar, unscale_grads
 from .state import AdamWState
 from .validation import check_amp_tensors, check_params_and_grads
 
@@ -90,8 +91,9 @@ def _adamw_step(
     live = [i for i, g in enumerate(grads) if g is not None]
     if not live:
         return
-    if any(_is_dtensor(params[i]) for i in live):
-        check_distributed_skip_settings(hp, grad_scale, found_inf)
+    if any(is_dtensor(params[i]) for i in live):
+        # each rank sees only its shards' grads: a skip decided locally could differ between ranks
+        refuse_skip_settings(hp.nonfinite, grad_scale, found_inf, "on DTensor params", "AdamWHParams")
     grads = unscale_grads(grads, grad_scale)
     device = state.skipped.device  # type: ignore[union-attr]
     found: Optional[Tensor] = None
@@ -105,10 +107,12 @@ def _adamw_step(
         buckets.setdefault((params[i].device, params[i].dtype), []).append(i)
     for (dev, dtype), idx in buckets.items():
         f = None if found is None else (found if dev == device else found.to(dev))
-        p = [_local(params[i]) for i in idx]
-        g: List[Tensor] = [_local(grads[i]) for i in idx]  # type: ignore[arg-type]
-        m = [_local(state.exp_avg[i]) for i in idx]
-        v = [_local(state.exp_avg_sq[i]) for i in idx]
+        # AdamW is elementwise: on DTensors (FSDP2) it runs on each rank's local shard, and the state
+        # stays a DTensor in the param's layout.
+        p = [local_tensor(params[i]) for i in idx]
+        g: List[Tensor] = [local_tensor(grads[i]) for i in idx]  # type: ignore[arg-type]
+        m = [local_tensor(state.exp_avg[i]) for i in idx]
+        v = [local_tensor(state.exp_avg_sq[i]) for i in idx]
         steps = [state.step[i] for i in idx]
         if f is not None:
             # a list of the one 0-d tensor: the single-Tensor overload of _foreach_add_ reads its value
@@ -221,27 +225,3 @@ def _negzero_where(found: Tensor, g: List[Tensor]) -> List[Tensor]:
     numels = [t.numel() for t in g]
     flat = torch.where(found, negzero, torch.cat([t.reshape(-1) for t in g]))
     return [x.view_as(t) for x, t in zip(flat.split(numels), g)]
-
-
-def _is_dtensor(t: Tensor) -> bool:
-    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
-
-
-def _local(t: Tensor) -> Tensor:
-    """A DTensor's local tensor (aliasing it), else ``t``. AdamW is elementwise: on DTensors (FSDP2)
-    it runs on each rank's local shard, and the state stays a DTensor in the param's layout."""
-    return t.to_local() if _is_dtensor(t) else t
-
-
-def check_distributed_skip_settings(
-    hp: AdamWHParams, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]
-) -> None:
-    """On sharded (DTensor) params each rank sees only its shard's grads, so a skip decided locally
-    could differ between ranks: refuse the settings that ask for it, before anything changes."""
-    if grad_scale is not None or found_inf is not None:
-        raise ValueError("grad_scale / found_inf are not supported on DTensor params yet")
-    if hp.nonfinite == "skip":
-        raise ValueError(
-            "nonfinite='skip' is not supported on DTensor params yet (ranks could disagree); pass "
-            "AdamWHParams(..., nonfinite='propagate') to accept that explicitly"
-        )

@@ -81,6 +81,28 @@ def _max_abs(gs: List[Tensor]) -> List[Tensor]:
     return list(torch._foreach_norm(gs, ord=math.inf))
 
 
+def refuse_skip_settings(
+    nonfinite: str,
+    grad_scale: Optional[Tensor],
+    found_inf: Optional[Tensor],
+    where: str,
+    hparams_name: str,
+) -> None:
+    """For a step that does not take the on-device skip yet (``where`` says which), refuse the settings
+    that ask for it — ``nonfinite="skip"``, ``grad_scale``, ``found_inf`` — before anything changes,
+    rather than ignore them."""
+    if grad_scale is not None or found_inf is not None:
+        raise ValueError(
+            f"grad_scale / found_inf are not supported {where} yet; unscale the grads and skip the step "
+            "yourself (e.g. with torch.amp.GradScaler)"
+        )
+    if nonfinite == "skip":
+        raise ValueError(
+            f"nonfinite='skip' is not supported {where} yet (a non-finite grad would be applied); pass "
+            f"{hparams_name}(..., nonfinite='propagate') to accept that explicitly"
+        )
+
+
 def unscale_grads(grads: Sequence[Optional[Tensor]], grad_scale: Optional[Tensor]) -> List[Optional[Tensor]]:
     """Grads divided by a GradScaler-style ``grad_scale`` (0-d tensor), as new tensors; the inputs are
     not modified. Multiplies by the reciprocal computed in float64, as ``torch.amp.GradScaler`` does."""

@@ -29,7 +29,15 @@ from torch import Tensor
 
 from . import tensor_lists
 from .hparams import PolarGradHParams, foreach_scalar
-from .nonfinite import Snapshot, count_step, found_nonfinite, select_scalar, unscale_grads, zero_where
+from .nonfinite import (
+    Snapshot,
+    count_step,
+    found_nonfinite,
+    refuse_skip_settings,
+    select_scalar,
+    unscale_grads,
+    zero_where,
+)
 from .polar import PolarImpl, polar_in_orientation
 from .polar.dispatch import check_kernels_device
 from .scale import nuclear_scale, shape_scale
@@ -80,7 +88,13 @@ def polargrad_step(
     # the state keeps this module free of imports from the layer above it.
     planned_step = getattr(state, "planned_step", None)
     if planned_step is not None:
-        check_distributed_skip_settings(hparams, grad_scale, found_inf)
+        # The planned step (distributed, or params split with ``split_sizes``) takes no skip yet: across
+        # ranks every rank would have to agree on it through one more collective.
+        if not isinstance(hparams, PolarGradHParams):
+            raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
+        refuse_skip_settings(
+            hparams.nonfinite, grad_scale, found_inf, "by the distributed step (or split_sizes)", "PolarGradHParams"
+        )
         return planned_step(params, grads, state, hparams)
     impls = check_step_inputs(params, grads, state, hparams, grad_scale, found_inf)
 
@@ -179,26 +193,6 @@ class Orthogonalized(NamedTuple):
 
     o: Tensor
     step_size: Union[Tensor, float]
-
-
-def check_distributed_skip_settings(
-    hparams: PolarGradHParams, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]
-) -> None:
-    """The planned step (distributed, or params split into parts with ``split_sizes``) does not take the
-    on-device skip yet (across ranks every rank would have to agree on it through one more collective):
-    refuse the settings that ask for it, before anything changes, rather than ignore them."""
-    if not isinstance(hparams, PolarGradHParams):
-        raise TypeError(f"hparams must be PolarGradHParams, got {type(hparams).__name__}")
-    if grad_scale is not None or found_inf is not None:
-        raise ValueError(
-            "grad_scale / found_inf are not supported by the distributed step (or split_sizes) yet; unscale the grads and "
-            "skip the step yourself (e.g. with torch.amp.GradScaler)"
-        )
-    if hparams.nonfinite == "skip":
-        raise ValueError(
-            "nonfinite='skip' is not supported by the distributed step (or split_sizes) yet (a non-finite grad would be "
-            "applied); pass PolarGradHParams(..., nonfinite='propagate') to accept that explicitly"
-        )
 
 
 def live_batch(

@@ -14,6 +14,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .dtensor import local_tensor
+
 
 def check_real_dense_float(t: Any, what: str) -> None:
     """``t`` must be a dense, real, floating-point tensor."""
@@ -100,7 +102,7 @@ def check_distinct(tensors: Sequence[Tensor], what: str) -> None:
     for i, t in enumerate(tensors):
         keys = [("id", id(t))]
         # A DTensor's memory is its local shard (the wrapper has none of its own; its data_ptr is 0).
-        local = t.to_local() if type(t).__name__ == "DTensor" and hasattr(t, "to_local") else t
+        local = local_tensor(t)
         if local.device.type != "meta" and local.numel() > 0:
             keys.append(("mem", local.device, local.data_ptr(), tuple(local.shape), local.stride()))
         for k in keys:

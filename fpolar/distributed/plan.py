@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..dtensor import is_dtensor, local_tensor
 from ..state import matrix_view_shape
 from .layout import MatrixRef, chunk_spans, row_sharded_parts, whole_parts
 from .owners import assign_owners, newton_schulz_cost
@@ -33,15 +34,6 @@ def _dtensor_types() -> Tuple[type, type, type]:
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
     return DTensor, Shard, Replicate
-
-
-def is_dtensor(t: Any) -> bool:
-    return isinstance(t, _dtensor_types()[0])
-
-
-def local_tensor(t: Tensor) -> Tensor:
-    """The rank's own tensor of a DTensor (aliasing it: in-place ops write the DTensor), else ``t``."""
-    return t.to_local() if is_dtensor(t) else t
 
 
 def mesh_name(mesh: Any) -> str:

@@ -19,7 +19,8 @@ from ..state import PolarGradState
 from ..state import init_state as init_one_device_state
 from ..validation import check_matrix_tensor, check_tensor_list
 from .exchange import scale_slots
-from .plan import DistributedPlan, build_plan, is_dtensor
+from ..dtensor import is_dtensor
+from .plan import DistributedPlan, build_plan
 from .step import distributed_polargrad_step
 
 

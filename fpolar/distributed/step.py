@@ -33,7 +33,8 @@ from .exchange import (
     rows_to_owners,
 )
 from .layout import MatrixRef
-from .plan import ExchangeGroup, is_dtensor, local_tensor
+from ..dtensor import is_dtensor, local_tensor
+from .plan import ExchangeGroup
 
 
 def payload_dtype(impl: PolarImpl) -> torch.dtype:

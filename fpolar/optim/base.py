@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..adamw import check_step_inputs as check_adamw_inputs
+from ..dtensor import is_dtensor
 from ..hparams import AdamWHParams, PolarGradHParams
 from ..polargrad import check_step_inputs as check_polargrad_inputs
 from ..validation import check_params_and_grads, check_real_dense_float
@@ -220,7 +221,7 @@ class PolarOptimizer(torch.optim.Optimizer):
         and the params' devices at every step, so groups added later count."""
         if torch.compiler.is_compiling():
             return None
-        if self._compiled_arg is None and any(type(p).__name__ == "DTensor" for rt in self._runtime for p in rt.params):
+        if self._compiled_arg is None and any(is_dtensor(p) for rt in self._runtime for p in rt.params):
             # Sharded (DTensor) params step eagerly by default: their step runs collectives, which the
             # CUDA-graph program has not been tested capturing (NCCL); compiled=... still asks for it.
             self._program = None
@@ -305,7 +306,7 @@ class PolarOptimizer(torch.optim.Optimizer):
         captured step keeps its address), or None with ``nonfinite="propagate"``."""
         if self.nonfinite != "skip":
             return None
-        if any(type(p).__name__ == "DTensor" for rt in self._runtime for p in rt.params):
+        if any(is_dtensor(p) for rt in self._runtime for p in rt.params):
             # Each rank sees only its shards' grads: a skip decided locally could differ between ranks,
             # and the distributed step does not take one yet. Said once, not silently dropped.
             if not getattr(self, "_said_no_sharded_skip", False):
