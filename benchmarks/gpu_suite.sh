@@ -57,7 +57,7 @@ run_part() {
 # What of a part's output goes to the log: pytest's summary is at its end.
 shown() {
   case $1 in
-    tests|compile) tail -80 ;;
+    tests|compile) tee "$OUT/pytest_$1.log" | tail -80 ;;  # whole output kept: tracebacks of failures
     *)             cat ;;
   esac
 }

@@ -146,7 +146,7 @@ def replicated_from_owners(
     bits = _scale_bits(scales, s, payload)
     if bits is not None:
         flat = torch.cat([flat, bits], dim=1)
-    gathered = ready(funcol.all_gather_single(flat.contiguous(), 0, group.process_group))  # (W·S, m·n + k)
+    gathered = ready(funcol.all_gather_tensor(flat.contiguous(), 0, group.process_group))  # (W·S, m·n + k)
     out: List[Tensor] = [None] * group.count  # type: ignore[list-item]
     index = [0] * group.count
     for d in range(group.world_size):

@@ -287,6 +287,7 @@ class PolarOptimizer(torch.optim.Optimizer):
                 self._install_state(rt, rt.new_state(rt.hparams))  # type: ignore[arg-type]
             fill_scalar(rt.lr, lr)  # type: ignore[arg-type]
             fill_scalar(rt.weight_decay, wd)  # type: ignore[arg-type]
+        self._make_skip_counter()
 
     def _apply(self) -> None:
         """The eager math: ``compiled_step.run_math`` over the groups with a grad (the same code the
@@ -302,25 +303,34 @@ class PolarOptimizer(torch.optim.Optimizer):
             run_math(work, fused_adamw=False, skipped=self._skip_counter())
 
     def _skip_counter(self) -> Optional[Tensor]:
-        """The 0-d int64 ``skipped_steps`` counter (made once, on the first param's device, so a
-        captured step keeps its address), or None with ``nonfinite="propagate"``."""
-        if self.nonfinite != "skip":
+        """The 0-d int64 ``skipped_steps`` counter made by ``_prepare``, or None where the step does not
+        skip (``nonfinite="propagate"``, or sharded params). Only read here: ``_apply`` is traced by a
+        caller's torch.compile, which cannot create attributes on the optimizer."""
+        if self.nonfinite != "skip" or self._sharded_params():
             return None
-        if any(is_dtensor(p) for rt in self._runtime for p in rt.params):
-            # Each rank sees only its shards' grads: a skip decided locally could differ between ranks,
-            # and the distributed step does not take one yet. Said once, not silently dropped.
+        return self._skipped
+
+    def _sharded_params(self) -> bool:
+        return any(is_dtensor(p) for rt in self._runtime for p in rt.params)
+
+    def _make_skip_counter(self) -> None:
+        """Create the skip counter once, on the first param's device (a captured step keeps its address).
+        Sharded (DTensor) params: each rank sees only its shards' grads, so a skip decided locally could
+        differ between ranks; the distributed step does not take one yet. Said once, not silently dropped."""
+        if self.nonfinite != "skip":
+            return
+        if self._sharded_params():
             if not getattr(self, "_said_no_sharded_skip", False):
                 warnings.warn(
                     "fpolar.optim: non-finite grads are not skipped on sharded (DTensor) params yet; "
                     "this optimizer steps as with nonfinite='propagate'",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 self._said_no_sharded_skip = True
-            return None
+            return
         if self._skipped is None:
             device = next((p.device for rt in self._runtime for p in rt.params), torch.device("cpu"))
             self._skipped = torch.zeros((), dtype=torch.int64, device=device)
-        return self._skipped
 
     @property
     def skipped_steps(self) -> Tensor:

@@ -61,7 +61,7 @@ def _gather_along(x: Tensor, dim: int, sizes: Sequence[int], group: Any) -> Tens
     pad = [0, 0] * (x.dim() - 1 - dim) + [0, biggest - x.shape[dim]]
     padded = F.pad(x, pad) if biggest > x.shape[dim] else x
     moved = padded.movedim(dim, 0).contiguous()
-    whole = funcol.wait_tensor(funcol.all_gather_single(moved, 0, group))  # (T·biggest, …)
+    whole = funcol.wait_tensor(funcol.all_gather_tensor(moved, 0, group))  # (T·biggest, …)
     pieces = [whole[r * biggest : r * biggest + s] for r, s in enumerate(sizes)]
     return torch.cat(pieces).movedim(0, dim)
 

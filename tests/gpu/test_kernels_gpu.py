@@ -145,17 +145,17 @@ def _assert_matches_eager(out: torch.Tensor, eager: torch.Tensor) -> None:
 
 def test_ops_under_compile_reduce_overhead():
     torch._dynamo.reset()
-    x = _random((6, 768, 3072), torch.bfloat16, seed=8)
+    x = _normalized(_random((6, 768, 3072), torch.bfloat16, seed=8))  # σ_max ≤ 1, as NS sees it
     compiled = torch.compile(_ns_step, mode="reduce-overhead", fullgraph=True)
     for _ in range(3):  # warm-up, record, replay
         out = compiled(x)
     _assert_matches_eager(out, _ns_step(x))
-    x2 = _random((6, 768, 3072), torch.bfloat16, seed=9)
+    x2 = _normalized(_random((6, 768, 3072), torch.bfloat16, seed=9))
     _assert_matches_eager(compiled(x2).clone(), _ns_step(x2))
 
 
 def test_ops_in_manual_cuda_graph():
-    static_x = _random((6, 1000, 1537), torch.bfloat16, seed=10)
+    static_x = _normalized(_random((6, 1000, 1537), torch.bfloat16, seed=10))
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up compiles the kernels outside the capture
@@ -166,7 +166,7 @@ def test_ops_in_manual_cuda_graph():
     with torch.cuda.graph(graph):
         static_out = _ns_step(static_x)
     for seed in (11, 12):
-        static_x.copy_(_random(static_x.shape, torch.bfloat16, seed=seed))
+        static_x.copy_(_normalized(_random(static_x.shape, torch.bfloat16, seed=seed)))
         graph.replay()
         torch.cuda.synchronize()
         _assert_matches_eager(static_out, _ns_step(static_x))
