@@ -15,6 +15,9 @@ in ``live_batch``; which polar implementation runs is chosen once, when the plan
 control flow depends only on shapes, dtypes and hparams, so ``torch.compile(fullgraph=True)`` traces
 it once.
 
+A group whose ``PolarImpl.glue`` is "fused" (CUDA) runs the same math as two one-pass ops around the
+polar factor instead (``fpolar.fused_glue``).
+
 ``nonfinite="skip"`` (see ``fpolar.nonfinite``) threads one 0-d bool ``found`` through the phases: the
 momentum buffer is copied before ``pre_orthogonalize`` and put back after ``post_orthogonalize``,
 ``orthogonalize`` sees zeros and returns a zero step size, and the decay factor becomes 1.
@@ -28,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import tensor_lists
+from .fused_glue import fused_glue_applies, fused_group_step
 from .hparams import PolarGradHParams, foreach_scalar
 from .nonfinite import (
     Snapshot,
@@ -110,6 +114,9 @@ def polargrad_step(
         for group, buffer, impl in zip(state.groups, state.buffers, impls):
             batch = live_batch(group, buffer, params, grads, state)
             if batch is None:
+                continue
+            if fused_glue_applies(impl, hparams, buffer, batch.params, batch.grads, batch.whole):
+                fused_group_step(group, buffer, batch.params, batch.grads, impl, hparams, found)
                 continue
             snapshot = None if found is None else Snapshot([buffer])
             x = pre_orthogonalize(batch, hparams)

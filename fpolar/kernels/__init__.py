@@ -36,6 +36,17 @@ What each kernel computes and fuses:
 - ns_apply: one batched matmul Bm·X with a·X added in the epilogue (no separate pass over X);
   output tiles visited in groups of 8 tile-rows for L2 reuse.
 
+The step's memory-bound glue, around the polar factor of one shape group (see each file):
+
+    fpolar::momentum_polar_input(momentum, grads, beta, nesterov, polar_dtype, safety, eps, found)
+        -> (X, scale)   M ← β·M + (1−β)·G in place; X = the Frobenius-normalized Nesterov blend or M,
+                        wide, in the polar dtype; one pass over G and M
+    fpolar::scaled_update_(params, o, step, decay, found)
+                        W ← decay·W − s·O in place; one pass over O and W
+
+Both take the group's per-param tensors as a list (one launch each, no stack copy), transpose a tall
+group's tiles in registers, and write nothing of M / W when the 0-d ``found`` is True.
+
 Tile heuristic (no autotuning, chosen instantly from (m, n, dtype); ``symmetric_tile_config`` and
 ``matmul_tile_config``): 128-wide output tiles (128×128 for ns_apply) with 8 warps and 3 pipeline
 stages; a side of 64 with 4 warps and 4 stages only where the matrix is at most 64 on that side.
@@ -59,19 +70,31 @@ kernels' logic without a GPU.
 from __future__ import annotations
 
 from ._common import HAS_TRITON, SUPPORTED_DTYPES, matmul_tile_config, symmetric_tile_config
+from .momentum_polar_input import (
+    launch_momentum_polar_input,
+    momentum_polar_input,
+    momentum_polar_input_reference,
+)
 from .ns_apply import launch_ns_apply, ns_apply, ns_apply_reference
+from .scaled_update import launch_scaled_update, scaled_update_, scaled_update_reference
 from .sym_gram import launch_sym_gram, sym_gram, sym_gram_reference
 from .sym_poly import launch_sym_poly, sym_poly, sym_poly_reference
 
 __all__ = [
     "HAS_TRITON",
     "SUPPORTED_DTYPES",
+    "launch_momentum_polar_input",
     "launch_ns_apply",
+    "launch_scaled_update",
     "launch_sym_gram",
     "launch_sym_poly",
     "matmul_tile_config",
+    "momentum_polar_input",
+    "momentum_polar_input_reference",
     "ns_apply",
     "ns_apply_reference",
+    "scaled_update_",
+    "scaled_update_reference",
     "sym_gram",
     "sym_gram_reference",
     "sym_poly",

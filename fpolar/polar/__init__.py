@@ -171,15 +171,17 @@ class PolarSpec:
         on_cuda = device.type == "cuda"
         return decide_polar_impl(
             self.method, self.kernels, self.normalization, min(m, n), max(m, n), on_cuda,
-            self.compute_dtype_for(input_dtype, on_cuda),
+            self.compute_dtype_for(input_dtype, on_cuda), input_dtype,
         )
 
 
-def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None) -> Tensor:
+def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None, *, normalized: bool = False) -> Tensor:
     """Polar factor of each matrix of a wide batch ``x`` (B, m, n), m ≤ n, in ``impl.polar_dtype``.
 
     ``impl`` is the decision ``spec.impl_for`` made for ``x``'s shape group (taken here from ``x`` when
     None). ``x`` is not modified. No host sync for the Newton–Schulz family and QDWH.
+    ``normalized``: ``x`` is already Frobenius-normalized (``fpolar::momentum_polar_input``'s X), so
+    the Newton–Schulz family skips that pass.
     """
     if impl is None:
         impl = spec.impl_for(x.size(-2), x.size(-1), x.dtype, x.device)
@@ -193,6 +195,7 @@ def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None) -> 
             eps=spec.eps,
             polar_dtype=dtype,
             ops=ns_ops(impl.kernels, x.device),
+            normalized=normalized,
         )
     if impl.method == "gram_newton_schulz":
         return gram_newton_schulz(
@@ -203,6 +206,7 @@ def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None) -> 
             polar_dtype=dtype,
             gram_restart=spec.gram_restart,
             ops=ns_ops(impl.kernels, x.device),
+            normalized=normalized,
         )
     if impl.method == "qdwh":
         return qdwh_polar(

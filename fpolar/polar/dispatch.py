@@ -20,11 +20,19 @@ the device type and options only, never tensor values, so a compiled step never 
    ``kernels="triton"`` still selects them.
 
 CPU always gets the torch path (the Triton kernels run on CPU only in the interpreter, for tests).
+
+**Glue** (``PolarImpl.glue``): the memory-bound work around the polar factor — momentum update,
+Nesterov blend, Frobenius normalization, cast, transpose of tall groups, and the scaled apply.
+``"fused"`` runs it as the two one-pass ops ``fpolar::momentum_polar_input`` and
+``fpolar::scaled_update_``; ``"torch"`` as torch ops (the slow, obviously-correct twin). Fused for
+the Newton–Schulz family on CUDA with ``kernels`` "auto" or "triton", params in bf16/fp16/fp32 and a
+bf16 or fp32 iteration dtype (the unnormalized blend is stored in it before the scale: fp16's range
+is too small). The step uses it where it applies (momentum-first, every param of the group live).
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Optional
 
 import torch
 
@@ -34,6 +42,9 @@ GRAM_MIN_ASPECT = 2.0
 TRITON_MIN_SIDE = 4096
 
 NSKernels = Literal["torch", "triton"]
+GlueChoice = Literal["torch", "fused"]
+GLUE_INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+GLUE_POLAR_DTYPES = (torch.bfloat16, torch.float32)
 
 
 class PolarImpl(NamedTuple):
@@ -45,11 +56,13 @@ class PolarImpl(NamedTuple):
         kernels: "torch" (batched matmul) or "triton" (``torch.ops.fpolar``) for the products that
             touch the m×n matrix of the Newton–Schulz family; "torch" for QDWH and SVD.
         polar_dtype: the dtype the iteration runs in (and of its result).
+        glue: "fused" (the one-pass Triton ops around the polar factor) or "torch"; see module docstring.
     """
 
     method: str
     kernels: NSKernels
     polar_dtype: torch.dtype
+    glue: GlueChoice = "torch"
 
     @property
     def label(self) -> str:
@@ -72,17 +85,40 @@ def ns_implementation(m: int, n: int, on_cuda: bool, dtype: torch.dtype, kernels
     return "torch"
 
 
+def glue_implementation(
+    method: str, kernels: str, on_cuda: bool, input_dtype: torch.dtype, polar_dtype: torch.dtype
+) -> GlueChoice:
+    """"fused" or "torch": what runs the glue around the polar factor (see the module docstring)."""
+    fused = (
+        on_cuda
+        and kernels in ("auto", "triton")
+        and method in ("newton_schulz", "gram_newton_schulz")
+        and input_dtype in GLUE_INPUT_DTYPES
+        and polar_dtype in GLUE_POLAR_DTYPES
+    )
+    return "fused" if fused else "torch"
+
+
 def decide_polar_impl(
-    method: str, kernels: str, normalization: str, m: int, n: int, on_cuda: bool, polar_dtype: torch.dtype
+    method: str,
+    kernels: str,
+    normalization: str,
+    m: int,
+    n: int,
+    on_cuda: bool,
+    polar_dtype: torch.dtype,
+    input_dtype: Optional[torch.dtype] = None,
 ) -> PolarImpl:
-    """The ``PolarImpl`` for a wide (·, m, n) batch (m ≤ n); ``kernels`` is the user's "auto"/"torch"/"triton"."""
+    """The ``PolarImpl`` for a wide (·, m, n) batch (m ≤ n); ``kernels`` is the user's "auto"/"torch"/"triton".
+    ``input_dtype``: the params' dtype (None: the glue stays torch)."""
+    glue = "torch" if input_dtype is None else glue_implementation(method, kernels, on_cuda, input_dtype, polar_dtype)
     if method == "newton_schulz":
         impl = ns_implementation(m, n, on_cuda, polar_dtype, kernels, normalization)
         if impl == "gram":
-            return PolarImpl("gram_newton_schulz", "torch", polar_dtype)
-        return PolarImpl("newton_schulz", impl, polar_dtype)  # type: ignore[arg-type]
+            return PolarImpl("gram_newton_schulz", "torch", polar_dtype, glue)
+        return PolarImpl("newton_schulz", impl, polar_dtype, glue)  # type: ignore[arg-type]
     if method == "gram_newton_schulz":
-        return PolarImpl(method, "triton" if kernels == "triton" else "torch", polar_dtype)
+        return PolarImpl(method, "triton" if kernels == "triton" else "torch", polar_dtype, glue)
     return PolarImpl(method, "torch", polar_dtype)
 
 

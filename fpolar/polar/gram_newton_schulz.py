@@ -30,6 +30,7 @@ def gram_newton_schulz(
     polar_dtype: torch.dtype = torch.bfloat16,
     gram_restart: int = 3,
     ops: NSOps = TORCH_OPS,
+    normalized: bool = False,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` (B, m, n), m ≤ n; same result as ``newton_schulz``
     with the same schedule, up to rounding. Returns (B, m, n) in ``polar_dtype``.
@@ -40,7 +41,8 @@ def gram_newton_schulz(
         raise ValueError(f"gram_newton_schulz expects wide matrices (m ≤ n), got shape {tuple(x.shape)}")
     if gram_restart < 1:
         raise ValueError(f"gram_restart must be ≥ 1, got {gram_restart}")
-    x = frobenius_normalize(x, safety, eps, polar_dtype)
+    # normalized: X arrives divided by its norm already (the fused glue), in the iteration dtype.
+    x = x.to(polar_dtype) if normalized else frobenius_normalize(x, safety, eps, polar_dtype)
     if ops is not TORCH_OPS:
         x = x.contiguous()  # see newton_schulz: one copy instead of one per Triton call
     m = x.size(-2)

@@ -69,6 +69,7 @@ def newton_schulz(
     eps: float = 1e-7,
     polar_dtype: torch.dtype = torch.bfloat16,
     ops: NSOps = TORCH_OPS,
+    normalized: bool = False,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` by Newton–Schulz.
 
@@ -79,6 +80,7 @@ def newton_schulz(
             X / (safety·‖X‖_F + eps), then for "aol" also the AOL row scaling (``aol_precondition``).
         polar_dtype: the dtype the iteration runs in (matmuls accumulate in fp32 on GPU).
         ops: the implementation of the three lines.
+        normalized: ``x`` is already X / (safety·‖X‖_F + eps·max|X|): skip that pass (AOL still runs).
 
     Returns:
         (B, m, n) in ``polar_dtype``. A zero matrix maps to zero.
@@ -88,7 +90,8 @@ def newton_schulz(
     # Every schedule starts from X/‖X‖_F, cast to the iteration dtype. AOL then scales the rows; its
     # s_i are invariant to a scalar factor on X, so the Frobenius step before it changes the result
     # only through eps and rounding.
-    x = frobenius_normalize(x, safety, eps, polar_dtype)
+    # normalized: X arrives divided by its norm already (the fused glue), in the iteration dtype.
+    x = x.to(polar_dtype) if normalized else frobenius_normalize(x, safety, eps, polar_dtype)
     if ops is not TORCH_OPS:
         # A tall group arrives as a transposed view; cuBLAS takes that as is, the Triton ops would
         # copy it inside each call. One copy here, fused into the normalization under compile.

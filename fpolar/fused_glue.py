@@ -1,0 +1,95 @@
+"""One shape group's momentum-first step with the glue fused: two one-pass ops around the polar factor.
+
+The same math as ``polargrad.py``'s three phases (``pre_orthogonalize`` → ``orthogonalize`` →
+``post_orthogonalize``) for a group whose ``PolarImpl.glue`` is "fused":
+
+    X, scale = momentum_polar_input(M, G, …)     M ← β·M + (1−β)·G in place; X = V/‖V‖, V = G.lerp(M, β)
+                                                 or M, wide, in the polar dtype (fpolar.kernels)
+    O        = polar_wide(X, normalized=True)   the Newton–Schulz family, without its normalization pass
+    s        = lr·rule·extra, or lr·⟨O, X⟩/scale·extra for "nuclear" (⟨O, V⟩ from the normalized X)
+    W        ← decay·W − s·O                     scaled_update_ (tall groups transposed back in tiles)
+
+The skip (``found``) is inside both ops: M and W are not written, X is zero. So the group needs no
+snapshot of its momentum buffer (the torch glue copies it and selects it back).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .hparams import PolarGradHParams
+from .kernels._glue_common import viewable
+from .polar import PolarImpl, polar_wide
+from .scale import nuclear_scale, shape_scale
+from .state import ShapeGroup
+
+Scalar = Union[float, Tensor]
+
+
+def fused_glue_applies(
+    impl: PolarImpl, hp: PolarGradHParams, buffer: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor], whole: bool
+) -> bool:
+    """Whether this group's step can run on the fused glue: the impl says so, momentum-first, every
+    param of the group has a grad, the momentum and grads in a dtype the ops take, and every param
+    (written in place) has a (k, m, n) view. Metadata only."""
+    from .kernels._glue_common import GLUE_DTYPES
+
+    return (
+        impl.glue == "fused"
+        and hp.order == "momentum_first"
+        and whole
+        and buffer.dtype in GLUE_DTYPES
+        and buffer.is_contiguous()
+        and all(g.dtype in GLUE_DTYPES for g in grads)
+        and all(viewable(p) for p in params)
+    )
+
+
+def fused_group_step(
+    group: ShapeGroup,
+    buffer: Tensor,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    impl: PolarImpl,
+    hp: PolarGradHParams,
+    found: Optional[Tensor] = None,
+) -> None:
+    """The group's whole momentum-first step (module docstring). ``params`` and ``buffer`` are updated
+    in place, neither where ``found`` (0-d bool) is True."""
+    from . import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
+
+    ops = torch.ops.fpolar
+    spec = hp.polar_spec
+    x, scale = ops.momentum_polar_input(
+        buffer, list(grads), hp.momentum, hp.nesterov, impl.polar_dtype, spec.safety, spec.eps, found
+    )
+    o = polar_wide(x, spec, impl, normalized=True)
+    device = buffer.device
+    if hp.scale == "nuclear":
+        # ⟨O, V⟩ = ⟨O, X⟩ / scale; X is V·scale rounded to the polar dtype.
+        step = nuclear_scale(o, x) / scale * (hp.lr * hp.extra_scale)
+    else:
+        step = _as_tensor(hp.lr * (shape_scale(hp.scale, group.m, group.n) * hp.extra_scale), device)
+    ops.scaled_update_(list(params), o, step.float(), _decay_factor(hp, device), found)
+
+
+def _decay_factor(hp: PolarGradHParams, device: torch.device) -> Tensor:
+    """1 − lr·λ ("decoupled"), 1 − λ ("independent"), 1 ("l2", whose λ is in the grads) as a 1-element
+    fp32 tensor: ``_apply_decay``'s factor."""
+    wd = hp.weight_decay
+    if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
+        return torch.ones((), dtype=torch.float32, device=device)
+    factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
+    return _as_tensor(factor, device).float()
+
+
+def _as_tensor(value: Scalar, device: torch.device) -> Tensor:
+    """A float, symbolic float or 0-d tensor as a 0-d tensor on ``device``. ones·value, not
+    full((), value): under torch.compile a float lr that went dynamic is symbolic, and full of it
+    specializes (a recompile per value); a multiply does not."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    return torch.ones((), dtype=torch.float64, device=device) * value

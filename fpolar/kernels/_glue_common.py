@@ -1,0 +1,108 @@
+"""Shared pieces of the step's memory-bound ops (``momentum_polar_input``, ``scaled_update_``): the
+per-param matrix views, the checks of a group's tensor list and of the skip flag, the tile choice.
+
+A shape group's params are separate tensors (each k ≥ 1 matrices of m×n), so both ops take them as
+a list and launch one kernel per tensor, each writing its slice of the group's (B, ·, ·) stack: no
+stack copy of the grads or params.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from ._common import tl, triton
+
+GLUE_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def matrix_count_and_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    """(k, m, n) of a param of ``shape``, by ``fpolar.state.matrix_view_shape``'s rule: 2-D one matrix,
+    3-D k matrices, ≥4-D one matrix (dim 0, product of the rest)."""
+    if len(shape) == 2:
+        return 1, shape[0], shape[1]
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2]
+    rest = 1
+    for d in shape[1:]:
+        rest *= d
+    return 1, shape[0], rest
+
+
+def viewable(t: torch.Tensor) -> bool:
+    """Whether ``t`` has a (k, m, n) view (writes through it reach ``t``): always for 2-/3-D tensors,
+    for ≥4-D ones when contiguous."""
+    return t.dim() <= 3 or t.is_contiguous()
+
+
+def matrix_view(t: torch.Tensor, m: int, n: int, writable: bool) -> torch.Tensor:
+    """``t`` as (k, m, n): a view (required when ``writable``), else possibly a copy."""
+    if t.dim() == 2:
+        return t.unsqueeze(0)
+    if t.dim() == 3:
+        return t
+    return t.view(1, m, n) if writable else t.reshape(1, m, n)
+
+
+def check_matrix_list(
+    name: str, tensors: Sequence[torch.Tensor], shape: Sequence[int], device: torch.device, writable: bool
+) -> None:
+    """Each of ``tensors`` holds m×n matrices, ``shape`` = (B, m, n), on ``device``, in a supported
+    dtype, B matrices in all; ``writable`` ones must be viewable. Raises naming the entry."""
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)) or not tensors:
+        raise TypeError(f"{name} must be a non-empty list of tensors, got {type(tensors).__name__}")
+    batch, m, n = shape
+    total = 0
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"{name}[{i}] must have at least 2 dims, got shape {tuple(t.shape)}")
+        k, tm, tn = matrix_count_and_shape(t.shape)
+        if (tm, tn) != (m, n):
+            raise ValueError(f"{name}[{i}] of shape {tuple(t.shape)} holds {tm}×{tn} matrices, expected {m}×{n}")
+        if t.dtype not in GLUE_DTYPES:
+            raise TypeError(f"{name}[{i}] has dtype {t.dtype}; supported: bfloat16, float16, float32")
+        if t.device != device:
+            raise ValueError(f"{name}[{i}] is on {t.device}, expected {device}")
+        if writable and not viewable(t):
+            raise ValueError(f"{name}[{i}] of shape {tuple(t.shape)} is written in place and must be contiguous")
+        total += k
+    if total != batch:
+        raise ValueError(f"{name} hold {total} matrices in all, expected {batch}")
+
+
+def check_found(found: Optional[torch.Tensor], device: torch.device) -> None:
+    """``found`` is None or a one-element bool tensor on ``device`` (the skip flag, read on the device)."""
+    if found is None:
+        return
+    if not isinstance(found, torch.Tensor) or found.dtype != torch.bool or found.numel() != 1:
+        got = f"{found.dtype} of shape {tuple(found.shape)}" if isinstance(found, torch.Tensor) else type(found).__name__
+        raise ValueError(f"found must be a one-element bool tensor, got {got}")
+    if found.device != device:
+        raise ValueError(f"found is on {found.device}, expected {device}")
+
+
+def found_pointer(found: Optional[torch.Tensor], placeholder: torch.Tensor) -> torch.Tensor:
+    """The skip flag as one uint8 (Triton loads bool pointers as bytes either way), or an unused
+    placeholder pointer when there is none (HAS_FOUND=False never reads it)."""
+    return placeholder if found is None else found.reshape(1).view(torch.uint8)
+
+
+def elementwise_tile_config(rows: int, cols: int) -> "triton.Config":
+    """Tile of the elementwise glue kernels: 64×64 (a square tile keeps the transposed store of a tall
+    group as wide as its loads), narrower only for matrices smaller than that; 4 warps, no pipelining."""
+
+    def side(extent: int) -> int:
+        return max(16, min(64, triton.next_power_of_2(max(extent, 1))))
+
+    return triton.Config({"BLOCK_R": side(rows), "BLOCK_C": side(cols)}, num_warps=4, num_stages=1)
+
+
+@triton.jit
+def skip_tile(found_ptr, rows_idx, cols_idx):
+    """The skip flag broadcast to a (rows, cols) tile of bools. Broadcast by hand: the Triton
+    interpreter (3.9) turns ``tile & scalar_bool`` into a mask dtype its store refuses."""
+    zero = rows_idx[:, None] * 0 + cols_idx[None, :] * 0
+    return (zero + tl.load(found_ptr).to(tl.int32)) != 0

@@ -1,0 +1,345 @@
+"""``fpolar::momentum_polar_input``: a shape group's momentum update and its Frobenius-normalized polar
+input, from one pass over the grads and the momentum.
+
+Per matrix b of the group (the grads' matrices stacked in order, B in all), with w = 1 − β:
+
+    M_b ← M_b.lerp(G_b, w)                    in place (torch's lerp formula, in the momentum dtype)
+    V_b  = G_b.lerp(M_b, β)  (Nesterov)  or  M_b
+    V_b  ← V_bᵀ where the group is tall (m > n): the polar step iterates on the wide side
+    X_b  = V_b / (safety·‖V_b‖_F + eps·max|V_b|)   in the polar dtype: ``frobenius_normalize``'s numerics
+
+and ``scale_b``, the factor X_b = scale_b·V_b (fp32), so ⟨O, V⟩ = ⟨O, X⟩ / scale for the nuclear rule.
+With ``found`` (a 0-d bool on the device; the non-finite skip) True, M is not written and X is zero.
+
+Why it is one pass: the torch glue reads G and M for the lerp, writes M, reads both again for the
+Nesterov blend, writes it, reads it for max|V|, again for the norm, and writes X (cast + transpose).
+The Triton kernel reads G and M once, writes M, writes V in the polar dtype (transposed through a
+tile in registers for tall groups) and per tile two fp32 partial statistics, max|V| and Σ(V/max)²;
+the per-matrix max and sum of squares come from those (scale-invariant: every square is ≤ 1). What
+is left is one in-place scale of the 16-bit X by ``scale`` (a quarter of the bytes of the main pass).
+X is therefore rounded twice (V to the polar dtype, then V·scale): at most one more half-ulp than
+``frobenius_normalize``, which rounds once. Values of |V| above the polar dtype's largest finite
+number would round to inf before the scale: the fused path is only chosen for bf16 and fp32 polar
+dtypes, whose range is fp32's.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..polar.frobenius import frobenius_normalize
+from ._common import check_finite_scalar, launch_options, require_triton, tl, triton
+from ._glue_common import (
+    GLUE_DTYPES,
+    check_found,
+    check_matrix_list,
+    elementwise_tile_config,
+    found_pointer,
+    matrix_view,
+    skip_tile,
+)
+
+__all__ = [
+    "momentum_polar_input",
+    "momentum_polar_input_reference",
+    "launch_momentum_polar_input",
+    "frobenius_scale_from_tiles",
+]
+
+
+def momentum_polar_input_reference(
+    momentum: torch.Tensor,
+    grads: Sequence[torch.Tensor],
+    beta: float,
+    nesterov: bool,
+    polar_dtype: torch.dtype,
+    safety: float,
+    eps: float,
+    found: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The op's math in torch, written as the torch glue computes it (the twin the kernel is tested
+    against): stacked lerps, ``torch.where`` for the skip, ``frobenius_normalize``. Mutates
+    ``momentum``; returns (X, scale)."""
+    _, m, n = momentum.shape
+    g = torch.cat([t.reshape(-1, m, n) for t in grads]).to(momentum.dtype)
+    new = momentum.lerp(g, 1 - beta)
+    v = g.lerp(new, beta) if nesterov else new
+    if found is not None:
+        found = found.reshape(())
+        new = torch.where(found, momentum, new)
+        v = torch.where(found, torch.zeros((), dtype=v.dtype, device=v.device), v)
+    momentum.copy_(new)
+    if m > n:
+        v = v.mT
+    x = frobenius_normalize(v, safety, eps, polar_dtype).contiguous()
+    acc = torch.promote_types(v.dtype, torch.float32)
+    va = v.to(acc)
+    peak = torch.linalg.vector_norm(va, ord=float("inf"), dim=(-2, -1))
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    norm = torch.linalg.vector_norm(va / peak[:, None, None], dim=(-2, -1))
+    scale = (1.0 / (peak * (norm * safety + eps))).float()
+    return x, scale
+
+
+@triton.jit
+def _momentum_polar_input_kernel(
+    g_ptr,
+    m_ptr,
+    x_ptr,
+    tile_max_ptr,
+    tile_sumsq_ptr,
+    found_ptr,
+    rows,
+    cols,
+    stride_gb,
+    stride_gr,
+    stride_gc,
+    stride_mb,
+    stride_mr,
+    stride_mc,
+    stride_xb,
+    stride_xr,
+    stride_xc,
+    tiles_c,
+    tiles,
+    weight,
+    beta,
+    NESTEROV: tl.constexpr,
+    HAS_FOUND: tl.constexpr,
+    TRANSPOSE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # One flat grid of matrices × tiles; pointers arrive already offset to this param's first matrix.
+    pid = tl.program_id(0)
+    b = pid // tiles
+    t = pid % tiles
+    r = (t // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = (t % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    inside = (r[:, None] < rows) & (c[None, :] < cols)
+    b64 = b.to(tl.int64)
+    g = tl.load(g_ptr + b64 * stride_gb + r[:, None] * stride_gr + c[None, :] * stride_gc, mask=inside, other=0.0)
+    m_ptrs = m_ptr + b64 * stride_mb + r[:, None] * stride_mr + c[None, :] * stride_mc
+    m_old = tl.load(m_ptrs, mask=inside, other=0.0)
+    mdt = m_ptr.dtype.element_ty
+    # The grads are cast to the momentum dtype first, as the torch glue does (momentum_dtype ≠ param dtype).
+    gf = g.to(mdt).to(tl.float32)
+    mf = m_old.to(tl.float32)
+    # torch.lerp: start + w·(end − start) for w < 0.5, else end − (end − start)·(1 − w).
+    if weight < 0.5:
+        m_new = mf + weight * (gf - mf)
+    else:
+        m_new = gf - (gf - mf) * (1.0 - weight)
+    m_new = m_new.to(mdt)
+    keep = inside
+    if HAS_FOUND:
+        skip = skip_tile(found_ptr, r, c)
+        keep = inside & ~skip
+    tl.store(m_ptrs, m_new, mask=keep)
+    mn = m_new.to(tl.float32)
+    if NESTEROV:
+        # G.lerp(M, β), rounded to the momentum dtype like the torch glue's out-of-place lerp.
+        if beta < 0.5:
+            v = gf + beta * (mn - gf)
+        else:
+            v = mn - (mn - gf) * (1.0 - beta)
+        v = v.to(mdt).to(tl.float32)
+    else:
+        v = mn
+    if HAS_FOUND:
+        v = tl.where(skip, 0.0, v)
+    v = tl.where(inside, v, 0.0)
+    # Partial statistics of this tile: max|V| and Σ(V / max|V|)², each square ≤ 1 (no overflow, no
+    # underflow of the large entries). NaN/inf make the sum NaN (inf/inf), as they make the norm NaN.
+    tmax = tl.max(tl.max(tl.abs(v), axis=1), axis=0)
+    # A zero tile divides by 1 (its entries are 0 either way).
+    u = v * (1.0 / tl.where(tmax > 0, tmax, 1.0))
+    tsum = tl.sum(tl.sum(u * u, axis=1), axis=0)
+    stat = b64 * tiles + t
+    tl.store(tile_max_ptr + stat, tmax)
+    tl.store(tile_sumsq_ptr + stat, tsum)
+    xv = v.to(x_ptr.dtype.element_ty)
+    x_base = x_ptr + b64 * stride_xb
+    if TRANSPOSE:
+        # X is the (cols, rows) transpose: store the tile transposed so the writes run along X's rows.
+        x_ptrs = x_base + c[:, None] * stride_xr + r[None, :] * stride_xc
+        inside_t = (c[:, None] < cols) & (r[None, :] < rows)
+        tl.store(x_ptrs, tl.trans(xv), mask=inside_t)
+    else:
+        tl.store(x_base + r[:, None] * stride_xr + c[None, :] * stride_xc, xv, mask=inside)
+
+
+def frobenius_scale_from_tiles(
+    tile_max: torch.Tensor, tile_sumsq: torch.Tensor, safety: float, eps: float
+) -> torch.Tensor:
+    """Per matrix, 1/(peak·(safety·‖V/peak‖_F + eps)) from per-tile max|V| and Σ(V/tile max)²
+    ((B, T) fp32 each): peak = max over tiles, ‖V/peak‖² = Σ_t sumsq_t·(max_t/peak)². A zero matrix
+    gets peak 1 (its X is zero whatever the scale). Returns (B,) fp32."""
+    peak = tile_max.amax(dim=1)
+    ratio = tile_max / torch.where(peak > 0, peak, torch.ones_like(peak))[:, None]
+    norm = (tile_sumsq * ratio * ratio).sum(dim=1).sqrt()
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return 1.0 / (peak * (norm * safety + eps))
+
+
+def launch_momentum_polar_input(
+    momentum: torch.Tensor,
+    grads: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    beta: float,
+    nesterov: bool,
+    found: Optional[torch.Tensor] = None,
+    config: Optional[triton.Config] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Runs the Triton kernel once per grad: updates ``momentum`` (B, m, n) in place and writes the
+    unnormalized V into ``x`` ((B, m, n), or (B, n, m) for a tall group) in x's dtype. Returns the
+    per-tile statistics (tile_max, tile_sumsq), (B, T) fp32. CUDA tensors, or CPU tensors under
+    TRITON_INTERPRET=1. ``config`` overrides the tile (kwargs BLOCK_R, BLOCK_C)."""
+    require_triton()
+    batch, rows, cols = momentum.shape
+    transpose = rows > cols
+    want = (batch, cols, rows) if transpose else (batch, rows, cols)
+    if tuple(x.shape) != want:
+        raise ValueError(f"x must have shape {want}, got {tuple(x.shape)}")
+    config = config or elementwise_tile_config(rows, cols)
+    block_r, block_c = config.kwargs["BLOCK_R"], config.kwargs["BLOCK_C"]
+    tiles_c = triton.cdiv(cols, block_c)
+    tiles = triton.cdiv(rows, block_r) * tiles_c
+    tile_max = torch.zeros((batch, tiles), dtype=torch.float32, device=momentum.device)
+    tile_sumsq = torch.zeros((batch, tiles), dtype=torch.float32, device=momentum.device)
+    if momentum.numel() == 0:
+        return tile_max, tile_sumsq
+    found_arg = found_pointer(found, momentum)
+    off = 0
+    for grad in grads:
+        g = matrix_view(grad, rows, cols, writable=False)
+        k = g.shape[0]
+        _momentum_polar_input_kernel[(k * tiles,)](
+            g,
+            momentum[off : off + k],
+            x[off : off + k],
+            tile_max[off : off + k],
+            tile_sumsq[off : off + k],
+            found_arg,
+            rows,
+            cols,
+            *g.stride(),
+            *momentum.stride(),
+            *x.stride(),
+            tiles_c,
+            tiles,
+            float(1 - beta),
+            float(beta),
+            NESTEROV=bool(nesterov),
+            HAS_FOUND=found is not None,
+            TRANSPOSE=transpose,
+            **launch_options(config),
+        )
+        off += k
+    return tile_max, tile_sumsq
+
+
+def _check(
+    momentum: torch.Tensor,
+    grads: Sequence[torch.Tensor],
+    beta: float,
+    polar_dtype: torch.dtype,
+    safety: float,
+    eps: float,
+    found: Optional[torch.Tensor],
+) -> None:
+    if not isinstance(momentum, torch.Tensor) or momentum.dim() != 3:
+        got = f"shape {tuple(momentum.shape)}" if isinstance(momentum, torch.Tensor) else type(momentum).__name__
+        raise ValueError(f"momentum must be a (B, m, n) tensor, got {got}")
+    if momentum.dtype not in GLUE_DTYPES:
+        raise TypeError(f"momentum has dtype {momentum.dtype}; supported: bfloat16, float16, float32")
+    if not momentum.is_contiguous():
+        raise ValueError(f"momentum must be contiguous (it is written in place), got strides {momentum.stride()}")
+    check_matrix_list("grads", grads, momentum.shape, momentum.device, writable=False)
+    beta = check_finite_scalar("beta", beta)
+    if not isinstance(beta, torch.SymFloat) and not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    if polar_dtype not in (torch.bfloat16, torch.float32):
+        # fp16's range is smaller than fp32's: the unnormalized V could overflow before the scale.
+        raise TypeError(f"polar_dtype must be torch.bfloat16 or torch.float32, got {polar_dtype}")
+    safety = check_finite_scalar("safety", safety)
+    eps = check_finite_scalar("eps", eps)
+    if not isinstance(eps, torch.SymFloat) and not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    check_found(found, momentum.device)
+
+
+def _output_shape(momentum: torch.Tensor) -> Tuple[int, int, int]:
+    b, m, n = momentum.shape
+    return (b, n, m) if m > n else (b, m, n)
+
+
+@torch.library.custom_op("fpolar::momentum_polar_input", mutates_args=("momentum",))
+def momentum_polar_input(
+    momentum: torch.Tensor,
+    grads: List[torch.Tensor],
+    beta: float,
+    nesterov: bool,
+    polar_dtype: torch.dtype,
+    safety: float,
+    eps: float,
+    found: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """M ← β·M + (1−β)·G in place and the group's normalized polar input, in one pass (module docstring).
+
+    Args:
+        momentum: (B, m, n) contiguous, bf16/fp16/fp32: the group's stacked momentum. **Mutated**
+            (not where ``found``).
+        grads: the group's grads, each holding k ≥ 1 m×n matrices (2-D (m, n), 3-D (k, m, n), or a
+            contiguous ≥4-D tensor flattened to (dim 0, rest)), B matrices in all, on momentum's device,
+            bf16/fp16/fp32. Read only.
+        beta: momentum β in [0, 1). nesterov: X from G.lerp(M, β) instead of M.
+        polar_dtype: bfloat16 or float32, the dtype of X.
+        safety, eps: the Frobenius normalization's (X = V / (safety·‖V‖_F + eps·max|V|)).
+        found: optional 0-d bool on momentum's device; True: momentum unchanged, X zero.
+
+    Returns:
+        X: (B, min(m, n), max(m, n)) contiguous in ``polar_dtype`` (tall groups transposed);
+        scale: (B,) fp32, X = scale·V up to rounding.
+
+    This body is the implementation for devices without a kernel (CPU): the torch twin.
+    """
+    _check(momentum, grads, beta, polar_dtype, safety, eps, found)
+    return momentum_polar_input_reference(momentum, grads, beta, nesterov, polar_dtype, safety, eps, found)
+
+
+@momentum_polar_input.register_kernel("cuda")
+def _momentum_polar_input_cuda(
+    momentum: torch.Tensor,
+    grads: List[torch.Tensor],
+    beta: float,
+    nesterov: bool,
+    polar_dtype: torch.dtype,
+    safety: float,
+    eps: float,
+    found: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check(momentum, grads, beta, polar_dtype, safety, eps, found)
+    x = torch.empty(_output_shape(momentum), dtype=polar_dtype, device=momentum.device)
+    tile_max, tile_sumsq = launch_momentum_polar_input(momentum, grads, x, beta, nesterov, found)
+    scale = frobenius_scale_from_tiles(tile_max, tile_sumsq, safety, eps)
+    x.mul_(scale[:, None, None])
+    return x, scale
+
+
+@momentum_polar_input.register_fake
+def _momentum_polar_input_fake(
+    momentum: torch.Tensor,
+    grads: List[torch.Tensor],
+    beta: float,
+    nesterov: bool,
+    polar_dtype: torch.dtype,
+    safety: float,
+    eps: float,
+    found: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check(momentum, grads, beta, polar_dtype, safety, eps, found)
+    x = momentum.new_empty(_output_shape(momentum), dtype=polar_dtype)
+    return x, momentum.new_empty((momentum.shape[0],), dtype=torch.float32)
