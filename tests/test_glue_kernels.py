@@ -1,0 +1,438 @@
+"""The fused glue ops (``fpolar::momentum_polar_input``, ``fpolar::scaled_update_``) on CPU.
+
+- the Triton kernels under the interpreter (TRITON_INTERPRET=1 in a subprocess: this file run as a
+  script) against the torch twins and float64 references: wide, tall and square groups, grads as 2-D
+  and 3-D tensors, several tiles per matrix, Nesterov on/off, fp32 and bf16, the skip flag False and
+  True (NaN grads: momentum and params bitwise unchanged, X zero);
+- the CPU ops (the twins) against float64, opcheck, one node each in a fullgraph compiled graph;
+- input checks that name the bad value, raised before anything is written;
+- the step wired to the fused glue (twins on CPU) equals the torch glue, skip included;
+- the dispatch: fused on CUDA for "auto"/"triton", torch for "torch", fp16 iteration and CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import torch
+
+if __name__ == "__main__":  # the interpreter subprocess runs this file: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fpolar.kernels as K  # noqa: E402
+
+SAFETY, EPS = 1.02, 1e-7
+# X against float64: two roundings to bf16 (V, then V·scale); the interpreter rounds toward zero
+# (one ulp, 2⁻⁷ relative, each), the GPU to nearest (half that). fp32: a few ulps of fp32 work.
+X_TOL = {torch.bfloat16: 2.0**-6 + 1e-5, torch.float32: 1e-5}
+# M and W: one rounding to their dtype (fp32 work in between), relative to |terms| (the dot-product bound).
+STATE_TOL = {torch.float32: 1e-6, torch.bfloat16: 2.0**-7 + 1e-6}
+
+
+def _random(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+
+
+def _grads(batch: int, m: int, n: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    """B matrices as a mix of 2-D grads and one 3-D grad of 2 (offsets inside the group)."""
+    out, left, k = [], batch, 0
+    while left:
+        if left >= 2 and k == 0:
+            out.append(_random((2, m, n), dtype, seed + k))
+            left -= 2
+        else:
+            out.append(_random((m, n), dtype, seed + k))
+            left -= 1
+        k += 1
+    return out
+
+
+def exact_polar_input(momentum, grads, beta, nesterov, found):
+    """float64: M', X = V / (safety·‖V‖ + eps·max|V|) (tall transposed), scale."""
+    _, m, n = momentum.shape
+    m64 = momentum.double()
+    g64 = torch.cat([g.reshape(-1, m, n) for g in grads]).to(momentum.dtype).double()
+    new = beta * m64 + (1 - beta) * g64
+    v = (beta * new + (1 - beta) * g64) if nesterov else new
+    if found:
+        new, v = m64, torch.zeros_like(v)
+    bound = m64.abs() + g64.abs()
+    if m > n:
+        v = v.mT
+    peak = v.abs().amax(dim=(-2, -1))
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    norm = (v / peak[:, None, None]).square().sum(dim=(-2, -1)).sqrt()
+    scale = 1.0 / (peak * (SAFETY * norm + EPS))
+    return new, bound, v * scale[:, None, None], scale
+
+
+def _rel_err(out: torch.Tensor, exact: torch.Tensor, bound: torch.Tensor, tol: float) -> float:
+    err = (out.double() - exact).abs() / (tol * bound + 1e-30)
+    if torch.isnan(err).any():
+        return float("inf")
+    return err.max().item() if err.numel() else 0.0
+
+
+def check_polar_input(case: dict, run) -> dict:
+    """Runs ``run(momentum, grads, found) -> (x, scale)`` on a fresh case; errors against float64 (≤ 1
+    passes) and, for the skip, bitwise checks."""
+    batch, m, n = case["shape"]
+    dtype, polar_dtype = case["dtype"], case["polar_dtype"]
+    seed = case["seed"]
+    momentum = _random((batch, m, n), dtype, seed)
+    grads = _grads(batch, m, n, dtype, seed + 100)
+    found = None
+    if case["found"] is not None:
+        found = torch.tensor(case["found"])
+        if case["found"]:
+            grads[-1].view(-1)[3] = float("nan")
+    before = momentum.clone()
+    new, bound, x64, scale64 = exact_polar_input(momentum, grads, case["beta"], case["nesterov"], bool(case["found"]))
+    x, scale = run(momentum, grads, found)
+    want = (batch, min(m, n), max(m, n))
+    result = {"shape_ok": tuple(x.shape) == want and x.dtype == polar_dtype and x.is_contiguous()}
+    if case["found"]:
+        result["momentum_bitwise"] = bool(torch.equal(momentum.view(torch.uint8 if dtype != torch.float32 else torch.int32), before.view(torch.uint8 if dtype != torch.float32 else torch.int32)))
+        result["x_zero"] = bool((x == 0).all())
+        result["ok"] = result["shape_ok"] and result["momentum_bitwise"] and result["x_zero"]
+        return result
+    result["m_err"] = _rel_err(momentum, new, bound, STATE_TOL[dtype])
+    # 16-bit momentum: M and the Nesterov blend are rounded to it (as the torch glue does) before X.
+    low = dtype != torch.float32
+    x_tol = max(X_TOL[polar_dtype], 2.0**-6 if low else 0.0)
+    result["x_err"] = _rel_err(x, x64, x64.abs().amax(dim=(-2, -1), keepdim=True), x_tol)
+    result["scale_err"] = _rel_err(scale, scale64, scale64.abs(), 2.0**-7 if low else 1e-5)
+    result["ok"] = result["shape_ok"] and max(result["m_err"], result["x_err"], result["scale_err"]) <= 1.0
+    return result
+
+
+def check_scaled_update(case: dict, run) -> dict:
+    """Runs ``run(params, o, step, decay, found)`` on fresh params; error against float64, or bitwise."""
+    batch, m, n = case["shape"]
+    dtype, seed = case["dtype"], case["seed"]
+    params = _grads(batch, m, n, dtype, seed)
+    wide = (batch, min(m, n), max(m, n))
+    o = _random(wide, torch.bfloat16, seed + 7)
+    step = (torch.rand(batch, generator=torch.Generator().manual_seed(seed)) * 0.1) if case["per_matrix"] else torch.tensor(0.03)
+    decay = torch.tensor(0.995)
+    found = None if case["found"] is None else torch.tensor(case["found"])
+    before = [p.clone() for p in params]
+    o_param = o.mT if m > n else o
+    s64 = step.double().reshape(-1)
+    s64 = s64[:, None, None] if s64.numel() > 1 else s64.reshape(())
+    w64 = torch.cat([p.reshape(-1, m, n) for p in params]).double()
+    exact = 0.995 * w64 - s64 * o_param.double()
+    bound = 0.995 * w64.abs() + (s64 * o_param.double()).abs()
+    run(params, o, step, decay, found)
+    if case["found"]:
+        same = all(torch.equal(a.view(torch.int16 if dtype != torch.float32 else torch.int32), b.view(torch.int16 if dtype != torch.float32 else torch.int32)) for a, b in zip(params, before))
+        return {"params_bitwise": same, "ok": same}
+    out = torch.cat([p.reshape(-1, m, n) for p in params])
+    err = _rel_err(out, exact, bound, STATE_TOL[dtype])
+    return {"w_err": err, "ok": err <= 1.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels under the interpreter. Run in a subprocess (this file as a script).
+# --------------------------------------------------------------------------------------------------
+
+# wide, tall, square; with 16-wide tiles each has several tiles per matrix (partial edge tiles too)
+INTERPRETER_SHAPES = [(3, 20, 37), (3, 40, 17), (1, 24, 24)]
+
+
+def _interpreter_cases() -> list[str]:
+    cases = []
+    for shape in INTERPRETER_SHAPES:
+        s = "x".join(map(str, shape))
+        for nesterov in (0, 1):
+            for found in ("none", "false", "true"):
+                cases.append(f"input-{s}-float32-bfloat16-nest{nesterov}-found{found}")
+        cases.append(f"update-{s}-float32-per1-foundnone")
+        cases.append(f"update-{s}-float32-per0-foundfalse")
+        cases.append(f"update-{s}-float32-per1-foundtrue")
+    # bf16 momentum/params, fp32 iteration dtype
+    cases += ["input-2x20x37-bfloat16-float32-nest1-foundnone", "update-2x40x17-bfloat16-per1-foundnone"]
+    return cases
+
+
+def _parse(case: str) -> dict:
+    parts = case.split("-")
+    shape = tuple(int(v) for v in parts[1].split("x"))
+    out = {"op": parts[0], "shape": shape, "dtype": getattr(torch, parts[2]), "seed": zlib.crc32(case.encode()) % 10_000}
+    found = parts[-1].removeprefix("found")
+    out["found"] = None if found == "none" else found == "true"
+    if parts[0] == "input":
+        out.update(polar_dtype=getattr(torch, parts[3]), nesterov=parts[4] == "nest1", beta=0.9)
+    else:
+        out["per_matrix"] = parts[3] == "per1"
+    return out
+
+
+def _run_interpreted(case_name: str) -> dict:
+    import triton
+
+    from fpolar.kernels.momentum_polar_input import frobenius_scale_from_tiles
+
+    case = _parse(case_name)
+    config = triton.Config({"BLOCK_R": 16, "BLOCK_C": 16}, num_warps=4, num_stages=1)
+    if case["op"] == "input":
+
+        def kernel(momentum, grads, found):
+            b, m, n = momentum.shape
+            x = torch.full((b, min(m, n), max(m, n)), float("nan"), dtype=case["polar_dtype"])  # poisoned
+            tmax, tsum = K.launch_momentum_polar_input(momentum, grads, x, case["beta"], case["nesterov"], found, config)
+            scale = frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
+            x.mul_(scale[:, None, None])
+            return x, scale
+
+        def twin(momentum, grads, found):
+            return K.momentum_polar_input_reference(
+                momentum, grads, case["beta"], case["nesterov"], case["polar_dtype"], SAFETY, EPS, found
+            )
+
+        result = check_polar_input(case, kernel)
+        twin_result = check_polar_input(case, twin)
+        # the kernel against the twin, on the same fresh inputs
+        mom = _random(case["shape"], case["dtype"], 1)
+        grads = _grads(*case["shape"], case["dtype"], 2)
+        found = None if case["found"] is None else torch.tensor(case["found"])
+        m1, m2 = mom.clone(), mom.clone()
+        x1, s1 = kernel(m1, grads, found)
+        x2, s2 = twin(m2, grads, found)
+        result["twin_m_maxdiff"] = (m1.float() - m2.float()).abs().max().item()
+        result["twin_x_maxdiff"] = (x1.float() - x2.float()).abs().max().item()
+        low = case["dtype"] != torch.float32
+        x_tol = max(X_TOL[case["polar_dtype"]], 2.0**-6 if low else 0.0)
+        twin_ok = (
+            result["twin_m_maxdiff"] <= STATE_TOL[case["dtype"]] * (1 + m2.float().abs().max().item())
+            and result["twin_x_maxdiff"] <= x_tol * x2.float().abs().max().item() + 1e-30
+        )
+        result["ok"] = result["ok"] and twin_result["ok"] and twin_ok
+    else:
+
+        def kernel(params, o, step, decay, found):
+            K.launch_scaled_update(params, o, step, decay, found, config)
+
+        result = check_scaled_update(case, kernel)
+        twin_result = check_scaled_update(case, K.scaled_update_reference)
+        result["ok"] = result["ok"] and twin_result["ok"]
+    result["case"] = case_name
+    return result
+
+
+def _interpreter_main() -> int:
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    failed = 0
+    for case in _interpreter_cases():
+        try:
+            result = _run_interpreted(case)
+        except Exception as exc:  # reported per case, so one failure does not hide the others
+            result = {"case": case, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        failed += not result["ok"]
+        print(json.dumps(result), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_interpreter_main())
+
+
+# --------------------------------------------------------------------------------------------------
+# pytest part
+# --------------------------------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+from fpolar import PolarGradHParams, init_state, polargrad_step  # noqa: E402
+from fpolar.polar import PolarSpec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict:
+    triton = pytest.importorskip("triton")
+    pytest.importorskip("numpy")
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9):
+        pytest.skip(f"the Triton {triton.__version__} interpreter fails on this numpy; kernels are tested on the GPU")
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve())], env=env, cwd=repo, capture_output=True, text=True, timeout=600
+    )
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            results[record["case"]] = record
+    if not results:
+        pytest.fail(f"interpreter subprocess produced no results (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    results["__returncode__"] = proc.returncode
+    results["__stderr__"] = proc.stderr[-4000:]
+    return results
+
+
+@pytest.mark.parametrize("case", _interpreter_cases())
+def test_triton_kernel_under_interpreter(interpreter_results, case):
+    assert case in interpreter_results, interpreter_results["__stderr__"]
+    assert interpreter_results[case]["ok"], interpreter_results[case]
+
+
+def test_interpreter_subprocess_exit_status(interpreter_results):
+    assert interpreter_results["__returncode__"] == 0, interpreter_results["__stderr__"]
+
+
+# ------------------------------------ the CPU ops (twins) ---------------------------------------
+
+CPU_CASES = ["input-3x20x37-float32-bfloat16-nest1-foundfalse", "input-3x40x17-float32-float32-nest0-foundnone",
+             "input-2x24x24-bfloat16-bfloat16-nest1-foundtrue", "input-3x40x17-float32-bfloat16-nest0-foundtrue",
+             "update-3x20x37-float32-per1-foundnone", "update-3x40x17-bfloat16-per0-foundfalse",
+             "update-3x40x17-float32-per1-foundtrue"]
+
+
+@pytest.mark.parametrize("name", CPU_CASES)
+def test_cpu_op_matches_float64(name):
+    case = _parse(name)
+    if case["op"] == "input":
+        def run(momentum, grads, found):
+            return K.momentum_polar_input(momentum, grads, case["beta"], case["nesterov"], case["polar_dtype"], SAFETY, EPS, found)
+        result = check_polar_input(case, run)
+    else:
+        result = check_scaled_update(case, K.scaled_update_)
+    assert result["ok"], result
+
+
+def test_opcheck():
+    mom = _random((3, 20, 12), torch.float32, 1)
+    grads = _grads(3, 20, 12, torch.float32, 2)
+    torch.library.opcheck(K.momentum_polar_input, (mom, grads, 0.9, True, torch.bfloat16, SAFETY, EPS, torch.tensor(False)))
+    torch.library.opcheck(K.momentum_polar_input, (mom, grads, 0.9, False, torch.float32, SAFETY, EPS, None))
+    params = _grads(3, 20, 12, torch.float32, 3)
+    o = _random((3, 12, 20), torch.bfloat16, 4)
+    torch.library.opcheck(K.scaled_update_, (params, o, torch.rand(3), torch.tensor(0.99), torch.tensor(False)))
+    torch.library.opcheck(K.scaled_update_, (params, o, torch.tensor(0.1), torch.tensor(1.0), None))
+
+
+def test_ops_are_one_node_each_in_a_fullgraph_compile():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    mom = _random((3, 20, 12), torch.float32, 1)
+    grads = _grads(3, 20, 12, torch.float32, 2)
+    params = _grads(3, 20, 12, torch.float32, 3)
+
+    def fn(mom, grads, params, found):
+        x, scale = torch.ops.fpolar.momentum_polar_input(mom, grads, 0.9, True, torch.bfloat16, SAFETY, EPS, found)
+        torch.ops.fpolar.scaled_update_(params, x, scale * 0.01, torch.ones(()), found)
+        return x
+
+    counter = CompileCounterWithBackend("aot_eager")
+    found = torch.tensor(False)
+    mom_e, params_e = mom.clone(), [p.clone() for p in params]
+    compiled = torch.compile(fn, fullgraph=True, backend=counter)
+    x_c = compiled(mom, grads, params, found)
+    x_e = fn(mom_e, grads, params_e, found)
+    assert torch.equal(x_c, x_e) and torch.equal(mom, mom_e) and all(torch.equal(a, b) for a, b in zip(params, params_e))
+    assert counter.frame_count == 1
+    nodes = [str(n.target) for n in counter.graphs[0].graph.nodes if n.op == "call_function"]
+    assert sum("momentum_polar_input" in t for t in nodes) == 1
+    assert sum("scaled_update_" in t for t in nodes) == 1
+
+
+# ---------------------------------------- validation --------------------------------------------
+
+
+def test_momentum_polar_input_rejects_bad_inputs_before_writing():
+    mom = _random((2, 8, 6), torch.float32, 1)
+    before = mom.clone()
+    good = [_random((8, 6), torch.float32, 2), _random((8, 6), torch.float32, 3)]
+    call = lambda **kw: K.momentum_polar_input(  # noqa: E731
+        kw.get("mom", mom), kw.get("grads", good), kw.get("beta", 0.9), True, kw.get("pd", torch.bfloat16),
+        SAFETY, kw.get("eps", EPS), kw.get("found"),
+    )
+    with pytest.raises(ValueError, match=r"grads\[1\] of shape \(6, 8\) holds 6×8 matrices, expected 8×6"):
+        call(grads=[good[0], good[1].mT])
+    with pytest.raises(ValueError, match=r"grads hold 3 matrices in all, expected 2"):
+        call(grads=good + [good[0]])
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\), got 1.5"):
+        call(beta=1.5)
+    with pytest.raises(TypeError, match=r"polar_dtype must be torch.bfloat16 or torch.float32, got torch.float16"):
+        call(pd=torch.float16)
+    with pytest.raises(ValueError, match=r"eps must be > 0, got 0.0"):
+        call(eps=0.0)
+    with pytest.raises(ValueError, match=r"found must be a one-element bool tensor, got torch.float32"):
+        call(found=torch.tensor(0.0))
+    with pytest.raises(ValueError, match=r"momentum must be contiguous"):
+        call(mom=_random((2, 6, 8), torch.float32, 4).mT)
+    assert torch.equal(mom, before)
+
+
+def test_scaled_update_rejects_bad_inputs_before_writing():
+    params = [_random((8, 6), torch.float32, 2), _random((8, 6), torch.float32, 3)]
+    before = [p.clone() for p in params]
+    o = _random((2, 6, 8), torch.bfloat16, 4)
+    with pytest.raises(ValueError, match=r"o holds 5×8 matrices, expected 8×6 or its transpose"):
+        K.scaled_update_(params, _random((2, 5, 8), torch.bfloat16, 1), torch.tensor(0.1), torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"step must have 1 or 2 elements, got shape \(3,\)"):
+        K.scaled_update_(params, o, torch.ones(3), torch.tensor(1.0))
+    conv_like = torch.zeros(8, 3, 2, 1).transpose(1, 2)  # one 8×6 matrix, no (1, 8, 6) view
+    with pytest.raises(ValueError, match=r"params\[1\] of shape \(8, 2, 3, 1\) is written in place and must be contiguous"):
+        K.scaled_update_([params[0], conv_like], o, torch.tensor(0.1), torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"params hold 1 matrices in all, expected 2"):
+        K.scaled_update_(params[:1], o, torch.tensor(0.1), torch.tensor(1.0))
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+
+
+# ------------------------------------ the step, wired ------------------------------------------
+
+STEP_SHAPES = [(24, 40), (24, 40), (40, 24), (2, 40, 24), (16, 16)]
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("scale", ["nuclear", "shape"])
+def test_step_on_fused_glue_equals_torch_glue(nesterov, scale):
+    """The step through the fused ops (their CPU twins here) against the torch glue over 3 steps, one of
+    them skipped for a NaN grad. The shape rule matches bitwise (same roundings); nuclear reads ⟨O, X⟩
+    from the normalized bf16 X, so it agrees to bf16's rounding of X averaged over the matrix."""
+    torch.manual_seed(0)
+    hp = PolarGradHParams(lr=0.02, momentum=0.9, nesterov=nesterov, scale=scale, weight_decay=0.1, polar_dtype=torch.bfloat16)
+    ps = [torch.randn(s) for s in STEP_SHAPES]
+    ps_fused = [p.clone() for p in ps]
+    state, state_fused = init_state(ps, hp), init_state(ps_fused, hp)
+    state_fused.polar_impls = tuple(i._replace(glue="fused") for i in state_fused.polar_impls)
+    for k in range(3):
+        gs = [torch.randn(s) for s in STEP_SHAPES]
+        if k == 1:
+            gs[2][0, 0] = float("nan")
+            skipped = [p.clone() for p in ps_fused], [b.clone() for b in state_fused.buffers]
+        polargrad_step(ps, gs, state, hp)
+        polargrad_step(ps_fused, [g.clone() for g in gs], state_fused, hp)
+        if k == 1:
+            assert all(torch.equal(a, b) for a, b in zip(ps_fused, skipped[0]))
+            assert all(torch.equal(a, b) for a, b in zip(state_fused.buffers, skipped[1]))
+    assert state.skipped.item() == state_fused.skipped.item() == 1
+    for a, b in zip(state.buffers, state_fused.buffers):
+        assert torch.equal(a, b)
+    for a, b in zip(ps, ps_fused):
+        if scale == "shape":
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-3 * 0.02 * a.numel() ** 0.5)
+
+
+def test_dispatch_chooses_the_fused_glue_on_cuda_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    auto = PolarSpec.build(kernels="auto")
+    assert auto.impl_for(768, 3072, torch.float32, cuda).glue == "fused"
+    assert auto.impl_for(3072, 768, torch.bfloat16, cuda).glue == "fused"
+    assert PolarSpec.build(kernels="triton").impl_for(768, 768, torch.float32, cuda).glue == "fused"
+    assert PolarSpec.build(kernels="torch").impl_for(768, 768, torch.float32, cuda).glue == "torch"
+    assert PolarSpec.build(polar_dtype=torch.float16).impl_for(768, 768, torch.float32, cuda).glue == "torch"
+    assert auto.impl_for(768, 768, torch.float64, cuda).glue == "torch"
+    assert PolarSpec.build("qdwh").impl_for(768, 768, torch.float32, cuda).glue == "torch"
+    assert auto.impl_for(768, 768, torch.float32, cpu).glue == "torch"
