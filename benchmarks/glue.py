@@ -13,7 +13,8 @@ torch.compile(fullgraph=True), and for the fused ops (``fpolar::momentum_polar_i
 ``fpolar::scaled_update_``). "memory" is the time to move the bytes each half must move (pre: read G
 and M, write M and the bf16 X = 14 B per element; post: read O (bf16) and W, write W = 10 B) at
 4.3e12 B/s, the copy bandwidth measured on the H200. Times: median ms of CUDA-event-timed calls
-(triton.testing.do_bench, ≥ 20 calls, L2 flushed between calls).
+(triton.testing.do_bench, ≥ 20 calls, L2 flushed between calls). Then a sweep of the kernels' tile
+over the whole set (the launchers alone), the data behind ``elementwise_tile_config``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,34 @@ def group_case(shape: Tuple[int, int], count: int):
     return {"torch_pre": torch_pre, "torch_post": torch_post, "fused_pre": fused_pre, "fused_post": fused_post}
 
 
+TILE_CONFIGS = [(32, 64, 4), (64, 64, 4), (64, 64, 8), (64, 128, 8), (128, 64, 8), (128, 128, 8)]
+
+
+def tile_sweep() -> List[Dict[str, object]]:
+    """The two launchers alone (the pre half without its scale pass) over the whole set, per tile
+    (BLOCK_R, BLOCK_C, warps): the data for ``elementwise_tile_config`` on this device."""
+    import triton
+
+    from fpolar.kernels import launch_momentum_polar_input, launch_scaled_update
+
+    cases = []
+    for (m, n), count in GPT2_SMALL:
+        mom = torch.randn(count, m, n, device="cuda")
+        grads = [torch.randn(m, n, device="cuda") for _ in range(count)]
+        params = [torch.randn(m, n, device="cuda") for _ in range(count)]
+        x = torch.empty(count, min(m, n), max(m, n), device="cuda", dtype=torch.bfloat16)
+        cases.append((mom, grads, params, x))
+    step = torch.full((), 1e-6, device="cuda")
+    decay = torch.ones((), device="cuda")
+    rows = []
+    for br, bc, warps in TILE_CONFIGS:
+        config = triton.Config({"BLOCK_R": br, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
+        pre = sum(bench(lambda c=c: launch_momentum_polar_input(c[0], c[1], c[3], 0.95, True, None, config)) for c in cases)
+        post = sum(bench(lambda c=c: launch_scaled_update(c[2], c[3], step, decay, None, config)) for c in cases)
+        rows.append({"tile": f"{br}x{bc}", "warps": warps, "pre_ms": pre, "post_ms": post})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None)
@@ -125,8 +154,13 @@ def main(argv=None) -> int:
         for half in ("pre", "post"):
             if f"{half}_compile_error" in r:
                 print(f"compile failed for {r['group']} {half}: {r[f'{half}_compile_error']}")
+    sweep = tile_sweep()
+    print("tile sweep, whole set, launchers alone (pre without its scale pass): tile | warps | pre ms | post ms")
+    for r in sweep:
+        print(f"{r['tile']} | {r['warps']} | {r['pre_ms']:.4f} | {r['post_ms']:.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "device": torch.cuda.get_device_name()}, indent=1))
+        payload = {"rows": rows, "tile_sweep": sweep, "device": torch.cuda.get_device_name()}
+        Path(args.json).write_text(json.dumps(payload, indent=1))
     return 0
 
 

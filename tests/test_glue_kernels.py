@@ -158,6 +158,7 @@ def _interpreter_cases() -> list[str]:
         cases.append(f"update-{s}-float32-per1-foundtrue")
     # bf16 momentum/params, fp32 iteration dtype
     cases += ["input-2x20x37-bfloat16-float32-nest1-foundnone", "update-2x40x17-bfloat16-per1-foundnone"]
+    cases += ["frobenius_scale-2500_tiles"]  # more tiles than one chunk of the combine kernel
     return cases
 
 
@@ -177,8 +178,15 @@ def _parse(case: str) -> dict:
 def _run_interpreted(case_name: str) -> dict:
     import triton
 
-    from fpolar.kernels.momentum_polar_input import frobenius_scale_from_tiles
+    from fpolar.kernels.momentum_polar_input import frobenius_scale_from_tiles, launch_frobenius_scale
 
+    if case_name.startswith("frobenius_scale"):
+        gen = torch.Generator().manual_seed(5)
+        tmax, tsum = torch.rand(3, 2500, generator=gen), torch.rand(3, 2500, generator=gen) * 100
+        tmax[1] = 0  # a zero matrix: peak 1, scale 1/eps
+        tsum[1] = 0
+        got, want = launch_frobenius_scale(tmax, tsum, SAFETY, EPS), frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
+        return {"case": case_name, "ok": bool(torch.allclose(got, want, rtol=1e-6, atol=0)), "got": got.tolist(), "want": want.tolist()}
     case = _parse(case_name)
     config = triton.Config({"BLOCK_R": 16, "BLOCK_C": 16}, num_warps=4, num_stages=1)
     if case["op"] == "input":
@@ -187,7 +195,11 @@ def _run_interpreted(case_name: str) -> dict:
             b, m, n = momentum.shape
             x = torch.full((b, min(m, n), max(m, n)), float("nan"), dtype=case["polar_dtype"])  # poisoned
             tmax, tsum = K.launch_momentum_polar_input(momentum, grads, x, case["beta"], case["nesterov"], found, config)
-            scale = frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
+            scale = launch_frobenius_scale(tmax, tsum, SAFETY, EPS)
+            # the Triton combine of the tile statistics against its torch twin
+            twin_scale = frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
+            if not torch.allclose(scale, twin_scale, rtol=1e-6, atol=0):
+                raise AssertionError(f"launch_frobenius_scale {scale} != frobenius_scale_from_tiles {twin_scale}")
             x.mul_(scale[:, None, None])
             return x, scale
 

@@ -15,8 +15,8 @@ Why it is one pass: the torch glue reads G and M for the lerp, writes M, reads b
 Nesterov blend, writes it, reads it for max|V|, again for the norm, and writes X (cast + transpose).
 The Triton kernel reads G and M once, writes M, writes V in the polar dtype (transposed through a
 tile in registers for tall groups) and per tile two fp32 partial statistics, max|V| and Σ(V/max)²;
-the per-matrix max and sum of squares come from those (scale-invariant: every square is ≤ 1). What
-is left is one in-place scale of the 16-bit X by ``scale`` (a quarter of the bytes of the main pass).
+the per-matrix max and sum of squares come from those (scale-invariant: every square is ≤ 1), in
+one small launch (a program per matrix). What is left is one in-place scale of the 16-bit X by ``scale`` (a quarter of the bytes of the main pass).
 X is therefore rounded twice (V to the polar dtype, then V·scale): at most one more half-ulp than
 ``frobenius_normalize``, which rounds once. Values of |V| above the polar dtype's largest finite
 number would round to inf before the scale: the fused path is only chosen for bf16 and fp32 polar
@@ -46,6 +46,7 @@ __all__ = [
     "momentum_polar_input_reference",
     "launch_momentum_polar_input",
     "frobenius_scale_from_tiles",
+    "launch_frobenius_scale",
 ]
 
 
@@ -182,6 +183,44 @@ def frobenius_scale_from_tiles(
     norm = (tile_sumsq * ratio * ratio).sum(dim=1).sqrt()
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))
     return 1.0 / (peak * (norm * safety + eps))
+
+
+@triton.jit
+def _frobenius_scale_kernel(tile_max_ptr, tile_sumsq_ptr, scale_ptr, tiles, safety, eps, BLOCK_T: tl.constexpr):
+    # One program per matrix: frobenius_scale_from_tiles's math over its row of tile statistics.
+    b = tl.program_id(0).to(tl.int64)
+    row_max = tile_max_ptr + b * tiles
+    row_sum = tile_sumsq_ptr + b * tiles
+    # Vector accumulators across the chunks, reduced once at the end.
+    peaks = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for start in range(0, tiles, BLOCK_T):
+        idx = start + tl.arange(0, BLOCK_T)
+        peaks = tl.maximum(peaks, tl.load(row_max + idx, mask=idx < tiles, other=0.0))
+    peak = tl.max(peaks, axis=0)
+    safe_peak = tl.where(peak > 0, peak, 1.0)
+    sums = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for start in range(0, tiles, BLOCK_T):
+        idx = start + tl.arange(0, BLOCK_T)
+        inside = idx < tiles
+        ratio = tl.load(row_max + idx, mask=inside, other=0.0) / safe_peak
+        sums += tl.load(row_sum + idx, mask=inside, other=0.0) * ratio * ratio
+    total = tl.sum(sums, axis=0)
+    tl.store(scale_ptr + b, 1.0 / (safe_peak * (tl.sqrt(total) * safety + eps)))
+
+
+def launch_frobenius_scale(
+    tile_max: torch.Tensor, tile_sumsq: torch.Tensor, safety: float, eps: float
+) -> torch.Tensor:
+    """``frobenius_scale_from_tiles`` as one Triton launch (one program per matrix) instead of a
+    handful of small torch kernels. (B, T) fp32 contiguous in, (B,) fp32 out."""
+    require_triton()
+    batch, tiles = tile_max.shape
+    scale = torch.empty((batch,), dtype=torch.float32, device=tile_max.device)
+    if batch == 0:
+        return scale
+    block = min(1024, triton.next_power_of_2(max(tiles, 1)))
+    _frobenius_scale_kernel[(batch,)](tile_max, tile_sumsq, scale, tiles, float(safety), float(eps), BLOCK_T=block)
+    return scale
 
 
 def launch_momentum_polar_input(
@@ -324,7 +363,7 @@ def _momentum_polar_input_cuda(
     _check(momentum, grads, beta, polar_dtype, safety, eps, found)
     x = torch.empty(_output_shape(momentum), dtype=polar_dtype, device=momentum.device)
     tile_max, tile_sumsq = launch_momentum_polar_input(momentum, grads, x, beta, nesterov, found)
-    scale = frobenius_scale_from_tiles(tile_max, tile_sumsq, safety, eps)
+    scale = launch_frobenius_scale(tile_max, tile_sumsq, safety, eps)
     x.mul_(scale[:, None, None])
     return x, scale
 
