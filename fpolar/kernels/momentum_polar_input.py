@@ -16,11 +16,12 @@ Nesterov blend, writes it, reads it for max|V|, again for the norm, and writes X
 The Triton kernel reads G and M once, writes M, writes V in the polar dtype (transposed through a
 tile in registers for tall groups) and per tile two fp32 partial statistics, max|V| and Σ(V/max)²;
 the per-matrix max and sum of squares come from those (scale-invariant: every square is ≤ 1), in
-one small launch (a program per matrix). What is left is one in-place scale of the 16-bit X by ``scale`` (a quarter of the bytes of the main pass).
-X is therefore rounded twice (V to the polar dtype, then V·scale): at most one more half-ulp than
-``frobenius_normalize``, which rounds once. Values of |V| above the polar dtype's largest finite
-number would round to inf before the scale: the fused path is only chosen for bf16 and fp32 polar
-dtypes, whose range is fp32's.
+one small launch (a program per matrix). What is left is one in-place scale of the 16-bit X by
+``scale``: 4 bytes per element against the main pass's 14 (fp32 G and M). X is therefore rounded
+twice (V to the polar dtype, then V·scale): at most one more half-ulp than ``frobenius_normalize``,
+which rounds once. The unnormalized V must fit the polar dtype: the fused path is only chosen for
+bf16 and fp32, whose range is fp32's (bf16 tops out at 3.39e38 against fp32's 3.40e38), not fp16
+(it overflows above 65504).
 """
 
 from __future__ import annotations
