@@ -15,7 +15,8 @@ from .state import PolarGradState
 
 
 def describe_plan(state: PolarGradState, hparams: PolarGradHParams) -> List[Dict[str, object]]:
-    """One dict per shape group: params, batch (B, m, n) as iterated (wide), dtype and implementation.
+    """One dict per shape group: params, batch (B, m, n) as iterated (wide), dtype, implementation and
+    glue ("fused": the one-pass momentum/normalize and apply ops, CUDA; "torch").
 
     A distributed state (``fpolar.distributed``) describes its exchange groups instead: kind, owners
     per rank, slots, exchange dtype and the bytes this rank sends per step, beside the same fields.
@@ -32,6 +33,7 @@ def describe_plan(state: PolarGradState, hparams: PolarGradHParams) -> List[Dict
                 "transposed": g.transposed,
                 "polar_dtype": impl.polar_dtype,
                 "implementation": impl.label,
+                "glue": impl.glue,
             }
         )
     return rows

@@ -95,5 +95,6 @@ def test_describe_plan_lists_groups():
     assert [r["batch"] for r in rows] == [(2, 10, 30), (2, 4, 4), (1, 6, 18)]
     assert [r["transposed"] for r in rows] == [True, False, False]
     assert all(r["implementation"] == "newton_schulz [torch matmul]" for r in rows)
+    assert all(r["glue"] == "torch" for r in rows)  # CPU: the fused glue is CUDA only
     hp_q = fpolar.PolarGradHParams(lr=0.1, polar="qdwh")
     assert fpolar.describe_plan(fpolar.init_state(params, hp_q), hp_q)[0]["implementation"] == "qdwh"
