@@ -28,7 +28,7 @@ from ..coefficients import (
     resolve_named,
     schedule_for,
 )
-from .dispatch import PolarImpl, decide_polar_impl, ns_ops
+from .dispatch import PolarImpl, decide_polar_impl, ns_ops, triton_gram_ops
 from .gram_newton_schulz import gram_newton_schulz
 from .newton_schulz import newton_schulz
 from .qdwh import check_l0, qdwh_polar
@@ -203,6 +203,7 @@ def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None) -> 
             polar_dtype=dtype,
             gram_restart=spec.gram_restart,
             ops=ns_ops(impl.kernels, x.device),
+            gram_ops=triton_gram_ops() if impl.kernels == "triton" else None,
         )
     if impl.method == "qdwh":
         return qdwh_polar(

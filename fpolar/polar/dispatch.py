@@ -28,6 +28,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from .gram_newton_schulz import GramOps
 from .newton_schulz import TORCH_OPS, NSOps
 
 GRAM_MIN_ASPECT = 2.0
@@ -92,6 +93,23 @@ def triton_ops() -> NSOps:
 
     ops = torch.ops.fpolar
     return NSOps(ops.sym_gram, ops.sym_poly, ops.ns_apply)
+
+
+def triton_gram_ops() -> GramOps:
+    """fpolar's Triton kernels for the m×m products of Gram Newton–Schulz: b·R + c·R² and P·R·P
+    from their lower triangles (``sym_poly``; ``ns_apply`` for U = P·R then ``sym_cross`` for P·Uᵀ),
+    P·Q as a full product (``ns_apply`` with a = 0)."""
+    from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
+
+    ops = torch.ops.fpolar
+
+    def congruence(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return ops.sym_cross(p, ops.ns_apply(r, p, 0.0))
+
+    def product(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return ops.ns_apply(q, p, 0.0)
+
+    return GramOps(ops.sym_poly, congruence, product)
 
 
 def check_kernels_device(kernels: str, device: torch.device) -> None:
