@@ -32,6 +32,8 @@ def describe_plan(state: PolarGradState, hparams: PolarGradHParams) -> List[Dict
                 "transposed": g.transposed,
                 "polar_dtype": impl.polar_dtype,
                 "implementation": impl.label,
+                # measured: every candidate's µs on this device (kernels="auto" on CUDA); else the rule
+                "decided_by": impl.reason or "rule",
             }
         )
     return rows
