@@ -260,8 +260,8 @@ class KernelTuner:
         self, key: Tuple, options: Dict[str, Callable[[], object]]
     ) -> Tuple[str, Dict[str, float]]:
         """Times each option (name -> fn) once per ``key`` (first element: the device key) and returns
-        (fastest name, µs per name). Cached in memory and on disk like the configs. Callers check
-        ``can_measure`` first."""
+        (fastest name, µs per name); ("", µs) when no option ran. Cached in memory and on disk like
+        the configs. Callers check ``can_measure`` first."""
         found = self._decisions.get(key)
         if found is None:
             self._load(key[0])
@@ -277,8 +277,10 @@ class KernelTuner:
                 except Exception:  # an option that cannot run here does not win
                     us[name] = math.inf
             best = min(us, key=lambda k: us[k])
-            found = {"choice": best, "us": us}
             self.tuning_seconds += time.perf_counter() - begin
+            if not math.isfinite(us[best]):  # nothing ran: no decision, nothing cached
+                return "", us
+            found = {"choice": best, "us": us}
             self.timed += 1
             with self._lock:
                 self._decisions[key] = found
@@ -353,7 +355,7 @@ class KernelTuner:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".kernel_tuning.", suffix=".json")
             with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True, default=lambda v: None if v == math.inf else v)
+                json.dump(data, f, indent=1, sort_keys=True)  # inf (an option that failed) as Infinity
             os.replace(tmp, self.cache_path)  # atomic: a reader never sees half a file
         except (OSError, TypeError, ValueError) as exc:
             warnings.warn(f"fpolar: could not write the kernel tuning cache {self.cache_path}: {exc}", RuntimeWarning, stacklevel=3)
@@ -361,7 +363,7 @@ class KernelTuner:
 
 def tunable_device(device: torch.device) -> bool:
     """Only CUDA devices are tuned (CPU tensors reach the kernels only under the interpreter)."""
-    return device.type == "cuda"
+    return device.type == "cuda" and torch.cuda.is_available()
 
 
 _TUNER: Optional[KernelTuner] = None

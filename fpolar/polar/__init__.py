@@ -185,7 +185,7 @@ class PolarSpec:
         ):
             key = (self.method, len(self.schedule), self.gram_restart)
             impl = measured_auto_impl(
-                impl, key, max(int(batch), 1), wide_m, wide_n, input_dtype, device, self.normalization,
+                self.method, impl, key, max(int(batch), 1), wide_m, wide_n, input_dtype, device, self.normalization,
                 lambda chosen, x: polar_wide(x, self, chosen),
             )
         return impl

@@ -121,6 +121,7 @@ def auto_candidates(method: str, normalization: str, polar_dtype: torch.dtype) -
 
 
 def measured_auto_impl(
+    method: str,
     fixed: PolarImpl,
     key: tuple,
     batch: int,
@@ -133,13 +134,13 @@ def measured_auto_impl(
 ) -> PolarImpl:
     """The ``auto`` decision for a wide (batch, m, n) group from timings on ``device`` (module doc).
 
-    ``fixed`` is the rules' decision (kept when nothing can be measured); ``key`` identifies the
+    ``method`` is the user's; ``fixed`` the rules' decision (kept when nothing can be measured); ``key`` identifies the
     options that change the timing besides the shape (method, steps, restart); ``run(impl, x)`` runs
     the polar step through ``impl``.
     """
     from ..kernels.tuning import get_tuner, shape_bucket
 
-    candidates = auto_candidates(fixed.method, normalization, fixed.polar_dtype)
+    candidates = auto_candidates(method, normalization, fixed.polar_dtype)
     tuner = get_tuner()
     if len(candidates) < 2 or not tuner.enabled or device.type != "cuda":
         return fixed
@@ -149,10 +150,16 @@ def measured_auto_impl(
     )
     by_label = {c.label: c for c in candidates}
     if tuner.can_measure(device):
-        x = torch.randn(batch, m, n, device=device, dtype=input_dtype)
-        options = {label: (lambda impl=impl: run(impl, x)) for label, impl in by_label.items()}
+        inputs: List[torch.Tensor] = []  # random data of the group's shape, made when first timed
+
+        def timed(impl: PolarImpl) -> torch.Tensor:
+            if not inputs:
+                inputs.append(torch.randn(batch, m, n, device=device, dtype=input_dtype))
+            return run(impl, inputs[0])
+
+        options = {label: (lambda impl=impl: timed(impl)) for label, impl in by_label.items()}
         choice, us = tuner.measured_choice(full_key, options)
-        del x
+        inputs.clear()
     else:
         cached = tuner.cached_choice(full_key)
         if cached is None:
