@@ -174,10 +174,18 @@ def _is_tracing_or_capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+_DEVICE_KEYS: Dict[Tuple[str, int], str] = {}
+
+
 def _device_key(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    version = getattr(triton, "__version__", "none") if HAS_TRITON else "none"
-    return f"{name}|triton {version}"
+    """"<device name>|triton <version>", looked up once per device (every launch asks)."""
+    index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else 0)
+    found = _DEVICE_KEYS.get((device.type, index))
+    if found is None:
+        name = torch.cuda.get_device_name(index) if device.type == "cuda" else device.type
+        version = getattr(triton, "__version__", "none") if HAS_TRITON else "none"
+        found = _DEVICE_KEYS[(device.type, index)] = f"{name}|triton {version}"
+    return found
 
 
 class KernelTuner:
