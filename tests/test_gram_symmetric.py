@@ -46,3 +46,15 @@ def test_congruence_is_p_r_p_and_exactly_symmetric():
     assert torch.equal(got, got.mT)
     torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(triton_gram_ops().product(p, r).double(), p.double() @ r.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_symmetric_gram_ns_compiles_fullgraph():
+    """The symmetric formulation traces as one graph (custom ops + the in-place a·I on a fresh tensor)."""
+    schedule = schedule_for("quintic", 5, "repeat_last")
+
+    def run(x):
+        return gram_newton_schulz(x, schedule, polar_dtype=torch.float32, ops=triton_ops(), gram_ops=triton_gram_ops())
+
+    torch._dynamo.reset()
+    x = torch.randn(2, 16, 48, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(torch.compile(run, fullgraph=True)(x), run(x), rtol=1e-5, atol=1e-6)
