@@ -350,7 +350,7 @@ def interpreter_results() -> dict:
         cwd=repo,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     results = {}
     for line in proc.stdout.splitlines():

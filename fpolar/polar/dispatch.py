@@ -134,9 +134,9 @@ def measured_auto_impl(
 ) -> PolarImpl:
     """The ``auto`` decision for a wide (batch, m, n) group from timings on ``device`` (module doc).
 
-    ``method`` is the user's; ``fixed`` the rules' decision (kept when nothing can be measured); ``key`` identifies the
-    options that change the timing besides the shape (method, steps, restart); ``run(impl, x)`` runs
-    the polar step through ``impl``.
+    ``method`` is the user's; ``fixed`` the rules' decision (kept when nothing can be measured);
+    ``key`` the options that change the timing besides the shape (method, steps, restart);
+    ``run(impl, x)`` runs the polar step through ``impl``.
     """
     from ..kernels.tuning import get_tuner, shape_bucket
 
