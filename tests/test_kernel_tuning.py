@@ -349,3 +349,19 @@ def test_inf_timings_round_trip_through_the_cache(monkeypatch, tmp_path):
         warnings.simplefilter("error")
         fresh = T.KernelTuner(enabled=True, cache_path=tmp_path / "kernel_tuning.json", timer=timer)
         assert fresh.cached_choice(key) == ("b", {"a": math.inf, "b": 10.0})
+
+
+def test_explicit_triton_is_tuned_once_at_plan_time(monkeypatch):
+    gpu = FakeGPU(monkeypatch)
+    tuner = T.KernelTuner(enabled=True, cache_path=None, timer=OptionTimer([1.0]))
+    monkeypatch.setattr(T, "_TUNER", tuner)
+    runs = []
+    key = ("prepare", "newton_schulz", 768, 3072, 12)
+    assert dispatch.tune_before_use(key, CUDA, lambda: runs.append(1))
+    assert not dispatch.tune_before_use(key, CUDA, lambda: runs.append(1))  # once per key
+    gpu.capturing = True
+    assert not dispatch.tune_before_use(key + ("other",), CUDA, lambda: runs.append(1))  # never in capture
+    gpu.capturing = False
+    tuner.enabled = False
+    assert not dispatch.tune_before_use(key + ("other",), CUDA, lambda: runs.append(1))
+    assert runs == [1]

@@ -206,6 +206,7 @@ class KernelTuner:
         self._configs: Dict[Tuple, "triton.Config"] = {}
         self._decisions: Dict[Tuple, Dict[str, object]] = {}
         self._loaded_devices: set = set()
+        self.prepared: set = set()  # plan-time warm-ups done (``fpolar.polar.dispatch.tune_before_use``)
         self._lock = threading.Lock()
         self.tuning_seconds = 0.0  # wall time spent timing candidates (configs and decisions)
         self.timed = 0  # number of keys timed (not taken from a cache)

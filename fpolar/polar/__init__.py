@@ -28,7 +28,7 @@ from ..coefficients import (
     resolve_named,
     schedule_for,
 )
-from .dispatch import PolarImpl, decide_polar_impl, measured_auto_impl, ns_ops, triton_gram_ops
+from .dispatch import PolarImpl, decide_polar_impl, measured_auto_impl, ns_ops, triton_gram_ops, tune_before_use
 from .gram_newton_schulz import gram_newton_schulz
 from .newton_schulz import newton_schulz
 from .qdwh import check_l0, qdwh_polar
@@ -187,6 +187,13 @@ class PolarSpec:
             impl = measured_auto_impl(
                 self.method, impl, key, max(int(batch), 1), wide_m, wide_n, input_dtype, device, self.normalization,
                 lambda chosen, x: polar_wide(x, self, chosen),
+            )
+        elif impl.kernels == "triton" and on_cuda and not torch.compiler.is_compiling():
+            # the kernel configs are tuned now, before any step is traced or captured
+            tune_before_use(
+                ("prepare", impl.method, wide_m, wide_n, max(int(batch), 1), str(input_dtype), str(impl.polar_dtype)),
+                device,
+                lambda: polar_wide(torch.randn(max(int(batch), 1), wide_m, wide_n, device=device, dtype=input_dtype), self, impl),
             )
         return impl
 

@@ -171,6 +171,24 @@ def measured_auto_impl(
     return by_label[choice]._replace(reason=f"measured on {full_key[0]}: {timings}")
 
 
+def tune_before_use(key: tuple, device: torch.device, run_once: Callable[[], object]) -> bool:
+    """For ``kernels="triton"``: runs the group's polar step once at plan time (``run_once``, on random
+    data of its shape), so every kernel config it needs is tuned before a step is traced or captured.
+    Once per key per process, only where tuning may time (CUDA, tuning on, not tracing/capturing).
+    Returns whether it ran."""
+    from ..kernels.tuning import get_tuner
+
+    tuner = get_tuner()
+    if not tuner.can_measure(device):
+        return False
+    full_key = (tuner.device_key(device),) + key
+    if full_key in tuner.prepared:
+        return False
+    run_once()
+    tuner.prepared.add(full_key)
+    return True
+
+
 def triton_gram_ops() -> GramOps:
     """fpolar's Triton kernels for the m×m products of Gram Newton–Schulz: b·R + c·R² and P·R·P
     from their lower triangles (``sym_poly``; ``ns_apply`` for U = P·R then ``sym_cross`` for P·Uᵀ),
