@@ -4,7 +4,7 @@
 # Results land in $OUT (default ./gpu_results): at most 8 files.
 #
 #   bash benchmarks/gpu_suite.sh            # from the repository root, on a CUDA machine
-#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper lmtext
+#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper lmtext kernels
 # "lmtext" (the tuned PolarGrad / Muon / AdamW comparison on the stdlib text) fills one call on its own:
 # PARTS=lmtext; a second call on the still-warm machine continues its unfinished runs (on a fresh one,
 # LMTEXT_RESUME=path/to/the/first/lm_text.json, carried, keeps the runs that finished).
@@ -15,10 +15,14 @@
 # Each part's "exit N" is the status of its own test runner or benchmark (not of a pipe or a later
 # bookkeeping command); the script exits non-zero if any part, or any part's bookkeeping, failed.
 # To add a part: one line in run_part (and, if it leaves files to merge, one in after_part).
+# "tests" and "compile" run with kernel tuning off (FPOLAR_TUNE=0: the heuristic configs and the fixed
+# auto rules their time budgets and graph snapshots were set for), except
+# tests/gpu/test_kernel_tuning_gpu.py, which turns it on itself; FPOLAR_TUNE=1 in the environment
+# runs them tuned; "kernels" (benchmarks/kernel_tuning.py, about a minute) measures the tuning.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
-ALL_PARTS="tests compile polar peers lm paper lmtext"
+ALL_PARTS="tests compile polar peers lm paper lmtext kernels"
 PARTS=${PARTS:-$ALL_PARTS}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FPOLAR_RESULTS_DIR="$OUT/compile"
 # Packages the machine lacks travel as wheels in .whl/ (see the benchmarks section of BENCHMARKS.md):
@@ -42,9 +46,10 @@ print('optional test packages missing (their tests skip):', ', '.join(missing) i
 # One part: its test runner or benchmark, nothing after it, so its status is the part's status.
 run_part() {
   case $1 in
-    tests)   timeout 280 python3 -m pytest -q -p no:cacheprovider -rfEs tests ;;
-    compile) timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs compile_tests ;;
+    tests)   FPOLAR_TUNE=${FPOLAR_TUNE:-0} timeout 280 python3 -m pytest -q -p no:cacheprovider -rfEs tests ;;
+    compile) FPOLAR_TUNE=${FPOLAR_TUNE:-0} timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs compile_tests ;;
     polar)   timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" ;;
+    kernels) timeout 120 python3 benchmarks/kernel_tuning.py --json "$OUT/kernel_tuning.json" ;;
     peers)   timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" ;;
     lm)      timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" ;;
     train)   timeout 450 python3 benchmarks/train.py --budget-s 400 --json "$OUT/train.json" --md "$OUT/train.md" ;;

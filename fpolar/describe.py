@@ -15,7 +15,9 @@ from .state import PolarGradState
 
 
 def describe_plan(state: PolarGradState, hparams: PolarGradHParams) -> List[Dict[str, object]]:
-    """One dict per shape group: params, batch (B, m, n) as iterated (wide), dtype and implementation.
+    """One dict per shape group: params, batch (B, m, n) as iterated (wide), dtype, implementation, and
+    ``decided_by``: "rule", or for ``kernels="auto"`` on CUDA the measurement behind it (every
+    candidate's µs on this device; ``fpolar.polar.dispatch``).
 
     A distributed state (``fpolar.distributed``) describes its exchange groups instead: kind, owners
     per rank, slots, exchange dtype and the bytes this rank sends per step, beside the same fields.
@@ -32,6 +34,8 @@ def describe_plan(state: PolarGradState, hparams: PolarGradHParams) -> List[Dict
                 "transposed": g.transposed,
                 "polar_dtype": impl.polar_dtype,
                 "implementation": impl.label,
+                # measured: every candidate's µs on this device (kernels="auto" on CUDA); else the rule
+                "decided_by": impl.reason or "rule",
             }
         )
     return rows
