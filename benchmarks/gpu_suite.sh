@@ -15,10 +15,8 @@
 # Each part's "exit N" is the status of its own test runner or benchmark (not of a pipe or a later
 # bookkeeping command); the script exits non-zero if any part, or any part's bookkeeping, failed.
 # To add a part: one line in run_part (and, if it leaves files to merge, one in after_part).
-# "tests" and "compile" run with kernel tuning off (FPOLAR_TUNE=0: the heuristic configs and the fixed
-# auto rules their time budgets and graph snapshots were set for), except
-# tests/gpu/test_kernel_tuning_gpu.py, which turns it on itself; FPOLAR_TUNE=1 in the environment
-# runs them tuned; "kernels" (benchmarks/kernel_tuning.py, about a minute) measures the tuning.
+# Kernel tuning is off by default (fixed configs and auto rules); tests/gpu/test_kernel_tuning_gpu.py
+# turns it on itself; FPOLAR_TUNE=1 in the environment runs every part tuned; "kernels" (benchmarks/kernel_tuning.py, about a minute) measures the tuning.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
@@ -46,8 +44,8 @@ print('optional test packages missing (their tests skip):', ', '.join(missing) i
 # One part: its test runner or benchmark, nothing after it, so its status is the part's status.
 run_part() {
   case $1 in
-    tests)   FPOLAR_TUNE=${FPOLAR_TUNE:-0} timeout 280 python3 -m pytest -q -p no:cacheprovider -rfEs tests ;;
-    compile) FPOLAR_TUNE=${FPOLAR_TUNE:-0} timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs compile_tests ;;
+    tests)   timeout 280 python3 -m pytest -q -p no:cacheprovider -rfEs tests ;;
+    compile) timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs compile_tests ;;
     polar)   timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" ;;
     kernels) timeout 120 python3 benchmarks/kernel_tuning.py --json "$OUT/kernel_tuning.json" ;;
     peers)   timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" ;;

@@ -45,7 +45,7 @@ the lower triangle of A·Bᵀ, reflected (``sym_cross``; same lower-tile kernel 
 Configurations (``tuning``): on CUDA each launcher without an explicit ``config`` asks the
 process-wide ``KernelTuner``, which times a handful of candidates once per (device, triton version,
 kernel, dtype, shape bucket), caches the fastest in memory and in a JSON file, and falls back to the
-fixed heuristic below when tuning is off (``FPOLAR_TUNE=0``), off CUDA, or while a CUDA graph is
+fixed heuristic below when tuning is off (the default; ``FPOLAR_TUNE=1`` turns it on), off CUDA, or while a CUDA graph is
 captured / torch.compile traces and the key is not tuned yet.
 
 Tile heuristic (instant, from (m, n, dtype); ``symmetric_tile_config`` and

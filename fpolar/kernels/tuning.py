@@ -6,14 +6,16 @@ GPU and do not carry to the next. Here each kernel has a handful of candidate ``
 
     (device name, triton version) × (kernel, dtype, shape bucket)
 
-on the first CUDA launch that needs it, with CUDA events (``cuda_event_timer``: warm-up launches,
-then a few timed ones, median). The fastest is kept in memory and, optionally, in a JSON file
+on the first CUDA launch that needs it, with CUDA events (``cuda_event_timer``: warm-up runs, then
+replays of one CUDA-graph capture, median: device time). The fastest is kept in memory and, optionally, in a JSON file
 (``$FPOLAR_CACHE_DIR/kernel_tuning.json``, default ``~/.cache/fpolar``), so a later process on the same
 device and triton skips the timing. The same cache holds the measured ``kernels="auto"`` decisions
 (``measured_choice``, used by ``fpolar.polar.dispatch``).
 
 When the tuner answers with the heuristic instead of timing:
-- tuning is off (``FPOLAR_TUNE=0`` in the environment, or ``set_tuning(False)``);
+- tuning is off: the default; ``FPOLAR_TUNE=1`` in the environment or ``set_tuning(True)`` turns it on
+  (off by default because a measured choice can change between processes, and runs are bitwise
+  reproducible only when every choice is fixed);
 - the tensors are not on CUDA (CPU, the Triton interpreter);
 - the launch happens while a CUDA graph is being captured or while torch.compile traces: timing
   there would be captured or traced. A key already tuned is still used there; an untuned key gets
@@ -65,8 +67,10 @@ Timer = Callable[[Callable[[], object]], float]
 
 
 def tuning_enabled_from_env() -> bool:
-    """``FPOLAR_TUNE`` unset or anything but 0/off/false/no: tuning on."""
-    return os.environ.get("FPOLAR_TUNE", "1").strip().lower() not in ("0", "off", "false", "no")
+    """``FPOLAR_TUNE`` set to anything but 0/off/false/no: tuning on. Off by default: a measured choice
+    can differ from one process to the next (timing noise), and with it the rounding of every step, so
+    a run is bitwise reproducible only with the fixed rules, or with a tuning cache file kept fixed."""
+    return os.environ.get("FPOLAR_TUNE", "0").strip().lower() not in ("0", "off", "false", "no", "")
 
 
 def cache_path_from_env() -> Optional[Path]:
@@ -152,19 +156,33 @@ def config_from_json(record: object) -> "triton.Config":
 
 
 def cuda_event_timer(fn: Callable[[], object], warmup: int = 2, reps: int = 5) -> float:
-    """Median µs of ``fn`` over ``reps`` launches timed with CUDA events, after ``warmup`` launches
-    (the first compiles the kernel)."""
+    """Median device µs of ``fn`` over ``reps`` runs, after ``warmup`` eager runs (the first compiles the
+    kernel). ``fn`` is captured once in a CUDA graph and the replays are timed with CUDA events: the
+    time the GPU spends, without the host's launch cost, which is what a captured or compiled step
+    pays (timed eagerly, a run of many small launches is bound by the host and the Triton launcher
+    loses to cuBLAS for that reason alone). Where ``fn`` cannot be captured, its eager runs are timed."""
     for _ in range(warmup):
         fn()
+    torch.cuda.synchronize()
+    graph: Optional[torch.cuda.CUDAGraph] = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception:  # noqa: BLE001 - not capturable (a host read, say): time it eagerly
+        graph = None
+        torch.cuda.synchronize()
+    run = graph.replay if graph is not None else fn
+    run()
     times = []
     for _ in range(reps):
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        run()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3)
+    del graph
     return statistics.median(times)
 
 

@@ -22,7 +22,7 @@ the device type and options only, never tensor values, so a compiled step never 
 CPU always gets the torch path (the Triton kernels run on CPU only in the interpreter, for tests).
 
 **Measured** (``measured_auto_impl``): on CUDA with kernel tuning on (``fpolar.kernels.tuning``; off
-with ``FPOLAR_TUNE=0``), ``auto`` for the Newton–Schulz family does not stop at the rules above: when
+by default, on with ``FPOLAR_TUNE=1``), ``auto`` for the Newton–Schulz family does not stop at the rules above: when
 the plan is built it times the group's whole polar step on random data of the group's (B, m, n) and
 dtype through each candidate — NS on cuBLAS, NS on the Triton kernels, and with Frobenius
 normalization Gram NS on cuBLAS and on the Triton kernels (the tuned configs are chosen on the way) —
