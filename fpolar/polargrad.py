@@ -76,8 +76,10 @@ def polargrad_step(
 
     With ``hparams.nonfinite="skip"`` (default), a call where any grad holds NaN/±inf leaves params,
     momentum and ``state.step`` bitwise unchanged and adds 1 to ``state.skipped``; the decision stays
-    on the device (no host sync; a skipped and a clean call run the same compiled graph). The math
-    runs under ``torch.no_grad()``, so params that require grad need no context.
+    on the device (no host sync; a skipped and a clean call run the same compiled graph). For a
+    distributed state (DTensor params, ``process_group``, ``split_sizes``) see
+    ``fpolar.distributed.distributed_polargrad_step``: a NaN in one rank's shard skips the call on
+    every rank. The math runs under ``torch.no_grad()``, so params that require grad need no context.
 
     Returns:
         ``state`` (the same object), for convenience.

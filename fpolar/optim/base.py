@@ -71,7 +71,8 @@ class PolarOptimizer(torch.optim.Optimizer):
 
     polar_keys: Tuple[str, ...] = ()
     # "skip": a step() whose grads (any group) hold NaN/±inf changes nothing and is counted in
-    # ``skipped_steps``, decided on the device; "propagate": no check. Set it on the instance.
+    # ``skipped_steps``, decided on the device (on sharded params by every rank alike: one all_reduce
+    # of one element per step); "propagate": no check. Set it on the instance.
     nonfinite: str = "skip"
 
     def __init__(self, params: Any, defaults: Dict[str, Any], compiled: Compiled = None) -> None:
