@@ -10,7 +10,8 @@
 # LMTEXT_RESUME=path/to/the/first/lm_text.json, carried, keeps the runs that finished).
 # A device call is limited to 10 minutes, so the parts are run as separate calls there: "tests"
 # (about 4 min on the H200) and "compile" (over 5 min since the GPT compile tests) each alone or side
-# by side in one call (two OUT folders), "polar peers", "train", "lmtext", "lm paper".
+# by side in one call (two OUT folders), "polar peers", "train", "lmtext", "lm paper". "skip" (not in the
+# default list, about a minute): what nonfinite="skip" costs an eager step on the GPU, "skip" vs "propagate".
 #
 # Each part's "exit N" is the status of its own test runner or benchmark (not of a pipe or a later
 # bookkeeping command); the script exits non-zero if any part, or any part's bookkeeping, failed.
@@ -52,6 +53,7 @@ run_part() {
     lm)      timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" ;;
     train)   timeout 450 python3 benchmarks/train.py --budget-s 400 --json "$OUT/train.json" --md "$OUT/train.md" ;;
     lmtext)  timeout 570 python3 benchmarks/lm_text.py --out "$OUT" --run-dir .lm_text_runs --budget-s 480 ${LMTEXT_RESUME:+--resume-json "$LMTEXT_RESUME"} ;;
+    skip)    timeout 240 python3 benchmarks/skip_overhead.py --device cuda --scale 8 ;;
     paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
     *)       echo "unknown part $1; parts: $ALL_PARTS"; return 2 ;;
   esac

@@ -36,6 +36,7 @@ from ..adamw import adamw_step
 from ..adamw_fused import fused_adamw_available, fused_adamw_step
 from ..inductor_options import inductor_options
 from ..nonfinite import found_nonfinite
+from ..nonfinite_ranks import agree, shard_groups
 from ..polargrad import polargrad_step
 from .group_state import GroupRuntime
 
@@ -92,12 +93,15 @@ def run_math(work: Work, fused_adamw: bool, skipped: Optional[Tensor] = None) ->
 
     ``skipped`` (the optimizer's 0-d int64 counter, or None for no check): one skip decision for the
     whole step, from every grad and every scheduled lr / weight-decay tensor, made on the device and
-    passed to each call as ``found_inf``; the counter adds it."""
+    passed to each call as ``found_inf``; the counter adds it. On sharded (DTensor) params each rank
+    checks its own shards and one ``all_reduce`` per process group makes the flag every rank's
+    (``fpolar.nonfinite_ranks``), so every rank skips, or steps, together."""
     found = None
     if skipped is not None:
         every = [g for _, grads, _ in work for g in grads]
         every += [t for rt, _, _ in work for t in (rt.lr, rt.weight_decay) if isinstance(t, Tensor)]
         found = found_nonfinite(every, skipped.device)
+        found = agree(found, shard_groups([p for rt, _, _ in work for p in rt.params]))
         skipped.add_(found)
     for rt, grads, decay in work:
         if rt.algorithm == "polargrad":
