@@ -529,7 +529,9 @@ def part_e2e(ctx: Ctx, record: Callable[[str, Any], None]) -> None:
         model = None
         try:
             model = fresh()
-            opts = make(model)
+            with warnings.catch_warnings(record=True) as caught:  # e.g. a capture that fell back to eager
+                warnings.simplefilter("always")
+                opts = make(model)
             losses: List[float] = []
 
             def step() -> None:
@@ -542,11 +544,15 @@ def part_e2e(ctx: Ctx, record: Callable[[str, Any], None]) -> None:
                     o.zero_grad(set_to_none=False)
                 losses.append(loss.detach())
 
-            times = step_times_ms(step, ctx.device, warmup, iters)
+            with warnings.catch_warnings(record=True) as more:
+                warnings.simplefilter("always")
+                times = step_times_ms(step, ctx.device, warmup, iters)
+            said = sorted({str(w.message)[:200] for w in list(caught) + list(more) if "not skipped on sharded" not in str(w.message)})
             mine = median(times)
             record(name, {"ms": round(max_over_ranks(mine, ctx.device), 4), "ms_rank0": mine,
                           "loss_first_last": [round(float(losses[0]), 4), round(float(losses[-1]), 4)],
-                          "peak_mib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**20) if cuda else None})
+                          "peak_mib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**20) if cuda else None,
+                          "warnings": said[:5]})
         except Exception as e:  # noqa: BLE001
             record(name, failure(e))
         del model
@@ -786,7 +792,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device_type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
     backend = "nccl" if device_type == "cuda" else "gloo"
-    world = args.world or (torch.cuda.device_count() if device_type == "cuda" else 2)
+    world = args.world if args.world is not None else (torch.cuda.device_count() if device_type == "cuda" else 2)
     if world < 1 or (device_type == "cuda" and world > torch.cuda.device_count()):
         raise SystemExit(f"--world {world}: {torch.cuda.device_count() if device_type == 'cuda' else 'any ≥ 1'} GPUs visible")
     from common import environment
