@@ -38,6 +38,7 @@ Newton–Schulz steps, momentum 0.95, Nesterov, no weight decay, lr 0.02 (AdamW 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -378,6 +379,7 @@ def part_scaling(ctx: Ctx, record: Callable[[str, Any], None]) -> None:
             except Exception as e:  # noqa: BLE001 - recorded, the next recipe runs
                 rows[name] = failure(e)
             record(set_name, rows)  # after every recipe: a part cut at its limit keeps the rows so far
+            gc.collect()  # the recipe's optimizer, graph and momentum go before the next one is built
             if ctx.device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -455,6 +457,10 @@ def part_scaling(ctx: Ctx, record: Callable[[str, Any], None]) -> None:
             opt = dion.Muon(params, distributed_mesh=ctx.mesh, lr=LR_MUON, mu=0.95, weight_decay=0.0, nesterov=True)
             return opt.step
 
+        try:  # before the recipes: the target line needs it even if a later recipe is cut
+            rows["all_to_all of the payload"] = a2a_ms(state, polar_dtype, ctx, warmup, iters)
+        except Exception as e:  # noqa: BLE001
+            rows["all_to_all of the payload"] = failure(e)
         bench("fpolar functional step (eager)", functional)
         if ctx.device.type == "cuda":
             bench("fpolar functional step (CUDA graph)", functional_graph)
@@ -467,10 +473,6 @@ def part_scaling(ctx: Ctx, record: Callable[[str, Any], None]) -> None:
             bench("dion Muon", dion_muon)
         else:
             rows["dion Muon"] = {"skipped": "n/a (not installed)"}
-        try:
-            rows["all_to_all of the payload"] = a2a_ms(state, polar_dtype, ctx, warmup, iters)
-        except Exception as e:  # noqa: BLE001
-            rows["all_to_all of the payload"] = failure(e)
         record(set_name, rows)
         del model, params, grads, state
         if ctx.device.type == "cuda":
