@@ -12,6 +12,9 @@
 # (about 4 min on the H200) and "compile" (over 5 min since the GPT compile tests) each alone or side
 # by side in one call (two OUT folders), "polar peers", "train", "lmtext", "lm paper". "skip" (not in the
 # default list, about a minute): what nonfinite="skip" costs an eager step on the GPU, "skip" vs "propagate".
+# "dist" (benchmarks/distributed_gpu.py: the distributed checks on NCCL, the captured distributed step,
+# optimizer scaling beside dion, a GPT-2-medium train step) uses every visible GPU, one rank each; on a
+# one-GPU machine it gives the world-1 baseline rows. It is not in the default PARTS: PARTS=dist.
 #
 # Each part's "exit N" is the status of its own test runner or benchmark (not of a pipe or a later
 # bookkeeping command); the script exits non-zero if any part, or any part's bookkeeping, failed.
@@ -24,6 +27,8 @@ mkdir -p "$OUT"
 ALL_PARTS="tests compile polar peers lm paper lmtext kernels"
 PARTS=${PARTS:-$ALL_PARTS}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FPOLAR_RESULTS_DIR="$OUT/compile"
+# NVLink multicast off in NCCL, PyTorch's symmetric memory and NVSHMEM (it can take shared GPUs out of service)
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # Packages the machine lacks travel as wheels in .whl/ (see the benchmarks section of BENCHMARKS.md):
 # the peers, and optional test packages such as expecttest (`pip download expecttest -d .whl --no-deps`).
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -54,6 +59,7 @@ run_part() {
     train)   timeout 450 python3 benchmarks/train.py --budget-s 400 --json "$OUT/train.json" --md "$OUT/train.md" ;;
     lmtext)  timeout 570 python3 benchmarks/lm_text.py --out "$OUT" --run-dir .lm_text_runs --budget-s 480 ${LMTEXT_RESUME:+--resume-json "$LMTEXT_RESUME"} ;;
     skip)    timeout 240 python3 benchmarks/skip_overhead.py --device cuda --scale 8 ;;
+    dist)    timeout 540 python3 benchmarks/distributed_gpu.py --out "$OUT/dist" ;;
     paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
     *)       echo "unknown part $1; parts: $ALL_PARTS"; return 2 ;;
   esac

@@ -5,10 +5,18 @@ three (7, 8) (7 rows: not divisible by 2 or 4), a (3, 7) (fewer rows than 4 rank
 tall (10, 3), a 3-D (3, 5, 6) stack (whole matrices per rank; one rank of 4 holds none), a conv
 weight (5, 3, 3, 3) and a fused QKV (12, 8) split as [6, 3, 3]. The reference is the one-process
 ``fpolar.polargrad_step`` on full tensors (the QKV as three separate params).
+
+The checks run on CPU under gloo (the test suite) unless ``FPOLAR_DIST_DEVICE`` names another device
+type: "cuda" runs them on NCCL, one GPU a rank (``benchmarks/distributed_gpu.py``). The one-process
+reference stays on CPU in float32; on CUDA the polar iteration is asked for in float32 (its CUDA
+default is bfloat16) so the reference stays a tight check (TOL 1e-3 there: GPU float32 matmuls and
+QDWH's factorizations round differently from the CPU's), and the bfloat16 path keeps its own check
+(``check_bf16_exchange``).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Dict, List, Tuple
 
@@ -32,7 +40,15 @@ SHAPES: Dict[str, Tuple[int, ...]] = {
     "qkv": (12, 8),
 }
 QKV_SPLIT = (6, 3, 3)
-TOL = 1e-5
+DEVICE_TYPE = os.environ.get("FPOLAR_DIST_DEVICE", "cpu")
+ON_CPU = DEVICE_TYPE == "cpu"
+TOL = 1e-5 if ON_CPU else 1e-3
+FP32_POLAR: dict = {} if ON_CPU else {"polar_dtype": torch.float32}
+
+
+def on_device(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the checks' device (the current CUDA device under NCCL); itself on CPU."""
+    return t if ON_CPU else t.to(DEVICE_TYPE)
 
 
 class Layer(nn.Module):
@@ -66,7 +82,7 @@ def sharded_model(world_size: int):
     fresh = Model()
     full = {k: layer.weight.detach().clone() for k, layer in fresh.layers.items()}
     if world_size not in _MODEL:
-        mesh = init_device_mesh("cpu", (world_size,))
+        mesh = init_device_mesh(DEVICE_TYPE, (world_size,))
         for layer in fresh.layers.values():
             fully_shard(layer, mesh=mesh)
         fully_shard(fresh, mesh=mesh)
@@ -123,7 +139,7 @@ def hparams(cfg: dict, nesterov: bool) -> fpolar.PolarGradHParams:
     """Default ``nonfinite="skip"``: on these finite grads every rank agrees on "no skip" (one
     all_reduce) and steps like the single-process reference."""
     lr = 0.01 if cfg["scale"] == "nuclear" else 0.05
-    return fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, nesterov=nesterov, **cfg)
+    return fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, nesterov=nesterov, **cfg, **FP32_POLAR)
 
 
 def run_reference(full, hp, steps: int) -> List[torch.Tensor]:
@@ -140,7 +156,7 @@ def compare(got: Dict[str, torch.Tensor], ref: List[torch.Tensor]) -> float:
         parts = len(QKV_SPLIT) if name == "qkv" else 1
         ref_full[name] = torch.cat(ref[k : k + parts]) if parts > 1 else ref[k]
         k += parts
-    return max((got[n] - ref_full[n]).abs().max().item() for n in SHAPES)
+    return max((got[n].cpu() - ref_full[n]).abs().max().item() for n in SHAPES)
 
 
 def check_fsdp_parity(rank: int, world: int, shared: str) -> dict:
@@ -200,7 +216,7 @@ def check_replicate_dtensor(rank: int, world: int, shared: str) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Replicate
 
-    mesh = init_device_mesh("cpu", (world,))
+    mesh = init_device_mesh(DEVICE_TYPE, (world,))
     torch.manual_seed(0)
     full = {k: torch.randn(s) / s[-1] ** 0.5 for k, s in SHAPES.items()}
     params = [DTensor.from_local(full[k].clone(), mesh, [Replicate()], run_check=False) for k in SHAPES]
@@ -231,12 +247,12 @@ def check_replicated_parity(rank: int, world: int, shared: str) -> dict:
     for j, cfg in enumerate(CONFIGS[::3]):
         torch.manual_seed(0)
         full = {k: torch.randn(s) / s[-1] ** 0.5 for k, s in SHAPES.items()}
-        params = [full[k].clone() for k in SHAPES]
+        params = [on_device(full[k].clone()) for k in SHAPES]
         hp = hparams(cfg, nesterov=j % 2 == 0)
         state = init_distributed_state(params, hp, process_group=dist.group.WORLD, split_sizes=split_of())
         for t in range(5):
             g = full_grads(t)
-            distributed_polargrad_step(params, [g[k] for k in SHAPES], state, hp)
+            distributed_polargrad_step(params, [on_device(g[k]) for k in SHAPES], state, hp)
         err = compare(dict(zip(SHAPES, params)), run_reference(full, hp, 5))
         errors["/".join(cfg.values())] = err
         assert err <= TOL, f"{cfg}: max abs error {err:.3g} > {TOL}"
@@ -280,7 +296,7 @@ def check_comm_counts(rank: int, world: int, shared: str) -> dict:
     assert [r["kind"] for r in described].count("rows") == rows_groups
 
     torch.manual_seed(0)
-    plain = [torch.randn(s) for s in SHAPES.values()]
+    plain = [on_device(torch.randn(s)) for s in SHAPES.values()]
     for mode in ("propagate", "skip"):
         hp = fpolar.PolarGradHParams(lr=0.01, nonfinite=mode)
         rstate = init_distributed_state(plain, hp, process_group=dist.group.WORLD, split_sizes=split_of())
@@ -420,9 +436,10 @@ def check_tensor_parallel_polar(rank: int, world: int, shared: str) -> dict:
         spans = chunk_spans(x.shape[d], world)
         sizes = [s[1] for s in spans]
         start, length = spans[rank]
-        shard = x.narrow(d, start, length)
+        shard = on_device(x.narrow(d, start, length))
         for mode, method in (("distributed", "newton_schulz"), ("duplicated", "newton_schulz"), ("duplicated", "qdwh"), ("duplicated", "svd")):
-            got = fpolar.polar(shard, method, process_group=pg, partition_dim=pdim, tp_mode=mode, partition_sizes=sizes)
+            got = fpolar.polar(shard, method, process_group=pg, partition_dim=pdim, tp_mode=mode, partition_sizes=sizes,
+                               **FP32_POLAR).cpu()
             want = fpolar.polar(x, method).narrow(d, start, length)
             err = (got - want).abs().max().item() if length else 0.0
             errors[f"{shape}/dim{pdim}/{mode}/{method}"] = err
@@ -430,7 +447,7 @@ def check_tensor_parallel_polar(rank: int, world: int, shared: str) -> dict:
     # a wide matrix split along its short side cannot use the all-reduced Gram
     x = torch.randn(6, 11, generator=gen)
     spans = chunk_spans(6, world)
-    shard = x[spans[rank][0] : sum(spans[rank])]
+    shard = on_device(x[spans[rank][0] : sum(spans[rank])])
     try:
         fpolar.polar(shard, process_group=pg, partition_dim=0, partition_sizes=[s[1] for s in spans])
     except ValueError as e:
@@ -455,7 +472,7 @@ def _set_grads(model, step: int, sharded: bool, poison: str = "") -> None:
 
 
 def _muon(params):
-    return fpolar.optim.Muon(params, lr=0.02, weight_decay=0.1, adamw_lr=0.01)
+    return fpolar.optim.Muon(params, lr=0.02, weight_decay=0.1, adamw_lr=0.01, **FP32_POLAR)
 
 
 def _full_state(opt, model) -> Dict[str, torch.Tensor]:
@@ -505,7 +522,7 @@ def check_optim_on_fully_shard(rank: int, world: int, shared: str) -> dict:
     a2a, reduces = _collectives(counts, "all_to_all"), _collectives(counts, "all_reduce")
     assert a2a == 2 * rows_groups and reduces == 1 and sum(counts.values()) == a2a + 1, (
         f"optimizer step collectives {counts} for {rows_groups} groups")
-    err = max((p.full_tensor() - q).abs().max().item() for p, q in zip(model.parameters(), plain.parameters()))
+    err = max((p.full_tensor().cpu() - q).abs().max().item() for p, q in zip(model.parameters(), plain.parameters()))
     assert err <= TOL, f"fpolar.optim.Muon on fully_shard params differs from one process by {err:.3g}"
     kinds = {type(s["momentum_buffer"]).__name__ for s in opt.state.values() if "momentum_buffer" in s}
     assert kinds == {"DTensor"}, f"momentum stored as {kinds}"
@@ -567,7 +584,7 @@ def check_compiled_step(rank: int, world: int, shared: str) -> dict:
     model, full, _ = sharded_model(world)
     params = [model[k].weight for k in names]
     lr = torch.tensor(0.01)
-    hp = fpolar.PolarGradHParams(lr=lr, weight_decay=0.1)
+    hp = fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, **FP32_POLAR)
     state = fpolar.init_state(params, hp)
     g = full_grads(0)
     grads = [as_shard(g[k], model[k].weight) for k in names]
@@ -578,7 +595,7 @@ def check_compiled_step(rank: int, world: int, shared: str) -> dict:
     counter = CompileCounterWithBackend("aot_eager")
     step = torch.compile(fpolar.polargrad_step, backend=counter, fullgraph=True)
     ref = [full[k].clone() for k in names]
-    ref_state = fpolar.init_state(ref, fpolar.PolarGradHParams(lr=lr, weight_decay=0.1))
+    ref_state = fpolar.init_state(ref, fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, **FP32_POLAR))
     with torch.no_grad():
         for t in range(20):
             lr.fill_(0.01 * (1 - t / 20))
@@ -590,7 +607,7 @@ def check_compiled_step(rank: int, world: int, shared: str) -> dict:
             fpolar.polargrad_step(ref, [(bad_full if t == 5 else g)[k] for k in names], ref_state, hp)
     assert counter.frame_count == 1, f"{counter.frame_count} frames (recompiles)"
     assert state.skipped.item() == 1 and ref_state.skipped.item() == 1 and state.step.item() == 19
-    err = max((model[k].weight.full_tensor() - r).abs().max().item() for k, r in zip(names, ref))
+    err = max((model[k].weight.full_tensor().cpu() - r).abs().max().item() for k, r in zip(names, ref))
     assert err <= TOL, f"compiled distributed step differs from one process by {err:.3g}"
     return {"frames": counter.frame_count, "max_abs_error": err}
 
@@ -607,7 +624,7 @@ def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
     messages = {}
 
     # one shape group on two meshes
-    other = DeviceMesh("cpu", list(reversed(range(world))))
+    other = DeviceMesh(DEVICE_TYPE, list(reversed(range(world))))
     def on_other_mesh() -> DTensor:
         return DTensor.from_local(torch.zeros(chunk_spans(7, world)[other.get_local_rank()][1], 8), other,
                                   [Shard(0)], run_check=False, shape=torch.Size([7, 8]), stride=(8, 1))
