@@ -55,3 +55,19 @@ def sub_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
             x.sub_(y)
     else:
         torch._foreach_sub_(list(xs), list(ys))
+
+
+def add_scaled_(xs: Sequence[Tensor], ys: Sequence[Tensor], scale: float) -> None:
+    """x ← x + scale·y for each pair, in place; y may have another dtype (computed in the promoted one)."""
+    if _compiling():
+        for x, y in zip(xs, ys):
+            x.add_(y, alpha=scale)
+    else:
+        torch._foreach_add_(list(xs), list(ys), alpha=scale)
+
+
+def addcmul_(xs: Sequence[Tensor], ys: Sequence[Tensor], zs: Sequence[Tensor], value: float) -> None:
+    """x ← x + value·y·z for each triple, in place (z broadcasts over y, e.g. a 0-d scale)."""
+    for x, y, z in zip(xs, ys, zs):
+        # one kernel per param: foreach would take its per-tensor fallback anyway (z's shape differs)
+        x.addcmul_(y, z, value=value)

@@ -24,4 +24,8 @@ def frobenius_normalize(x: Tensor, safety: float, eps: float, dtype: torch.dtype
     # A zero matrix keeps peak = 0; dividing by 1 instead leaves it zero.
     unit = xa / torch.where(peak > 0, peak, torch.ones_like(peak))
     norm = torch.linalg.vector_norm(unit, dim=(-2, -1), keepdim=True)
-    return (unit / (norm * safety + eps)).to(dtype)
+    denom = norm * safety + eps
+    if dtype == unit.dtype:
+        return unit.div_(denom)  # unit is this function's own temporary: no second (B, m, n)
+    # the division and the cast in one pass, into the result (same rounding as dividing, then .to)
+    return torch.div(unit, denom, out=torch.empty_like(unit, dtype=dtype))
