@@ -4,7 +4,7 @@
 # Results land in $OUT (default ./gpu_results): at most 8 files.
 #
 #   bash benchmarks/gpu_suite.sh            # from the repository root, on a CUDA machine
-#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper lmtext
+#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper lmtext memory
 # "lmtext" (the tuned PolarGrad / Muon / AdamW comparison on the stdlib text) fills one call on its own:
 # PARTS=lmtext; a second call on the still-warm machine continues its unfinished runs (on a fresh one,
 # LMTEXT_RESUME=path/to/the/first/lm_text.json, carried, keeps the runs that finished).
@@ -18,7 +18,7 @@
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
-ALL_PARTS="tests compile polar peers lm paper lmtext"
+ALL_PARTS="tests compile polar peers lm paper lmtext memory"
 PARTS=${PARTS:-$ALL_PARTS}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FPOLAR_RESULTS_DIR="$OUT/compile"
 # Packages the machine lacks travel as wheels in .whl/ (see the benchmarks section of BENCHMARKS.md):
@@ -49,6 +49,7 @@ run_part() {
     lm)      timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" ;;
     train)   timeout 450 python3 benchmarks/train.py --budget-s 400 --json "$OUT/train.json" --md "$OUT/train.md" ;;
     lmtext)  timeout 570 python3 benchmarks/lm_text.py --out "$OUT" --run-dir .lm_text_runs --budget-s 480 ${LMTEXT_RESUME:+--resume-json "$LMTEXT_RESUME"} ;;
+    memory)  timeout 120 python3 benchmarks/step_memory.py --json "$OUT/step_memory.json" ;;
     paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
     *)       echo "unknown part $1; parts: $ALL_PARTS"; return 2 ;;
   esac
