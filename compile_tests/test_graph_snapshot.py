@@ -43,7 +43,9 @@ class TestGraphSnapshot(TestCase):
         stack copy of the momentum beyond the skip's snapshot. nonfinite="skip" adds, first, the max-abs
         of the grads (abs + amax per grad, stack, amax, isfinite as abs/ne/eq), and per group the snapshot
         (clone), the selects (where: zeros into the polar input, 0 step size, decay factor 1) and the
-        restore (where + copy); the normalization starts from X / max|X| (the second norm and div)."""
+        restore (where + copy); the normalization starts from X / max|X| (the second norm and div). Each param
+        is updated from its slice of O (upcast, × step size, sub: one fused write), the tall group's O read
+        transposed: no (B, m, n) update and no contiguous copy."""
         params, grads = make_problem(((4, 8), (8, 4)))
         hp = polar_hparams()
         gm = aten_graph(polar_step, params, grads, fpolar.init_state(params, hp), hp)
@@ -76,11 +78,11 @@ sum
 mul x2
 full
 where
-mul x2
+mul
 rsub
 full
 where
-mul
+mul x2
 sub
 where
 copy
@@ -104,12 +106,10 @@ mul x2
 full
 where
 mul
-clone
-mul
 rsub
 full
 where
-mul
+mul x2
 sub
 where
 copy""")
@@ -127,7 +127,7 @@ baddbmm x40
 bitwise_not x2
 bmm x20
 cat x1
-clone x5
+clone x4
 copy x4
 div x8
 eq x1
@@ -135,7 +135,7 @@ full x8
 gt x4
 lerp x4
 linalg_vector_norm x8
-mul x32
+mul x35
 ne x1
 ones_like x4
 rsub x4

@@ -328,12 +328,11 @@ def subtract_scaled_(batch: GroupBatch, direction: Tensor, size: Union[Tensor, f
     float32 for a float32 size or param), so lr·s is never rounded to a bf16 D's precision."""
     ds = matrix_views(direction, batch.group, batch.shapes)
     if isinstance(size, Tensor) and size.dim() == 3:  # one scale per matrix ("nuclear")
-        sizes = matrix_views(size, batch.group, [_scale_shape(s) for s in batch.shapes])
-        tensor_lists.addcmul_(batch.params, ds, sizes, -1.0)
+        tensor_lists.sub_scaled_(batch.params, ds, matrix_views(size, batch.group, [_scale_shape(s) for s in batch.shapes]))
     elif isinstance(size, Tensor):
-        tensor_lists.addcmul_(batch.params, ds, [size] * len(ds), -1.0)
+        tensor_lists.sub_scaled_(batch.params, ds, [size] * len(ds))
     else:
-        tensor_lists.add_scaled_(batch.params, ds, -size)
+        tensor_lists.sub_scaled_(batch.params, ds, float(size))
 
 
 def matrix_views(stacked: Tensor, group: ShapeGroup, shapes: Sequence[torch.Size]) -> List[Tensor]:

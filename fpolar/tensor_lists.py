@@ -57,17 +57,22 @@ def sub_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
         torch._foreach_sub_(list(xs), list(ys))
 
 
-def add_scaled_(xs: Sequence[Tensor], ys: Sequence[Tensor], scale: float) -> None:
-    """x ← x + scale·y for each pair, in place; y may have another dtype (computed in the promoted one)."""
+
+def sub_scaled_(xs: Sequence[Tensor], ys: Sequence[Tensor], scales: Union[float, Sequence[Tensor]]) -> None:
+    """x ← x − s·y for each pair, in place, with s one float or one tensor per pair that broadcasts
+    over y (a 0-d step size, or (1, 1) / (k, 1, 1) per matrix). y may have a narrower dtype than x
+    (a bf16 polar factor): s·y is formed in x's dtype promoted to at least float32, never in y's,
+    and no scaled or upcast copy of y is kept.
+
+    Eagerly one kernel per param (``addcmul_``, or one foreach ``add_`` for a float s; foreach takes
+    its per-tensor fallback anyway when the dtypes differ). Under torch.compile ``x −= y·s`` with y
+    upcast: Inductor fuses the cast, product and subtraction into the param's write."""
     if _compiling():
-        for x, y in zip(xs, ys):
-            x.add_(y, alpha=scale)
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            s = scales if isinstance(scales, float) else scales[i]
+            x.sub_(y.to(torch.promote_types(x.dtype, torch.float32)) * s)
+    elif isinstance(scales, float):
+        torch._foreach_add_(list(xs), list(ys), alpha=-scales)
     else:
-        torch._foreach_add_(list(xs), list(ys), alpha=scale)
-
-
-def addcmul_(xs: Sequence[Tensor], ys: Sequence[Tensor], zs: Sequence[Tensor], value: float) -> None:
-    """x ← x + value·y·z for each triple, in place (z broadcasts over y, e.g. a 0-d scale)."""
-    for x, y, z in zip(xs, ys, zs):
-        # one kernel per param: foreach would take its per-tensor fallback anyway (z's shape differs)
-        x.addcmul_(y, z, value=value)
+        for x, y, s in zip(xs, ys, scales):
+            x.addcmul_(y, s, value=-1.0)
