@@ -15,6 +15,9 @@ in ``live_batch``; which polar implementation runs is chosen once, when the plan
 control flow depends only on shapes, dtypes and hparams, so ``torch.compile(fullgraph=True)`` traces
 it once.
 
+Eagerly, a group larger than ``CHUNK_ELEMENTS`` runs the three phases on consecutive chunks of its
+params (``group_chunks``), which bounds the step's workspace; the result is the whole group's.
+
 ``nonfinite="skip"`` (see ``fpolar.nonfinite``) threads one 0-d bool ``found`` through the phases: the
 momentum buffer is copied before ``pre_orthogonalize`` and put back after ``post_orthogonalize``,
 ``orthogonalize`` sees zeros and returns a zero step size, and the decay factor becomes 1.
