@@ -206,7 +206,7 @@ class PolarOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._program is not None:
+        if self._program is not None and not torch.compiler.is_compiling():
             self._program.release_untouched()  # see zero_grad
         with torch.no_grad():
             program = self._step_program()
