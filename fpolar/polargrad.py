@@ -291,7 +291,8 @@ def momentum_ema_(batch: GroupBatch, values: Union[List[Tensor], Tensor], hp: Po
         return v.lerp(batch.buffer, beta) if hp.nesterov else batch.buffer
     mom = batch.momentum
     if isinstance(values, Tensor):
-        vs = group_views(values.to(mom[0].dtype).contiguous(), group, batch.shapes)
+        # lerp needs one dtype; a tall group's O stays a transposed view (no contiguous copy)
+        vs = matrix_views(values.to(mom[0].dtype), group, batch.shapes)
     elif mom[0].dtype != values[0].dtype:  # momentum_dtype differs from the param dtype
         vs = [t.to(mom[0].dtype) for t in values]
     else:
