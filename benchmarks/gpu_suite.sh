@@ -4,7 +4,7 @@
 # Results land in $OUT (default ./gpu_results): at most 8 files.
 #
 #   bash benchmarks/gpu_suite.sh            # from the repository root, on a CUDA machine
-#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper lmtext kernels
+#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper lmtext kernels memory
 # "lmtext" (the tuned PolarGrad / Muon / AdamW comparison on the stdlib text) fills one call on its own:
 # PARTS=lmtext; a second call on the still-warm machine continues its unfinished runs (on a fresh one,
 # LMTEXT_RESUME=path/to/the/first/lm_text.json, carried, keeps the runs that finished).
@@ -24,7 +24,7 @@
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
-ALL_PARTS="tests compile polar peers lm paper lmtext kernels"
+ALL_PARTS="tests compile polar peers lm paper lmtext kernels memory"
 PARTS=${PARTS:-$ALL_PARTS}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FPOLAR_RESULTS_DIR="$OUT/compile"
 # NVLink multicast off in NCCL, PyTorch's symmetric memory and NVSHMEM (it can take shared GPUs out of service)
@@ -60,6 +60,7 @@ run_part() {
     lmtext)  timeout 570 python3 benchmarks/lm_text.py --out "$OUT" --run-dir .lm_text_runs --budget-s 480 ${LMTEXT_RESUME:+--resume-json "$LMTEXT_RESUME"} ;;
     skip)    timeout 240 python3 benchmarks/skip_overhead.py --device cuda --scale 8 ;;
     dist)    timeout 540 python3 benchmarks/distributed_gpu.py --out "$OUT/dist" ;;
+    memory)  timeout 120 python3 benchmarks/step_memory.py --json "$OUT/step_memory.json" ;;
     paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
     *)       echo "unknown part $1; parts: $ALL_PARTS"; return 2 ;;
   esac

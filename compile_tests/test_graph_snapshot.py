@@ -78,11 +78,11 @@ sum
 mul x2
 full
 where
-mul x2
+mul
 rsub
 full
 where
-mul
+mul x2
 sub
 lerp
 where
@@ -105,12 +105,10 @@ mul x2
 full
 where
 mul
-clone
-mul
 rsub
 full
 where
-mul
+mul x2
 sub""")
 
     def test_polargrad_mixed_shapes_op_counts(self):
@@ -126,7 +124,6 @@ baddbmm x40
 bitwise_not x2
 bmm x20
 cat x1
-clone x1
 copy x4
 div x8
 eq x1
@@ -134,7 +131,7 @@ full x8
 gt x4
 lerp x4
 linalg_vector_norm x8
-mul x32
+mul x35
 ne x1
 ones_like x4
 rsub x4

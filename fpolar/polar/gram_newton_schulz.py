@@ -62,8 +62,6 @@ def gram_newton_schulz(
     x = frobenius_normalize(x, safety, eps, polar_dtype)
     if ops is not TORCH_OPS:
         x = x.contiguous()  # see newton_schulz: one copy instead of one per Triton call
-    m = x.size(-2)
-    eye = torch.eye(m, dtype=polar_dtype, device=x.device)
     for start in range(0, len(schedule), gram_restart):
         block = schedule[start : start + gram_restart]
         r = ops.gram(x)
@@ -71,7 +69,8 @@ def gram_newton_schulz(
         for k, (a, b, c) in enumerate(block):
             # p = a·I + b·R + c·R²
             if gram_ops is None:
-                p = torch.baddbmm(r, r, r, beta=b, alpha=c) + a * eye
+                p = torch.baddbmm(r, r, r, beta=b, alpha=c)
+                p.diagonal(dim1=-2, dim2=-1).add_(a)  # + a·I in place: the same sums as adding a·eye
                 q = p if q is None else torch.bmm(p, q)
                 if k + 1 < len(block):  # the last step of a block needs no new R
                     r = torch.bmm(p, torch.bmm(r, p))
