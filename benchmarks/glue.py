@@ -8,7 +8,7 @@ factor, split in its two halves:
   * pre:  M ← β·M + (1−β)·G, V = G.lerp(M, β), Frobenius normalization, cast, transpose of tall groups
   * post: W ← (1 − lr·λ)·W − lr·s·O
 for the torch glue as ``polargrad_step`` runs it (its own functions: ``momentum_ema_``,
-``frobenius_normalize``, ``upcast``, ``decay_and_subtract_``), eagerly and under
+``frobenius_normalize``, ``post_orthogonalize``), eagerly and under
 torch.compile(fullgraph=True), and for the fused ops (``fpolar::momentum_polar_input``,
 ``fpolar::scaled_update_``). "memory" is the time to move the bytes each half must move (pre: read G
 and M, write M and the bf16 X = 14 B per element; post: read O (bf16) and W, write W = 10 B) at
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fpolar.kernels  # noqa: E402,F401  (registers torch.ops.fpolar)
 from fpolar import PolarGradHParams, init_state  # noqa: E402
 from fpolar.polar.frobenius import frobenius_normalize  # noqa: E402
-from fpolar.polargrad import decay_and_subtract_, live_batch, momentum_ema_, upcast  # noqa: E402
+from fpolar.polargrad import Orthogonalized, live_batch, momentum_ema_, post_orthogonalize  # noqa: E402
 
 GPT2_SMALL: List[Tuple[Tuple[int, int], int]] = [((2304, 768), 12), ((768, 768), 12), ((3072, 768), 12), ((768, 3072), 12)]
 BANDWIDTH = 4.3e12  # B/s, measured copy bandwidth of the H200 (docs: DESIGN "Known facts")
@@ -68,7 +68,7 @@ def group_case(shape: Tuple[int, int], count: int):
 
     def torch_post():
         batch = live_batch(group, buffer, params, grads, state)
-        decay_and_subtract_(batch, upcast(o.mT if tall else o, group.dtype) * size, hp)
+        post_orthogonalize(batch, Orthogonalized(o.mT if tall else o, size), hp)
 
     ops = torch.ops.fpolar
     step = torch.full((), 2e-5, device="cuda")

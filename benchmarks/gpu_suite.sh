@@ -4,24 +4,32 @@
 # Results land in $OUT (default ./gpu_results): at most 8 files.
 #
 #   bash benchmarks/gpu_suite.sh            # from the repository root, on a CUDA machine
-#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper lmtext
+#   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper lmtext kernels memory
 # (also "glue": the step's glue, torch vs fused vs memory time, benchmarks/glue.py, under a minute)
 # "lmtext" (the tuned PolarGrad / Muon / AdamW comparison on the stdlib text) fills one call on its own:
 # PARTS=lmtext; a second call on the still-warm machine continues its unfinished runs (on a fresh one,
 # LMTEXT_RESUME=path/to/the/first/lm_text.json, carried, keeps the runs that finished).
 # A device call is limited to 10 minutes, so the parts are run as separate calls there: "tests"
 # (about 4 min on the H200) and "compile" (over 5 min since the GPT compile tests) each alone or side
-# by side in one call (two OUT folders), "polar peers", "train", "lmtext", "lm paper".
+# by side in one call (two OUT folders), "polar peers", "train", "lmtext", "lm paper". "skip" (not in the
+# default list, about a minute): what nonfinite="skip" costs an eager step on the GPU, "skip" vs "propagate".
+# "dist" (benchmarks/distributed_gpu.py: the distributed checks on NCCL, the captured distributed step,
+# optimizer scaling beside dion, a GPT-2-medium train step) uses every visible GPU, one rank each; on a
+# one-GPU machine it gives the world-1 baseline rows. It is not in the default PARTS: PARTS=dist.
 #
 # Each part's "exit N" is the status of its own test runner or benchmark (not of a pipe or a later
 # bookkeeping command); the script exits non-zero if any part, or any part's bookkeeping, failed.
 # To add a part: one line in run_part (and, if it leaves files to merge, one in after_part).
+# Kernel tuning is off by default (fixed configs and auto rules); tests/gpu/test_kernel_tuning_gpu.py
+# turns it on itself; FPOLAR_TUNE=1 in the environment runs every part tuned; "kernels" (benchmarks/kernel_tuning.py, about a minute) measures the tuning.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
-ALL_PARTS="tests compile polar peers lm paper lmtext"
+ALL_PARTS="tests compile polar peers lm paper lmtext kernels memory"
 PARTS=${PARTS:-$ALL_PARTS}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FPOLAR_RESULTS_DIR="$OUT/compile"
+# NVLink multicast off in NCCL, PyTorch's symmetric memory and NVSHMEM (it can take shared GPUs out of service)
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # Packages the machine lacks travel as wheels in .whl/ (see the benchmarks section of BENCHMARKS.md):
 # the peers, and optional test packages such as expecttest (`pip download expecttest -d .whl --no-deps`).
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -47,10 +55,14 @@ run_part() {
     compile) timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs compile_tests ;;
     polar)   timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" ;;
     glue)    timeout 120 python3 benchmarks/glue.py --json "$OUT/glue.json" ;;
+    kernels) timeout 120 python3 benchmarks/kernel_tuning.py --json "$OUT/kernel_tuning.json" ;;
     peers)   timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" ;;
     lm)      timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" ;;
     train)   timeout 450 python3 benchmarks/train.py --budget-s 400 --json "$OUT/train.json" --md "$OUT/train.md" ;;
     lmtext)  timeout 570 python3 benchmarks/lm_text.py --out "$OUT" --run-dir .lm_text_runs --budget-s 480 ${LMTEXT_RESUME:+--resume-json "$LMTEXT_RESUME"} ;;
+    skip)    timeout 240 python3 benchmarks/skip_overhead.py --device cuda --scale 8 ;;
+    dist)    timeout 540 python3 benchmarks/distributed_gpu.py --out "$OUT/dist" ;;
+    memory)  timeout 120 python3 benchmarks/step_memory.py --json "$OUT/step_memory.json" ;;
     paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
     *)       echo "unknown part $1; parts: $ALL_PARTS"; return 2 ;;
   esac

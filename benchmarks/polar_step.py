@@ -233,7 +233,11 @@ def per_op_rows() -> List[Dict[str, object]]:
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None, help="write all rows to this JSON file")
+    ap.add_argument("--parts", default="groups,step,large,profile,ops",
+                    help="comma list of: groups (polar per shape group), step (whole optimizer step), large "
+                         "(single large matrices), profile (the compiled step's top kernels), ops (each NS line)")
     args = ap.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not torch.cuda.is_available():
         print("polar_step.py needs a CUDA GPU")
         return 1
@@ -249,7 +253,8 @@ def main(argv: List[str] | None = None) -> int:
     print(f"bf16 matmul ceiling {ceiling:.0f} TFLOP/s; GPT-2-small dense NS5 floor {floor_ms:.3f} ms "
           f"({total_flops / 1e12:.3f} TFLOP)")
     polar_rows: list = []
-    time_polar(polar_rows, GPT2_SMALL, ceiling)
+    if "groups" in parts:
+        time_polar(polar_rows, GPT2_SMALL, ceiling)
     print("\npolar step per shape group (ms; ×floor = / dense NS5 FLOPs at the ceiling; ×plain = / plain stacked NS5)")
     for r in polar_rows:
         if "error" in r:
@@ -264,14 +269,14 @@ def main(argv: List[str] | None = None) -> int:
             sums[r["name"]] = sums.get(r["name"], 0.0) + r["ms"]
     for name, ms in sums.items():
         print(f"  {name:<28} {ms:8.3f} ms  ×floor {ms / floor_ms:5.2f}")
-    step_rows = whole_step_rows(GPT2_SMALL, floor_ms)
+    step_rows = whole_step_rows(GPT2_SMALL, floor_ms) if "step" in parts else []
     print("\nwhole optimizer step, GPT-2-small set, fp32 params (×ref = / torch.optim.Muon eager)")
     for r in step_rows:
         if "error" in r:
             print(f"  {r['name']:<34} error: {r['error']}")
         else:
             print(f"  {r['name']:<34} {r['ms']:8.3f} ms  ×floor {r['x_floor']:5.2f}  ×Muon {r['x_ref']:5.3f}")
-    tf_rows = tflops_rows(ceiling)
+    tf_rows = tflops_rows(ceiling) if "large" in parts else []
     print("\nsingle large matrices, NS5 (dense-equivalent TFLOP/s: dense NS5 FLOPs / time)")
     for r in tf_rows:
         if "error" in r:
@@ -279,8 +284,9 @@ def main(argv: List[str] | None = None) -> int:
         else:
             tf = r.get("tflops", r.get("tflops_dense_equiv"))
             print(f"  {r['shape']:>14}  {r['name']:<28} {r['ms']:8.3f} ms  {tf:6.0f} TFLOP/s")
-    print("\n" + profile_whole_step(GPT2_SMALL, "fpolar Muon", dict(scale="shape", nesterov=True, coefficients="muon", ns_steps=5)))
-    op_rows = per_op_rows()
+    if "profile" in parts:
+        print("\n" + profile_whole_step(GPT2_SMALL, "fpolar Muon", dict(scale="shape", nesterov=True, coefficients="muon", ns_steps=5)))
+    op_rows = per_op_rows() if "ops" in parts else []
     print("\nper NS line (µs): X Xᵀ | b·A + c·A² | a·X + B·X")
     for r in op_rows:
         print(f"  {r['shape']:>14}  {r['impl']:<7} {r['gram_us']:8.1f} {r['poly_us']:8.1f} {r['apply_us']:8.1f}")

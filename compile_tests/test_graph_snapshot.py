@@ -40,10 +40,11 @@ class TestGraphSnapshot(TestCase):
     def test_polargrad_default_step_wide_and_tall(self):
         """One wide and one tall group, default hparams with decoupled decay: momentum (lerp through the
         views of the stacked buffer), Frobenius normalization, 5 NS steps, ⟨O, X⟩, decay, apply — and no
-        stack copy of the momentum beyond the skip's snapshot. nonfinite="skip" adds, first, the max-abs
-        of the grads (abs + amax per grad, stack, amax, isfinite as abs/ne/eq), and per group the snapshot
-        (clone), the selects (where: zeros into the polar input, 0 step size, decay factor 1) and the
-        restore (where + copy); the normalization starts from X / max|X| (the second norm and div)."""
+        stack copy of the momentum. nonfinite="skip" adds, first, the max-abs of the grads (abs + amax per
+        grad, stack, amax, isfinite as abs/ne/eq), and per group the gated momentum write (lerp, then
+        where(found, M, ·) and copy back: one kernel after fusion, no snapshot of M) and the selects (where:
+        zeros into the polar input, 0 step size, decay factor 1); the normalization starts from X / max|X|
+        (the second norm and div)."""
         params, grads = make_problem(((4, 8), (8, 4)))
         hp = polar_hparams()
         gm = aten_graph(polar_step, params, grads, fpolar.init_state(params, hp), hp)
@@ -57,35 +58,9 @@ eq
 mul
 bitwise_not x2
 add x2
-clone
 lerp
-zeros
-where
-linalg_vector_norm
-gt
-ones_like
-where
-div
-linalg_vector_norm
-mul
-add
-div
-(bmm baddbmm baddbmm) x5
-mul
-sum
-mul x2
-full
-where
-mul x2
-rsub
-full
-where
-mul
-sub
 where
 copy
-clone
-lerp
 zeros
 where
 linalg_vector_norm
@@ -104,15 +79,37 @@ mul x2
 full
 where
 mul
-clone
+rsub
+full
+where
+mul x2
+sub
+lerp
+where
+copy
+zeros
+where
+linalg_vector_norm
+gt
+ones_like
+where
+div
+linalg_vector_norm
+mul
+add
+div
+(bmm baddbmm baddbmm) x5
+mul
+sum
+mul x2
+full
+where
 mul
 rsub
 full
 where
-mul
-sub
-where
-copy""")
+mul x2
+sub""")
 
     def test_polargrad_mixed_shapes_op_counts(self):
         """4 shape groups → 4 batched polar calls: 4 norms, 20 Gram bmm, 40 baddbmm."""
@@ -127,7 +124,6 @@ baddbmm x40
 bitwise_not x2
 bmm x20
 cat x1
-clone x5
 copy x4
 div x8
 eq x1
@@ -135,7 +131,7 @@ full x8
 gt x4
 lerp x4
 linalg_vector_norm x8
-mul x32
+mul x35
 ne x1
 ones_like x4
 rsub x4

@@ -22,9 +22,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .dtensor import is_dtensor, local_tensor
+from .dtensor import local_tensor
 from .hparams import AdamWHParams, foreach_scalar
-from .nonfinite import found_nonfinite, refuse_skip_settings, select_scalar, unscale_grads
+from .nonfinite import found_nonfinite, select_scalar, unscale_grads
+from .nonfinite_ranks import agree, shard_groups
 from .state import AdamWState
 from .validation import check_amp_tensors, check_params_and_grads
 
@@ -50,7 +51,9 @@ def adamw_step(
         grad_scale, found_inf: optional GradScaler-style tensors, as in ``polargrad_step``.
 
     With ``nonfinite="skip"`` (default) a call whose live grads hold NaN/±inf changes nothing but
-    ``state.skipped`` (+1), decided on the device. The math runs under ``torch.no_grad()``.
+    ``state.skipped`` (+1), decided on the device. On sharded DTensor params (FSDP2) a NaN in any rank's
+    shard makes every rank skip (one ``all_reduce`` of one element; ``found_inf`` is taken as given and
+    must then be the same on every rank). The math runs under ``torch.no_grad()``.
 
     Returns:
         ``state``. Raises TypeError/ValueError before touching any tensor on bad input.
@@ -91,14 +94,14 @@ def _adamw_step(
     live = [i for i, g in enumerate(grads) if g is not None]
     if not live:
         return
-    if any(is_dtensor(params[i]) for i in live):
-        # each rank sees only its shards' grads: a skip decided locally could differ between ranks
-        refuse_skip_settings(hp.nonfinite, grad_scale, found_inf, "on DTensor params", "AdamWHParams")
-    grads = unscale_grads(grads, grad_scale)
+    # AdamW is elementwise: on DTensors (FSDP2) it runs on each rank's local shard, and the state
+    # stays a DTensor in the param's layout.
+    grads = unscale_grads([None if g is None else local_tensor(g) for g in grads], grad_scale)
     device = state.skipped.device  # type: ignore[union-attr]
     found: Optional[Tensor] = None
     if hp.nonfinite == "skip":
-        found = found_nonfinite(grads, device, found_inf)
+        # each rank checks its own shards; on sharded params one all_reduce makes it every rank's flag
+        found = agree(found_nonfinite(grads, device, found_inf), shard_groups([params[i] for i in live]))
     elif found_inf is not None:
         found = found_nonfinite([], device, found_inf)
 
@@ -107,10 +110,8 @@ def _adamw_step(
         buckets.setdefault((params[i].device, params[i].dtype), []).append(i)
     for (dev, dtype), idx in buckets.items():
         f = None if found is None else (found if dev == device else found.to(dev))
-        # AdamW is elementwise: on DTensors (FSDP2) it runs on each rank's local shard, and the state
-        # stays a DTensor in the param's layout.
         p = [local_tensor(params[i]) for i in idx]
-        g: List[Tensor] = [local_tensor(grads[i]) for i in idx]  # type: ignore[arg-type]
+        g: List[Tensor] = [grads[i] for i in idx]  # type: ignore[misc]
         m = [local_tensor(state.exp_avg[i]) for i in idx]
         v = [local_tensor(state.exp_avg_sq[i]) for i in idx]
         steps = [state.step[i] for i in idx]

@@ -15,8 +15,10 @@ from .state import PolarGradState
 
 
 def describe_plan(state: PolarGradState, hparams: PolarGradHParams) -> List[Dict[str, object]]:
-    """One dict per shape group: params, batch (B, m, n) as iterated (wide), dtype, implementation and
-    glue ("fused": the one-pass momentum/normalize and apply ops, CUDA; "torch").
+    """One dict per shape group: params, batch (B, m, n) as iterated (wide), dtype, implementation,
+    ``decided_by``: "rule", or for ``kernels="auto"`` on CUDA the measurement behind it (every
+    candidate's µs on this device; ``fpolar.polar.dispatch``), and ``glue``: "fused" (the one-pass
+    momentum/normalize and apply ops, CUDA) or "torch".
 
     A distributed state (``fpolar.distributed``) describes its exchange groups instead: kind, owners
     per rank, slots, exchange dtype and the bytes this rank sends per step, beside the same fields.
@@ -33,6 +35,8 @@ def describe_plan(state: PolarGradState, hparams: PolarGradHParams) -> List[Dict
                 "transposed": g.transposed,
                 "polar_dtype": impl.polar_dtype,
                 "implementation": impl.label,
+                # measured: every candidate's µs on this device (kernels="auto" on CUDA); else the rule
+                "decided_by": impl.reason or "rule",
                 "glue": impl.glue,
             }
         )

@@ -30,7 +30,7 @@ Scalar = Union[float, Tensor]
 
 
 def fused_glue_applies(
-    impl: PolarImpl, hp: PolarGradHParams, buffer: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor], whole: bool
+    impl: PolarImpl, hp: PolarGradHParams, buffer: Tensor, params: Sequence[Tensor], grads: Sequence[Optional[Tensor]]
 ) -> bool:
     """Whether this group's step can run on the fused glue: the impl says so, momentum-first, every
     param of the group has a grad, the momentum and grads in a dtype the ops take, and every param
@@ -40,10 +40,10 @@ def fused_glue_applies(
     return (
         impl.glue == "fused"
         and hp.order == "momentum_first"
-        and whole
+        and all(g is not None for g in grads)
         and buffer.dtype in GLUE_DTYPES
         and buffer.is_contiguous()
-        and all(g.dtype in GLUE_DTYPES for g in grads)
+        and all(g.dtype in GLUE_DTYPES for g in grads)  # type: ignore[union-attr]
         and all(viewable(p) for p in params)
     )
 

@@ -87,7 +87,8 @@ class PolarGradHParams:
         momentum_dtype: dtype of the momentum buffers; None (default) = the param dtype.
         nonfinite: "skip" (default): a call whose grads hold any NaN/±inf changes nothing (params,
             momentum, step) and adds 1 to ``state.skipped``, decided on the device without a host
-            sync; "propagate": no check, the non-finite values flow into the update.
+            sync (on sharded params every rank decides alike: one all_reduce of one element);
+            "propagate": no check, the non-finite values flow into the update.
         polar_spec: derived, not an argument: the ``PolarSpec`` built from ``polar`` and the fields
             named in ``fpolar.polar.POLAR_OPTIONS`` (the same names ``fpolar.polar()`` takes).
     """

@@ -4,7 +4,8 @@
 momentum, AdamW moments and step counts keep their bits, and a 0-d integer counter goes up by one. The
 decision is a 0-d bool tensor (``found_inf``) that never leaves the device: no ``.item()``, no Python
 branch on it, so the same code runs eagerly, under ``torch.compile(fullgraph=True)`` (a skipped and a
-clean step run one graph) and inside a CUDA graph.
+clean step run one graph) and inside a CUDA graph. On sharded (DTensor) params every rank reaches the
+same decision (``fpolar.nonfinite_ranks``).
 
 Why selects and not multiplication by 0: NaN·0 = NaN and inf·0 = NaN, so "update × (1 − found)" would
 still write NaN. Every gate below is a ``torch.where`` (or a multiply by a factor that is exactly 1 or
@@ -14,13 +15,15 @@ exactly 0 applied to values known to be finite):
   QDWH would raise or loop on it) and return an exactly zero factor;
 * the step size is replaced by 0 and the decay factor by 1 (``select_scalar``): p·1 − 0 = p bitwise,
   also for p = −0;
-* a stacked momentum buffer is copied before the momentum update and copied back where found
-  (``Snapshot``): one copy and one select per shape group, exact whatever the update did;
+* the momentum EMA writes ``where(found, M, lerp(M, V, 1 − β))`` (``gated_lerp_``): the old bits where
+  found, whatever V holds (NaN included), and no copy of the momentum is kept. Under torch.compile the
+  lerp and the select are one kernel, so the gate costs no memory pass;
 * step counts add ``keep`` (0 or 1) instead of 1.
 
-Detection is one max-abs reduction over the grads of the call (``found_nonfinite``): eagerly one
-multi-tensor kernel per device for all grads, plus a stack and a reduce. A max-abs does not overflow on
-large finite grads (1e38 in fp32 is finite, its square is not), and max reductions propagate NaN.
+Detection is one max-abs reduction over the grads of the call (``found_nonfinite``), before anything is
+written: eagerly one multi-tensor kernel per (device, dtype) for all grads, plus a stack and a reduce. A
+max-abs does not overflow on large finite grads (1e38 in fp32 is finite, its square is not), and max
+reductions propagate NaN.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Dict, List, Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from .dtensor import local_tensor
 
 NonfiniteMode = Literal["skip", "propagate"]
 NONFINITE_MODES: tuple[str, ...] = ("skip", "propagate")
@@ -50,10 +55,12 @@ def found_nonfinite(
     """0-d bool on ``device``: True when any element of any grad is NaN or ±inf, or ``found_inf`` is
     nonzero (a GradScaler-style flag, any numeric dtype, any shape with one element).
 
-    ``None`` grads are ignored. Grads are only read.
+    ``None`` grads are ignored; a DTensor grad is read through its local shard (this rank's verdict:
+    ``fpolar.nonfinite_ranks.agree`` makes it every rank's). Grads are only read.
     """
     buckets: Dict[tuple, List[Tensor]] = {}
     for g in grads:
+        g = None if g is None else local_tensor(g)
         if g is not None and g.numel() > 0:  # an empty tensor holds nothing to check (and max has no identity)
             buckets.setdefault((g.device, g.dtype), []).append(g)
     flags: List[Tensor] = []
@@ -79,28 +86,6 @@ def _max_abs(gs: List[Tensor]) -> List[Tensor]:
     if torch.compiler.is_compiling():
         return [g.abs().amax() for g in gs]
     return list(torch._foreach_norm(gs, ord=math.inf))
-
-
-def refuse_skip_settings(
-    nonfinite: str,
-    grad_scale: Optional[Tensor],
-    found_inf: Optional[Tensor],
-    where: str,
-    hparams_name: str,
-) -> None:
-    """For a step that does not take the on-device skip yet (``where`` says which), refuse the settings
-    that ask for it — ``nonfinite="skip"``, ``grad_scale``, ``found_inf`` — before anything changes,
-    rather than ignore them."""
-    if grad_scale is not None or found_inf is not None:
-        raise ValueError(
-            f"grad_scale / found_inf are not supported {where} yet; unscale the grads and skip the step "
-            "yourself (e.g. with torch.amp.GradScaler)"
-        )
-    if nonfinite == "skip":
-        raise ValueError(
-            f"nonfinite='skip' is not supported {where} yet (a non-finite grad would be applied); pass "
-            f"{hparams_name}(..., nonfinite='propagate') to accept that explicitly"
-        )
 
 
 def unscale_grads(grads: Sequence[Optional[Tensor]], grad_scale: Optional[Tensor]) -> List[Optional[Tensor]]:
@@ -144,21 +129,23 @@ def count_step(step: Tensor, skipped: Tensor, found: Tensor) -> None:
     skipped.add_(found)
 
 
-class Snapshot:
-    """A copy of some stacked buffers, put back where ``found``.
+def gated_lerp_(xs: Sequence[Tensor], ys: Sequence[Tensor], weight: float, found: Tensor) -> None:
+    """x ← x + weight·(y − x) for each pair, in place, except where ``found`` (0-d bool): there every x
+    keeps its bits, whatever y holds (NaN, ±inf).
 
-    ``take`` before the in-place update, ``restore`` after it: the buffers end bitwise as they were
-    when ``found`` is True, and untouched by the restore otherwise (a select writes the same bits).
+    ``where(found, x, lerp(x, y, w))``, not a lerp by a gated weight: a weight of 0 still reads y
+    (NaN·0 = NaN) and x + 0·(y − x) turns −0 into +0. Under torch.compile the lerp, the select and the
+    write are one kernel (no extra pass over x). Eagerly one multi-tensor lerp into new tensors, then
+    one select per tensor written back into x (a select whose output is an input at the same index).
     """
-
-    def __init__(self, buffers: Sequence[Tensor]) -> None:
-        self.buffers = list(buffers)
-        self.copies = [b.clone() for b in self.buffers]
-
-    def restore(self, found: Tensor) -> None:
-        for b, c in zip(self.buffers, self.copies):
-            if torch.compiler.is_compiling():
-                b.copy_(torch.where(found, c, b))
-            else:
-                # Elementwise with the output aliasing an input at the same index: one kernel.
-                torch.where(found, c, b, out=b)
+    if torch.compiler.is_compiling():
+        for x, y in zip(xs, ys):
+            x.copy_(torch.where(found, x, x.lerp(y, weight)))
+        return
+    xs = list(xs)
+    if len(xs) == 1:
+        new = [xs[0].lerp(ys[0], weight)]
+    else:
+        new = list(torch._foreach_lerp(xs, list(ys), weight))
+    for x, n in zip(xs, new):
+        torch.where(found, x, n, out=x)

@@ -51,4 +51,7 @@ def nuclear_scale(o: Tensor, x: Tensor) -> Tensor:
     Equals ‖X_b‖_* when O_b is the exact polar factor of X_b.
     """
     acc = torch.promote_types(torch.promote_types(o.dtype, x.dtype), torch.float32)
-    return (o.to(acc) * x.to(acc)).sum(dim=(-2, -1))
+    # One operand in ``acc`` is enough: the product promotes the other on the fly (exactly, since
+    # acc is at least as wide), without an upcast copy of it.
+    a, b = (o, x) if x.dtype == acc else (x, o) if o.dtype == acc else (o.to(acc), x)
+    return torch.mul(a, b).sum(dim=(-2, -1), dtype=acc)

@@ -95,7 +95,7 @@ def plan_shape_groups(params: Sequence[Tensor]) -> Tuple[ShapeGroup, ...]:
 
 def plan_polar_impls(groups: Sequence[ShapeGroup], spec: PolarSpec) -> Tuple[PolarImpl, ...]:
     """Per shape group, how ``spec`` computes its polar factor (``PolarSpec.impl_for``)."""
-    return tuple(spec.impl_for(g.m, g.n, g.dtype, g.device) for g in groups)
+    return tuple(spec.impl_for(g.m, g.n, g.dtype, g.device, batch=g.batch) for g in groups)
 
 
 def group_views(stacked: Tensor, group: ShapeGroup, shapes: Sequence[torch.Size]) -> List[Tensor]:

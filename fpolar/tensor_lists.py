@@ -55,3 +55,24 @@ def sub_(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
             x.sub_(y)
     else:
         torch._foreach_sub_(list(xs), list(ys))
+
+
+
+def sub_scaled_(xs: Sequence[Tensor], ys: Sequence[Tensor], scales: Union[float, Sequence[Tensor]]) -> None:
+    """x ← x − s·y for each pair, in place, with s one float or one tensor per pair that broadcasts
+    over y (a 0-d step size, or (1, 1) / (k, 1, 1) per matrix). y may have a narrower dtype than x
+    (a bf16 polar factor): s·y is formed in x's dtype promoted to at least float32, never in y's,
+    and no scaled or upcast copy of y is kept.
+
+    Eagerly one kernel per param (``addcmul_``, or one foreach ``add_`` for a float s; foreach takes
+    its per-tensor fallback anyway when the dtypes differ). Under torch.compile ``x −= y·s`` with y
+    upcast: Inductor fuses the cast, product and subtraction into the param's write."""
+    if _compiling():
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            s = scales if isinstance(scales, float) else scales[i]
+            x.sub_(y.to(torch.promote_types(x.dtype, torch.float32)) * s)
+    elif isinstance(scales, float):
+        torch._foreach_add_(list(xs), list(ys), alpha=-scales)
+    else:
+        for x, y, s in zip(xs, ys, scales):
+            x.addcmul_(y, s, value=-1.0)

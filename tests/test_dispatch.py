@@ -10,6 +10,18 @@ from fpolar.polar.newton_schulz import TORCH_OPS
 BF16 = torch.bfloat16
 
 
+@pytest.fixture(autouse=True)
+def _fixed_rules():
+    """These tests are about the fixed rules: on a GPU machine, kernels="auto" would otherwise time the
+    candidates (tests/test_kernel_tuning.py tests that part)."""
+    from fpolar.kernels import tuning
+
+    saved = tuning._TUNER
+    tuning.set_tuning(False)
+    yield
+    tuning._TUNER = saved
+
+
 @pytest.mark.parametrize(
     "m, n, cuda, dtype, kernels, norm, expected",
     [

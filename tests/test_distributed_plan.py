@@ -61,21 +61,26 @@ def test_split_sizes_must_cover_the_rows():
 
 @pytest.mark.parametrize("order", ["momentum_first", "polar_first"])
 def test_fused_param_steps_like_its_parts(order):
-    """One process, no communication: a (12, 4) param split [4, 8] equals two params (4, 4) and (8, 4)."""
+    """One process, no communication: a (12, 4) param split [4, 8] equals two params (4, 4) and (8, 4),
+    and a NaN / inf in one part's rows (steps 1 and 3) makes the call a bitwise no-op, counted."""
     torch.manual_seed(0)
-    # the planned step takes no on-device skip yet: "propagate" is asked for explicitly (else refused)
-    hp = fpolar.PolarGradHParams(lr=0.05, order=order, weight_decay=0.1, nesterov=True, nonfinite="propagate")
+    hp = fpolar.PolarGradHParams(lr=0.05, order=order, weight_decay=0.1, nesterov=True)
     w = torch.randn(12, 4)
     parts = [w[:4].clone(), w[4:].clone()]
     fused_state = fpolar.init_state([w], hp, split_sizes={0: [4, 8]})
     parts_state = fpolar.init_state(parts, hp)
-    for _ in range(3):
+    for t in range(5):
         g = torch.randn(12, 4)
+        if t in (1, 3):
+            g[5 if t == 1 else 2, 1] = float("nan") if t == 1 else float("inf")
+            before = [w.clone(), *(m.clone() for m in fused_state.momentum), fused_state.step.clone()]
         fpolar.polargrad_step([w], [g], fused_state, hp)
         fpolar.polargrad_step(parts, [g[:4], g[4:]], parts_state, hp)
+        if t in (1, 3):
+            after = [w, *fused_state.momentum, fused_state.step]
+            assert all(torch.equal(a.view(-1).view(torch.int32), b.view(-1).view(torch.int32)) for a, b in zip(after, before))
     torch.testing.assert_close(w, torch.cat(parts), rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="nonfinite='skip' is not supported"):
-        fpolar.polargrad_step([w], [torch.randn(12, 4)], fused_state, fpolar.PolarGradHParams(lr=0.05))
+    assert fused_state.skipped.item() == 2 and fused_state.step.item() == 3
     rows = fpolar.describe_plan(fused_state, hp)
     assert [(r["kind"], r["shape"], r["bytes_sent_per_step"]) for r in rows] == [("local", (4, 4), 0), ("local", (8, 4), 0)]
 

@@ -409,7 +409,8 @@ STEP_SHAPES = [(24, 40), (24, 40), (40, 24), (2, 40, 24), (16, 16)]
 @pytest.mark.parametrize("scale", ["nuclear", "shape"])
 def test_step_on_fused_glue_equals_torch_glue(nesterov, scale):
     """The step through the fused ops (their CPU twins here) against the torch glue over 3 steps, one of
-    them skipped for a NaN grad. The shape rule matches bitwise (same roundings); nuclear reads ⟨O, X⟩
+    them skipped for a NaN grad. The shape rule matches to fp32 rounding (the momentum and X bitwise,
+    the apply rounded once instead of per product); nuclear reads ⟨O, X⟩
     from the normalized bf16 X, so it agrees to bf16's rounding of X averaged over the matrix."""
     torch.manual_seed(0)
     hp = PolarGradHParams(lr=0.02, momentum=0.9, nesterov=nesterov, scale=scale, weight_decay=0.1, polar_dtype=torch.bfloat16)
@@ -432,7 +433,9 @@ def test_step_on_fused_glue_equals_torch_glue(nesterov, scale):
         assert torch.equal(a, b)
     for a, b in zip(ps, ps_fused):
         if scale == "shape":
-            assert torch.equal(a, b)
+            # same X bit for bit; W ← decay·W − s·O rounded once (fused) or per product (torch):
+            # a few fp32 ulps of W, against updates of lr·scale·|O| ≈ 1e-2 each step
+            torch.testing.assert_close(b, a, rtol=2e-6, atol=1e-7)
         else:
             torch.testing.assert_close(b, a, rtol=0, atol=1e-3 * 0.02 * a.numel() ** 0.5)
 

@@ -71,6 +71,16 @@ def exact_sym_poly(a: torch.Tensor, b: float, c: float) -> tuple[torch.Tensor, t
     return b * a64 + c * (a64 @ a64), abs(b) * a64.abs() + abs(c) * (a64.abs() @ a64.abs())
 
 
+def exact_sym_cross(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lower triangle of A·Bᵀ reflected (the op's meaning), and the same of |A|·|B|ᵀ."""
+
+    def reflected(t: torch.Tensor) -> torch.Tensor:
+        return t.tril() + t.tril(-1).mT
+
+    a64, b64 = a.double(), b.double()
+    return reflected(a64 @ b64.mT), reflected(a64.abs() @ b64.abs().mT)
+
+
 def exact_ns_apply(x: torch.Tensor, bm: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
     x64, bm64 = x.double(), bm.double()
     return a * x64 + bm64 @ x64, abs(a) * x64.abs() + bm64.abs() @ x64.abs()
@@ -93,23 +103,36 @@ INTERPRETER_TOL = {"float32": 1e-5, "bfloat16": 2.0**-7 + 1e-5, "float16": 2.0**
 def _interpreter_cases() -> list[str]:
     cases = [
         f"{op}-{'x'.join(map(str, shape))}-{dtype}-tile{tile}"
-        for op in ("sym_gram", "sym_poly", "ns_apply")
+        for op in ("sym_gram", "sym_poly", "sym_cross", "ns_apply")
         for shape in INTERPRETER_SHAPES
         for dtype in INTERPRETER_DTYPES
         for tile in INTERPRETER_TILES
     ]
     # fp16, a batch of 5 (batch offsets), strided (non-contiguous) inputs, and the tile index map.
-    cases += [f"{op}-4x20x24-float16-tile16" for op in ("sym_gram", "sym_poly", "ns_apply")]
+    cases += [f"{op}-4x20x24-float16-tile16" for op in ("sym_gram", "sym_poly", "sym_cross", "ns_apply")]
     cases += [
-        f"{op}-5x20x24-float32-tile16-strided" for op in ("sym_gram", "sym_poly", "ns_apply")
+        f"{op}-5x20x24-float32-tile16-strided" for op in ("sym_gram", "sym_poly", "sym_cross", "ns_apply")
     ]
+    # Every candidate config of the autotune gives the twin's result: a matrix over 64 wide (the
+    # 64/128-tile candidates) and one under it (the small-matrix candidates).
+    for op in ("sym_gram", "sym_poly", "sym_cross", "ns_apply"):
+        for shape in CANDIDATE_SHAPES:
+            batch, m, n = shape
+            count = len(K.candidate_configs(op, m, m if op == "sym_poly" else n, torch.bfloat16))
+            cases += [f"{op}-{'x'.join(map(str, shape))}-bfloat16-cand{i}" for i in range(count)]
     cases += ["lower_tile_coords"]
     return cases
 
 
-def _parse_case(case: str) -> tuple[str, tuple[int, int, int], torch.dtype, int | None, bool]:
+CANDIDATE_SHAPES = [(2, 70, 90), (1, 20, 24)]
+
+
+def _parse_case(case: str) -> tuple[str, tuple[int, int, int], torch.dtype, int | str | None, bool]:
     op, shape, dtype, tile, *rest = case.split("-")
-    tile_size = None if tile == "tileNone" else int(tile.removeprefix("tile"))
+    if tile.startswith("cand"):  # "candI": the I-th autotune candidate
+        tile_size: int | str | None = tile
+    else:
+        tile_size = None if tile == "tileNone" else int(tile.removeprefix("tile"))
     shape_t = tuple(int(v) for v in shape.split("x"))
     return op, shape_t, getattr(torch, dtype), tile_size, "strided" in rest
 
@@ -132,7 +155,9 @@ def _run_kernel_case(case: str) -> dict:
     def poisoned(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.full(shape, math.nan, dtype=dtype)
 
-    if op in ("sym_gram", "sym_poly"):
+    if isinstance(tile, str):
+        config = K.candidate_configs(op, m, m if op == "sym_poly" else n, dtype)[int(tile.removeprefix("cand"))]
+    elif op in ("sym_gram", "sym_poly", "sym_cross"):
         config = None if tile is None else triton.Config({"BLOCK": tile, "BLOCK_K": 32})
     else:
         config = None if tile is None else triton.Config(
@@ -152,6 +177,15 @@ def _run_kernel_case(case: str) -> dict:
         out = K.launch_sym_poly(a, poisoned((batch, m, m)), NS_B, NS_C, config=config)
         twin = K.sym_poly_reference(a, NS_B, NS_C)
         bound = exact_sym_poly(a, NS_B, NS_C)[1]
+        result["err"] = _bounds_error(out, twin.double(), bound, tol)
+        result["symmetric"] = bool(torch.equal(out, out.mT))
+    elif op == "sym_cross":
+        b = _random((batch, m, n), dtype, seed + 1)
+        if strided:
+            b = _strided(b)
+        out = K.launch_sym_cross(x, b, poisoned((batch, m, m)), config=config)
+        twin = K.sym_cross_reference(x, b)
+        bound = exact_sym_cross(x, b)[1]
         result["err"] = _bounds_error(out, twin.double(), bound, tol)
         result["symmetric"] = bool(torch.equal(out, out.mT))
     elif op == "ns_apply":
@@ -241,6 +275,7 @@ def test_opcheck(shape, dtype):
     torch.library.opcheck(K.sym_gram, (x,))
     torch.library.opcheck(K.sym_poly, (a, NS_B, NS_C))
     torch.library.opcheck(K.ns_apply, (x, bm, NS_A))
+    torch.library.opcheck(K.sym_cross, (x, _random(shape, dtype, seed=5)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -263,6 +298,11 @@ def test_cpu_ops_match_float64(shape, dtype):
     applied = K.ns_apply(x, bm, NS_A)
     assert applied.shape == shape and applied.dtype == dtype
     assert _bounds_error(applied, *exact_ns_apply(x, bm, NS_A), tol) <= 1.0
+
+    y = _random(shape, dtype, seed=5)
+    cross = K.sym_cross(x, y)
+    assert cross.shape == (batch, m, m) and cross.dtype == dtype and torch.equal(cross, cross.mT)
+    assert _bounds_error(cross, *exact_sym_cross(x, y), tol) <= 1.0
 
 
 def test_aol_scaling_bounds_singular_values():
@@ -310,7 +350,7 @@ def interpreter_results() -> dict:
         cwd=repo,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     results = {}
     for line in proc.stdout.splitlines():
@@ -367,6 +407,7 @@ COMPILE_CASES = {
     "sym_gram": lambda x, a, bm: K.sym_gram(x) * 2.0,
     "sym_poly": lambda x, a, bm: K.sym_poly(a, NS_B, NS_C) + 1.0,
     "ns_apply": lambda x, a, bm: K.ns_apply(x, bm, NS_A) - 1.0,
+    "sym_cross": lambda x, a, bm: K.sym_cross(a, bm) * 3.0,
 }
 
 
@@ -418,6 +459,13 @@ def test_rejects_mismatched_x_and_bm():
         K.ns_apply(x, torch.randn(3, 4, 4), NS_A)
     with pytest.raises(TypeError, match=r"bm has dtype torch.bfloat16 but x has dtype torch.float32"):
         K.ns_apply(x, torch.randn(2, 4, 4, dtype=torch.bfloat16), NS_A)
+
+
+def test_sym_cross_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match=r"b must have the shape of a \(2, 3, 5\), got \(2, 3, 4\)"):
+        K.sym_cross(torch.randn(2, 3, 5), torch.randn(2, 3, 4))
+    with pytest.raises(TypeError, match=r"b has dtype torch.bfloat16 but a has dtype torch.float32"):
+        K.sym_cross(torch.randn(2, 3, 5), torch.randn(2, 3, 5, dtype=torch.bfloat16))
 
 
 def test_rejects_bad_scalars_and_non_square_a():

@@ -168,3 +168,38 @@ def test_grad_scale_and_found_inf():
     assert same_bits(adamw_tensors(a, ast), snap) and ast.skipped.item() == 1
     with pytest.raises(TypeError, match="grad_scale must be a floating tensor, got torch.int64"):
         fpolar.polargrad_step(params, grads, state, hp, grad_scale=torch.tensor(2))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gated_lerp_keeps_every_bit_where_found(compiled):
+    """The gated momentum write: where found, x keeps its bits (−0, subnormals, huge values) whatever y
+    holds (NaN, ±inf); where not, it is exactly the ungated lerp. Eager (foreach + selects) and
+    compiled (one select per tensor, aot_eager)."""
+    from fpolar.nonfinite import gated_lerp_
+
+    def run(xs, ys, found):
+        gated_lerp_(xs, ys, 0.05, found)
+
+    fn = torch.compile(run, backend="aot_eager", fullgraph=True) if compiled else run
+    torch.manual_seed(0)
+    xs = [torch.randn(5, 3), torch.randn(7)]
+    xs[0][0, 0], xs[0][0, 1], xs[1][0], xs[1][1] = -0.0, 1e-40, -0.0, 3e38
+    ys = [torch.randn(5, 3), torch.randn(7)]
+    ys[0][1, 1], ys[1][2] = math.nan, -math.inf
+    before = [x.clone() for x in xs]
+    fn(xs, ys, torch.tensor(True))
+    assert same_bits(xs, before)
+    clean = [torch.randn(5, 3), torch.randn(7)]
+    want = [x.lerp(y, 0.05) for x, y in zip(xs, clean)]
+    fn(xs, clean, torch.tensor(False))
+    assert same_bits(xs, want)
+
+
+def test_agree_without_sharded_tensors_is_the_local_flag():
+    """Plain tensors (one process, DDP-style replicas): no process group to agree over, no collective."""
+    from fpolar.nonfinite_ranks import agree, shard_groups
+
+    assert shard_groups([torch.zeros(2), None]) == []
+    for value in (True, False):
+        flag = torch.tensor(value)
+        assert agree(flag, []) is flag

@@ -148,3 +148,58 @@ def test_resolve_backend():
         resolve_backend("jit", [cpu])
     with pytest.raises(ValueError, match="unknown backend"):
         StepProgram("eager")
+
+
+def test_zero_grad_keeps_captured_grads_as_the_params_grad():
+    """With a captured program holding grads (the graph is faked here: CPU has no CUDA graphs),
+    ``zero_grad()`` (set_to_none=True) zeroes the held tensors in place and keeps them as ``.grad``,
+    so backward accumulates into the addresses the graph reads (one grad set alive). A param that
+    backward skips gets ``.grad = None`` at ``step`` and does not step: the params equal those of an
+    optimizer whose grads are set to None, over steps where a layer is used or not."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(6, 6), torch.nn.Linear(6, 6), torch.nn.Linear(6, 3)]
+    ref_layers = copy.deepcopy(layers)
+    opts = [fo.Muon([p for m in ms for p in m.parameters()], lr=0.02, weight_decay=0.05, compiled=False)
+            for ms in (layers, ref_layers)]
+    opt, ref = opts
+    x = torch.randn(5, 6)
+
+    def loss_of(ms, skip_middle):
+        h = torch.tanh(ms[0](x))
+        if not skip_middle:
+            h = torch.tanh(ms[1](h))
+        return ms[2](h).square().sum()
+
+    for o, ms in zip(opts, (layers, ref_layers)):
+        loss_of(ms, False).backward()
+        o.step()
+    program = StepProgram("cuda_graph")
+    program._graph = object()  # stands for a captured graph reading the current grads
+    program._graph_grads = [[p.grad for p in opt.param_groups[0]["params"]]]
+    held = [p.grad for p in opt.param_groups[0]["params"]]
+    opt._program = program
+    for k, skip_middle in enumerate([False, True, False]):
+        matrices = opt.param_groups[0]["params"]
+        before = [p.grad for p in matrices]
+        opt.zero_grad()
+        ref.zero_grad()
+        kept = [g is not None and g is h for g, h in zip(before, held)]
+        assert sum(kept) == (len(matrices) if k < 2 else len(matrices) - 1)
+        for p, g, keep in zip(matrices, held, kept):
+            assert (p.grad is g and not g.any()) if keep else p.grad is None  # kept and zeroed, or None
+        assert all(p.grad is None for p in opt.param_groups[1]["params"])  # AdamW's: not held here
+        loss_of(layers, skip_middle).backward()
+        loss_of(ref_layers, skip_middle).backward()
+        for p, g, keep, r in zip(matrices, held, kept, ref.param_groups[0]["params"]):
+            if r.grad is not None:
+                assert (p.grad is g) == keep  # accumulated into the held tensor, not replaced
+                torch.testing.assert_close(p.grad, r.grad, rtol=0, atol=0)
+        opt._program = program  # the CPU step resolves no program: put the fake back for zero_grad
+        opt.step()
+        ref.step()
+        middle = [p for p in layers[1].parameters()]
+        assert all((p.grad is None) == skip_middle for p in middle)
+        for a, b in zip(opt.param_groups, ref.param_groups):
+            for p, q in zip(a["params"], b["params"]):
+                torch.testing.assert_close(p, q, rtol=0, atol=0)
+        opt._program = program

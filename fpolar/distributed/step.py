@@ -10,6 +10,12 @@
 
 Every group's send is issued before any polar runs, so in eager mode a group's collective is in
 flight while earlier groups iterate (asynchronous functional collectives wait only when read).
+
+``nonfinite="skip"`` (see ``fpolar.nonfinite``): before anything is written, each rank checks its own
+grad shards and ``fpolar.nonfinite_ranks.agree`` makes that flag every rank's (one ``all_reduce`` of one
+element on the sharded params' process group; none for replicated params, whose grads are the same on
+every rank). Then the momentum keeps its bits where found, the owners orthogonalize zeros with a zero
+step size, and the decay factor is 1: the call changes nothing but the counters, on every rank.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from .. import tensor_lists
 from ..hparams import PolarGradHParams, foreach_scalar
 from ..polar import PolarImpl
 from ..polar.dispatch import check_kernels_device
+from ..nonfinite import count_step, found_nonfinite, gated_lerp_, select_scalar, unscale_grads
+from ..nonfinite_ranks import agree, shard_groups
 from ..polargrad import Orthogonalized, orthogonalize, step_size, upcast
-from ..validation import check_params_and_grads
+from ..validation import check_amp_tensors, check_params_and_grads
 from .exchange import (
     owned_matrices,
     replicated_from_owners,
@@ -48,13 +56,16 @@ def matrix_rows(t: Tensor, ref: MatrixRef, n: int) -> Tensor:
     return base[ref.local_start : ref.local_start + ref.local_rows]
 
 
-def owner_orthogonalize(x: Tensor, impl: PolarImpl, hp: PolarGradHParams) -> Orthogonalized:
+def owner_orthogonalize(
+    x: Tensor, impl: PolarImpl, hp: PolarGradHParams, found: Optional[Tensor] = None
+) -> Orthogonalized:
     """The one-device phase on the owner's whole matrices (S, m, n): O = polar(X) and lr·s·extra, with
     s = ⟨O, X⟩ computed here where the whole matrix is. An owner with no matrix this group (S = 0)
-    still returns the group's shape-rule step size."""
+    still returns the group's shape-rule step size (0 where ``found``)."""
     if x.shape[0] == 0:
-        return Orthogonalized(x, step_size(x, x, hp))
-    return orthogonalize(x, impl, hp)
+        size = step_size(x, x, hp)
+        return Orthogonalized(x, size if found is None or hp.scale == "nuclear" else select_scalar(found, 0.0, size))
+    return orthogonalize(x, impl, hp, found)
 
 
 def _check_grads_agree(group_params: Sequence[int], grads: Sequence[Optional[Tensor]], params: Sequence[Tensor]) -> None:
@@ -73,6 +84,9 @@ def distributed_polargrad_step(
     grads: Sequence[Optional[Tensor]],
     state: Any,
     hparams: PolarGradHParams,
+    *,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
 ) -> Any:
     """One PolarGrad / PolarGradM / Muon step over params laid out as ``state.plan`` says.
 
@@ -80,8 +94,17 @@ def distributed_polargrad_step(
         params: as given to ``init_distributed_state`` (DTensors stay DTensors). **Updated in place.**
         grads: one per param (DTensor grads for DTensor params, same placements), or None to skip.
             A skipped param's matrices still travel (as zeros) so every rank runs the same collectives.
-        state: from ``init_distributed_state``. **Updated in place.**
+        state: from ``init_distributed_state``. **Updated in place** (momentum, step, skipped).
         hparams: ``PolarGradHParams``.
+        grad_scale: optional one-element tensor (GradScaler-style): the grads are divided by it first.
+        found_inf: optional one-element tensor (GradScaler-style): nonzero makes the call a no-op. Taken
+            as given: under sharding it must be the same on every rank (``ShardedGradScaler``'s and
+            ``fpolar.optim``'s are); this rank's own grad check (``nonfinite="skip"``) is agreed on here.
+
+    With ``hparams.nonfinite="skip"`` (default), a non-finite element in any rank's grad shard makes the
+    call a no-op on every rank: params, momentum and ``state.step`` keep their bits, ``state.skipped``
+    goes up by 1, decided on the device (no host sync). Sharded params cost one ``all_reduce`` of one
+    element per call for it (replicated params none).
 
     Every rank of each process group must call this with the same params and the same set of None
     grads. Raises TypeError/ValueError before any tensor changes.
@@ -97,26 +120,57 @@ def distributed_polargrad_step(
     for g, impl in zip(plan.groups, impls):
         _check_grads_agree(g.params, grads, params)
         check_kernels_device(impl.kernels, g.device)
+    check_amp_tensors(grad_scale, found_inf)
 
-    P = [local_tensor(p) for p in params]
-    G: List[Optional[Tensor]] = [None if g is None else local_tensor(g) for g in grads]
-    M = [local_tensor(m) for m in state.momentum]
-    if hp.weight_decay_mode == "l2":
-        G = [g if g is None else g + foreach_scalar(hp.weight_decay, g) * p for p, g in zip(P, G)]
-    state.step.add_(1)
-    active = [(g, impl) for g, impl in zip(plan.groups, impls) if any(G[i] is not None for i in g.params)]
+    with torch.no_grad():
+        P = [local_tensor(p) for p in params]
+        G: List[Optional[Tensor]] = unscale_grads([None if g is None else local_tensor(g) for g in grads], grad_scale)
+        M = [local_tensor(m) for m in state.momentum]
+        if hp.weight_decay_mode == "l2":
+            G = [g if g is None else g + foreach_scalar(hp.weight_decay, g) * p for p, g in zip(P, G)]
+        found = agreed_skip(params, G, state, hp, found_inf)
+        if found is None:
+            state.step.add_(1)
+        else:
+            count_step(state.step, state.skipped, found)
+        active = [(g, impl) for g, impl in zip(plan.groups, impls) if any(G[i] is not None for i in g.params)]
 
-    x = local_directions(G, M, hp)
-    in_flight = [send_to_owners(group, impl, x, P) for group, impl in active]
-    results = [orthogonalize_on_owners(group, impl, sent, hp) for (group, impl), sent in zip(active, in_flight)]
-    apply_rows(active, results, P, G, M, hp)
+        x = local_directions(G, M, hp, found)
+        in_flight = [send_to_owners(group, impl, x, P) for group, impl in active]
+        results = [
+            orthogonalize_on_owners(group, impl, sent, hp, found) for (group, impl), sent in zip(active, in_flight)
+        ]
+        apply_rows(active, results, P, G, M, hp, found)
     return state
 
 
-def local_directions(G: List[Optional[Tensor]], M: List[Tensor], hp: PolarGradHParams) -> Dict[int, Tensor]:
+def agreed_skip(
+    params: Sequence[Tensor],
+    local_grads: Sequence[Optional[Tensor]],
+    state: Any,
+    hp: PolarGradHParams,
+    found_inf: Optional[Tensor],
+) -> Optional[Tensor]:
+    """The call's skip flag, the same on every rank (0-d bool on the state's device), or None when
+    nothing can skip the call. Under "skip": this rank's grad shards (and ``found_inf``) checked, then
+    ``agree``d over the process groups of the sharded params (one all_reduce for one mesh; none for
+    plain or ``Replicate`` params: their grads, hence their flags, are the same on every rank).
+    ``found_inf`` alone ("propagate") is taken as given."""
+    device = state.step.device
+    if hp.nonfinite == "skip":
+        return agree(found_nonfinite(local_grads, device, found_inf), shard_groups(params))
+    if found_inf is not None:
+        return found_nonfinite([], device, found_inf)
+    return None
+
+
+def local_directions(
+    G: List[Optional[Tensor]], M: List[Tensor], hp: PolarGradHParams, found: Optional[Tensor] = None
+) -> Dict[int, Tensor]:
     """The polar input X of every param with a grad, on local tensors (elementwise: no communication),
-    once per param (a fused param spans several groups). Momentum-first: M ← β·M + (1−β)·G in place,
-    X = G.lerp(M, β) (Nesterov) or M. Polar-first: X = G (momentum waits for O)."""
+    once per param (a fused param spans several groups). Momentum-first: M ← β·M + (1−β)·G in place
+    (M keeps its bits where ``found``), X = G.lerp(M, β) (Nesterov) or M. Polar-first: X = G (momentum
+    waits for O). X may hold NaN on a skipped call: the owners orthogonalize zeros instead."""
     live = [i for i, g in enumerate(G) if g is not None]
     if not live:
         return {}
@@ -124,7 +178,10 @@ def local_directions(G: List[Optional[Tensor]], M: List[Tensor], hp: PolarGradHP
         return {i: G[i] for i in live}  # type: ignore[misc]
     gl = [G[i] if G[i].dtype == M[i].dtype else G[i].to(M[i].dtype) for i in live]  # type: ignore[union-attr]
     ml = [M[i] for i in live]
-    tensor_lists.lerp_(ml, gl, 1 - hp.momentum)
+    if found is None:
+        tensor_lists.lerp_(ml, gl, 1 - hp.momentum)
+    else:
+        gated_lerp_(ml, gl, 1 - hp.momentum, found)
     return dict(zip(live, tensor_lists.lerp(gl, ml, hp.momentum) if hp.nesterov else ml))
 
 
@@ -141,12 +198,13 @@ def send_to_owners(group: ExchangeGroup, impl: PolarImpl, x: Dict[int, Tensor], 
 
 
 def orthogonalize_on_owners(
-    group: ExchangeGroup, impl: PolarImpl, sent: Tensor, hp: PolarGradHParams
+    group: ExchangeGroup, impl: PolarImpl, sent: Tensor, hp: PolarGradHParams, found: Optional[Tensor] = None
 ) -> Tuple[List[Tensor], Any]:
     """O and lr·s·extra on the owners' whole matrices (the one-device ``orthogonalize``), then back:
-    per matrix this rank's rows of O, and the step sizes ((B,) for "nuclear", else the group's one)."""
+    per matrix this rank's rows of O, and the step sizes ((B,) for "nuclear", else the group's one).
+    Where ``found`` (the same on every rank) O is 0 and every step size 0."""
     x_owned = owned_matrices(group, sent) if group.kind == "rows" else sent
-    o, size = owner_orthogonalize(x_owned, impl, hp)
+    o, size = owner_orthogonalize(x_owned, impl, hp, found)
     per_matrix = size.reshape(-1) if hp.scale == "nuclear" else None
     if group.kind == "rows":
         o_rows, sizes = rows_from_owners(group, o.contiguous(), per_matrix)
@@ -164,12 +222,14 @@ def apply_rows(
     G: List[Optional[Tensor]],
     M: List[Tensor],
     hp: PolarGradHParams,
+    found: Optional[Tensor] = None,
 ) -> None:
     """Decay each param with a grad once, then W ← W − lr·s·D on this rank's rows of every matrix, with
-    D = O, or (polar-first) M ← β·M + (1−β)·O on those rows and D = M or O.lerp(M, β)."""
+    D = O, or (polar-first) M ← β·M + (1−β)·O on those rows and D = M or O.lerp(M, β). Where ``found``:
+    decay factor 1, M kept, step size 0 on a finite D, so nothing changes."""
     touched = sorted({i for g, _ in active for i in g.params if G[i] is not None})
     if touched:
-        _apply_decay([P[i] for i in touched], hp)
+        _apply_decay([P[i] for i in touched], hp, found)
     beta = hp.momentum
     for (group, _), (o_rows, size) in zip(active, results):
         for k, (ref, o) in enumerate(zip(group.matrices, o_rows)):
@@ -178,15 +238,20 @@ def apply_rows(
             if hp.order == "polar_first":
                 m_rows = matrix_rows(M[ref.param], ref, group.n)
                 om = o.to(m_rows.dtype)
-                m_rows.lerp_(om, 1 - beta)
+                if found is None:
+                    m_rows.lerp_(om, 1 - beta)
+                else:
+                    gated_lerp_([m_rows], [om], 1 - beta, found)
                 o = om.lerp(m_rows, beta) if hp.nesterov else m_rows
             step = size[k] if hp.scale == "nuclear" else size
             matrix_rows(P[ref.param], ref, group.n).sub_((upcast(o, group.dtype) * step).to(group.dtype))
 
 
-def _apply_decay(params: List[Tensor], hp: PolarGradHParams) -> None:
+def _apply_decay(params: List[Tensor], hp: PolarGradHParams, found: Optional[Tensor] = None) -> None:
     wd = hp.weight_decay
     if hp.weight_decay_mode == "l2" or (not isinstance(wd, Tensor) and wd == 0.0):
         return
     factor = 1 - hp.lr * wd if hp.weight_decay_mode == "decoupled" else 1 - wd
+    if found is not None:
+        factor = select_scalar(found, 1.0, factor)  # p·1 keeps every bit
     tensor_lists.mul_(params, foreach_scalar(factor, params[0]))

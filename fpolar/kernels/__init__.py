@@ -47,7 +47,19 @@ The step's memory-bound glue, around the polar factor of one shape group (see ea
 Both take the group's per-param tensors as a list (one launch each, no stack copy), transpose a tall
 group's tiles in registers, and write nothing of M / W when the 0-d ``found`` is True.
 
-Tile heuristic (no autotuning, chosen instantly from (m, n, dtype); ``symmetric_tile_config`` and
+Gram Newton–Schulz adds one op on the m×m side:
+
+    R' = P·(P·R)ᵀ = P·R·P     fpolar::sym_cross(Tensor a, Tensor b) -> Tensor        (B, m, m)
+
+the lower triangle of A·Bᵀ, reflected (``sym_cross``; same lower-tile kernel with two inputs).
+
+Configurations (``tuning``): on CUDA each launcher without an explicit ``config`` asks the
+process-wide ``KernelTuner``, which times a handful of candidates once per (device, triton version,
+kernel, dtype, shape bucket), caches the fastest in memory and in a JSON file, and falls back to the
+fixed heuristic below when tuning is off (the default; ``FPOLAR_TUNE=1`` turns it on), off CUDA, or while a CUDA graph is
+captured / torch.compile traces and the key is not tuned yet.
+
+Tile heuristic (instant, from (m, n, dtype); ``symmetric_tile_config`` and
 ``matmul_tile_config``): 128-wide output tiles (128×128 for ns_apply) with 8 warps and 3 pipeline
 stages; a side of 64 with 4 warps and 4 stages only where the matrix is at most 64 on that side.
 K steps of 64 for 16-bit inputs and 32 for fp32 (same shared memory per stage). Every ``launch_*``
@@ -78,14 +90,20 @@ from .momentum_polar_input import (
 from .ns_apply import launch_ns_apply, ns_apply, ns_apply_reference
 from .scaled_update import launch_scaled_update, scaled_update_, scaled_update_reference
 from .sym_gram import launch_sym_gram, sym_gram, sym_gram_reference
+from .sym_cross import launch_sym_cross, sym_cross, sym_cross_reference
 from .sym_poly import launch_sym_poly, sym_poly, sym_poly_reference
+from .tuning import KernelTuner, candidate_configs, get_tuner, set_tuning
 
 __all__ = [
     "HAS_TRITON",
+    "KernelTuner",
     "SUPPORTED_DTYPES",
+    "candidate_configs",
+    "get_tuner",
     "launch_momentum_polar_input",
     "launch_ns_apply",
     "launch_scaled_update",
+    "launch_sym_cross",
     "launch_sym_gram",
     "launch_sym_poly",
     "matmul_tile_config",
@@ -97,6 +115,9 @@ __all__ = [
     "scaled_update_reference",
     "sym_gram",
     "sym_gram_reference",
+    "set_tuning",
+    "sym_cross",
+    "sym_cross_reference",
     "sym_poly",
     "sym_poly_reference",
     "symmetric_tile_config",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._common import dot_fp32_acc, tl, triton
 
-__all__ = ["lower_tile_count", "lower_tile_coords", "gram_tile", "store_mirrored"]
+__all__ = ["lower_tile_count", "lower_tile_coords", "gram_tile", "cross_tile", "store_mirrored"]
 
 
 def lower_tile_count(m: int, block: int) -> int:
@@ -65,6 +65,41 @@ def gram_tile(
         acc = dot_fp32_acc(xi, tl.trans(xj), acc, PRECISION, UPCAST)
         ptr_i += BLOCK_K * stride_col
         ptr_j += BLOCK_K * stride_col
+    return acc
+
+
+@triton.jit
+def cross_tile(
+    a_base,
+    b_base,
+    rows_i,
+    rows_j,
+    n_rows,
+    n_cols,
+    stride_a_row,
+    stride_a_col,
+    stride_b_row,
+    stride_b_col,
+    BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """fp32 tile A[rows_i, :] · B[rows_j, :]ᵀ of shape (BLOCK, BLOCK): ``gram_tile`` with two matrices
+    of one shape (n_rows, n_cols). Out-of-range rows and columns load as zeros."""
+    ks = tl.arange(0, BLOCK_K)
+    valid_i = rows_i < n_rows
+    valid_j = rows_j < n_rows
+    ptr_i = a_base + rows_i[:, None] * stride_a_row + ks[None, :] * stride_a_col
+    ptr_j = b_base + rows_j[:, None] * stride_b_row + ks[None, :] * stride_b_col
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    for k0 in range(0, n_cols, BLOCK_K):
+        valid_k = (k0 + ks) < n_cols
+        ai = tl.load(ptr_i, mask=valid_i[:, None] & valid_k[None, :], other=0.0)
+        bj = tl.load(ptr_j, mask=valid_j[:, None] & valid_k[None, :], other=0.0)
+        acc = dot_fp32_acc(ai, tl.trans(bj), acc, PRECISION, UPCAST)
+        ptr_i += BLOCK_K * stride_a_col
+        ptr_j += BLOCK_K * stride_b_col
     return acc
 
 

@@ -15,11 +15,11 @@ from ._common import (
     dot_fp32_acc,
     dot_options,
     launch_options,
-    matmul_tile_config,
     require_triton,
     tl,
     triton,
 )
+from .tuning import get_tuner
 
 __all__ = ["ns_apply", "ns_apply_reference", "launch_ns_apply"]
 
@@ -123,7 +123,8 @@ def launch_ns_apply(
         check_int32_addressable(name, t)
     if out.numel() == 0:
         return out
-    config = config or matmul_tile_config(m, n, x.dtype)
+    if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
+        config = get_tuner().config_for("ns_apply", batch, m, n, x.dtype, x.device, lambda c: launch_ns_apply(x, bm, out, a, c))
     tiles_m = -(-m // config.kwargs["BLOCK_M"])
     tiles_n = -(-n // config.kwargs["BLOCK_N"])
     _ns_apply_kernel[(batch * tiles_m * tiles_n,)](

@@ -14,10 +14,10 @@ from ._common import (
     dot_options,
     launch_options,
     require_triton,
-    symmetric_tile_config,
     tl,
     triton,
 )
+from .tuning import get_tuner
 from ._lower_tiles import gram_tile, lower_tile_coords, lower_tile_count, store_mirrored
 
 __all__ = ["sym_gram", "sym_gram_reference", "launch_sym_gram"]
@@ -80,7 +80,8 @@ def launch_sym_gram(
         return out
     if n == 0:  # an empty sum; also keeps a null data pointer away from the kernel
         return out.zero_()
-    config = config or symmetric_tile_config(m, x.dtype)
+    if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
+        config = get_tuner().config_for("sym_gram", batch, m, n, x.dtype, x.device, lambda c: launch_sym_gram(x, out, c))
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
     _sym_gram_kernel[(batch * lower_tiles,)](
         x,

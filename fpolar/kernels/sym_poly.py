@@ -16,10 +16,10 @@ from ._common import (
     dot_options,
     launch_options,
     require_triton,
-    symmetric_tile_config,
     tl,
     triton,
 )
+from .tuning import get_tuner
 from ._lower_tiles import gram_tile, lower_tile_coords, lower_tile_count, store_mirrored
 
 __all__ = ["sym_poly", "sym_poly_reference", "launch_sym_poly"]
@@ -87,7 +87,8 @@ def launch_sym_poly(
     check_int32_addressable("out", out)
     if out.numel() == 0:
         return out
-    config = config or symmetric_tile_config(m, a.dtype)
+    if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
+        config = get_tuner().config_for("sym_poly", batch, m, m, a.dtype, a.device, lambda cfg: launch_sym_poly(a, out, b, c, cfg))
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
     _sym_poly_kernel[(batch * lower_tiles,)](
         a,

@@ -17,8 +17,6 @@ per param group per step on the whole group (one batched polar call per shape gr
 
 from __future__ import annotations
 
-import warnings
-
 import contextlib
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
@@ -73,7 +71,8 @@ class PolarOptimizer(torch.optim.Optimizer):
 
     polar_keys: Tuple[str, ...] = ()
     # "skip": a step() whose grads (any group) hold NaN/±inf changes nothing and is counted in
-    # ``skipped_steps``, decided on the device; "propagate": no check. Set it on the instance.
+    # ``skipped_steps``, decided on the device (on sharded params by every rank alike: one all_reduce
+    # of one element per step); "propagate": no check. Set it on the instance.
     nonfinite: str = "skip"
 
     def __init__(self, params: Any, defaults: Dict[str, Any], compiled: Compiled = None) -> None:
@@ -206,6 +205,8 @@ class PolarOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._program is not None and not torch.compiler.is_compiling():
+            self._program.release_untouched()  # see zero_grad
         with torch.no_grad():
             program = self._step_program()
             self._prepare()
@@ -214,6 +215,20 @@ class PolarOptimizer(torch.optim.Optimizer):
             else:
                 program(self)
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the params' gradients, as ``torch.optim.Optimizer.zero_grad``, with one exception that
+        keeps memory to one set of grads: while a captured CUDA-graph program (``compiled``
+        "cuda_graph") reads grads at fixed addresses, ``set_to_none=True`` zeroes those tensors in
+        place and leaves them as the params' ``.grad`` (every other grad becomes None). Backward then
+        accumulates into them (no copy before the replay); a param that backward does not reach
+        before the next ``step`` gets ``.grad = None`` there, so it does not step, as with
+        ``set_to_none=True``. Between those two calls such a param shows a zero grad, not None."""
+        program = self._program
+        if not set_to_none or program is None or not program.holds_grads():
+            super().zero_grad(set_to_none)
+            return
+        program.zero_grads([p for group in self.param_groups for p in group["params"]])
 
     def _step_program(self) -> Optional[StepProgram]:
         """The program that runs this step's math, or None for eager ``_apply``: never under
@@ -304,29 +319,16 @@ class PolarOptimizer(torch.optim.Optimizer):
 
     def _skip_counter(self) -> Optional[Tensor]:
         """The 0-d int64 ``skipped_steps`` counter made by ``_prepare``, or None where the step does not
-        skip (``nonfinite="propagate"``, or sharded params). Only read here: ``_apply`` is traced by a
-        caller's torch.compile, which cannot create attributes on the optimizer."""
-        if self.nonfinite != "skip" or self._sharded_params():
+        skip (``nonfinite="propagate"``). Only read here: ``_apply`` is traced by a caller's
+        torch.compile, which cannot create attributes on the optimizer."""
+        if self.nonfinite != "skip":
             return None
         return self._skipped
 
-    def _sharded_params(self) -> bool:
-        return any(is_dtensor(p) for rt in self._runtime for p in rt.params)
-
     def _make_skip_counter(self) -> None:
         """Create the skip counter once, on the first param's device (a captured step keeps its address).
-        Sharded (DTensor) params: each rank sees only its shards' grads, so a skip decided locally could
-        differ between ranks; the distributed step does not take one yet. Said once, not silently dropped."""
+        On sharded (DTensor) params every rank counts the same skips: ``run_math`` agrees on the flag."""
         if self.nonfinite != "skip":
-            return
-        if self._sharded_params():
-            if not getattr(self, "_said_no_sharded_skip", False):
-                warnings.warn(
-                    "fpolar.optim: non-finite grads are not skipped on sharded (DTensor) params yet; "
-                    "this optimizer steps as with nonfinite='propagate'",
-                    stacklevel=4,
-                )
-                self._said_no_sharded_skip = True
             return
         if self._skipped is None:
             device = next((p.device for rt in self._runtime for p in rt.params), torch.device("cpu"))

@@ -11,8 +11,13 @@ device, sets the pace. ``StepProgram`` runs it as one program instead:
   outside a capture), the second is captured and replayed, later ones replay. The graph reads the lr
   and weight-decay tensors that ``_prepare`` refills, so schedulers work without a recapture. It
   reads the gradients at the addresses it was captured with: it keeps those tensors, and before a
-  replay copies in any ``p.grad`` that is another tensor (``zero_grad(set_to_none=False)`` keeps
-  them the same, so nothing is copied).
+  replay copies in any ``p.grad`` that is another tensor. So that no second set of grads is ever
+  alive, the optimizer's ``zero_grad`` (also with ``set_to_none=True``, the default) leaves the
+  captured tensors as the params' ``.grad``, zeroed in place (``zero_grads``): backward then adds
+  into them where the graph reads them, and nothing is copied. A param that backward did not reach
+  since (its grad's version counter unchanged) gets ``.grad = None`` at the next step
+  (``release_untouched``), as ``set_to_none=True`` would have left it, so which params step is the
+  same as with fresh grads.
 * ``"compile"`` (any device; what ``compiled=True`` means off CUDA): the same calls under
   ``torch.compile(fullgraph=True)``; dynamo's guards recompile for a new layout, and the lr tensors
   are graph inputs, so a schedule does not recompile.
@@ -36,6 +41,7 @@ from ..adamw import adamw_step
 from ..adamw_fused import fused_adamw_available, fused_adamw_step
 from ..inductor_options import inductor_options
 from ..nonfinite import found_nonfinite
+from ..nonfinite_ranks import agree, shard_groups
 from ..polargrad import polargrad_step
 from .group_state import GroupRuntime
 
@@ -92,12 +98,15 @@ def run_math(work: Work, fused_adamw: bool, skipped: Optional[Tensor] = None) ->
 
     ``skipped`` (the optimizer's 0-d int64 counter, or None for no check): one skip decision for the
     whole step, from every grad and every scheduled lr / weight-decay tensor, made on the device and
-    passed to each call as ``found_inf``; the counter adds it."""
+    passed to each call as ``found_inf``; the counter adds it. On sharded (DTensor) params each rank
+    checks its own shards and one ``all_reduce`` per process group makes the flag every rank's
+    (``fpolar.nonfinite_ranks``), so every rank skips, or steps, together."""
     found = None
     if skipped is not None:
         every = [g for _, grads, _ in work for g in grads]
         every += [t for rt, _, _ in work for t in (rt.lr, rt.weight_decay) if isinstance(t, Tensor)]
         found = found_nonfinite(every, skipped.device)
+        found = agree(found, shard_groups([p for rt, _, _ in work for p in rt.params]))
         skipped.add_(found)
     for rt, grads, decay in work:
         if rt.algorithm == "polargrad":
@@ -130,6 +139,45 @@ class StepProgram:
         self._compiled: Optional[Callable[[Work, bool, Optional[Tensor]], None]] = None
         self._compiler = compiler
         self._eager_layout: Optional[tuple] = None  # a layout whose capture failed: it runs eagerly
+        # (param, its captured grad, the grad's version right after zero_grads zeroed it)
+        self._zeroed: List[Tuple[Tensor, Tensor, int]] = []
+
+    def holds_grads(self) -> bool:
+        """Whether a captured graph reads grads at fixed addresses (kept by this program)."""
+        return self._graph is not None and any(g is not None for grads in self._graph_grads for g in grads)
+
+    def zero_grads(self, params: Sequence[Tensor]) -> None:
+        """``zero_grad(set_to_none=True)`` for a captured program: a param whose ``.grad`` is a tensor
+        the graph reads keeps it, zeroed in place (detached from any graph, like torch.optim's
+        ``set_to_none=False``); every other param's ``.grad`` becomes None. Backward adds into the
+        kept ones, so the graph finds the new grads where it reads them: one set of grads alive."""
+        kept = {id(g) for grads in self._graph_grads for g in grads if g is not None}
+        static: List[Tensor] = []
+        for p in params:
+            g = p.grad
+            if g is None:
+                continue
+            if id(g) in kept:
+                if g.grad_fn is not None:
+                    g.detach_()
+                else:
+                    g.requires_grad_(False)
+                static.append(p)
+            else:
+                p.grad = None
+        grads = [p.grad for p in static]
+        if grads:
+            torch._foreach_zero_(grads)  # type: ignore[arg-type]
+        self._zeroed = [(p, g, g._version) for p, g in zip(static, grads)]  # type: ignore[misc]
+
+    def release_untouched(self) -> None:
+        """Set ``.grad = None`` on each param kept by ``zero_grads`` whose grad nothing wrote since
+        (version counter unchanged): backward did not reach it, so with ``set_to_none=True`` it would
+        have no grad and must not step. Reads only host-side counters (no sync)."""
+        for p, g, version in self._zeroed:
+            if p.grad is g and g._version == version:
+                p.grad = None
+        self._zeroed = []
 
     def __call__(self, optimizer: Any) -> None:
         """One step's math for ``optimizer`` (a ``PolarOptimizer`` whose ``_prepare`` just ran):

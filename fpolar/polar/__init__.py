@@ -28,7 +28,7 @@ from ..coefficients import (
     resolve_named,
     schedule_for,
 )
-from .dispatch import PolarImpl, decide_polar_impl, ns_ops
+from .dispatch import PolarImpl, decide_polar_impl, measured_auto_impl, ns_ops, triton_gram_ops, tune_before_use
 from .gram_newton_schulz import gram_newton_schulz
 from .newton_schulz import newton_schulz
 from .qdwh import check_l0, qdwh_polar
@@ -165,14 +165,37 @@ class PolarSpec:
             return torch.bfloat16
         return torch.promote_types(input_dtype, torch.float32)
 
-    def impl_for(self, m: int, n: int, input_dtype: torch.dtype, device: torch.device) -> PolarImpl:
-        """The implementation for (·, m, n) matrices of ``input_dtype`` on ``device``, either orientation
-        (the iteration runs on the wide side). See ``fpolar.polar.dispatch`` for the rules."""
+    def impl_for(
+        self, m: int, n: int, input_dtype: torch.dtype, device: torch.device, batch: int = 1
+    ) -> PolarImpl:
+        """The implementation for a (batch, m, n) group of ``input_dtype`` on ``device``, either
+        orientation (the iteration runs on the wide side). See ``fpolar.polar.dispatch`` for the rules;
+        ``kernels="auto"`` on CUDA times the candidates here, once per key (outside any trace)."""
         on_cuda = device.type == "cuda"
-        return decide_polar_impl(
-            self.method, self.kernels, self.normalization, min(m, n), max(m, n), on_cuda,
+        wide_m, wide_n = min(m, n), max(m, n)
+        impl = decide_polar_impl(
+            self.method, self.kernels, self.normalization, wide_m, wide_n, on_cuda,
             self.compute_dtype_for(input_dtype, on_cuda), input_dtype,
         )
+        if (
+            self.kernels == "auto"
+            and on_cuda
+            and self.method in ("newton_schulz", "gram_newton_schulz")
+            and not torch.compiler.is_compiling()  # a traced step keeps the rules: no timing, no file
+        ):
+            key = (self.method, len(self.schedule), self.gram_restart)
+            impl = measured_auto_impl(
+                self.method, impl, key, max(int(batch), 1), wide_m, wide_n, input_dtype, device, self.normalization,
+                lambda chosen, x: polar_wide(x, self, chosen),
+            )
+        elif impl.kernels == "triton" and on_cuda and not torch.compiler.is_compiling():
+            # the kernel configs are tuned now, before any step is traced or captured
+            tune_before_use(
+                ("prepare", impl.method, wide_m, wide_n, max(int(batch), 1), str(input_dtype), str(impl.polar_dtype)),
+                device,
+                lambda: polar_wide(torch.randn(max(int(batch), 1), wide_m, wide_n, device=device, dtype=input_dtype), self, impl),
+            )
+        return impl
 
 
 def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None, *, normalized: bool = False) -> Tensor:
@@ -207,6 +230,7 @@ def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None, *, 
             gram_restart=spec.gram_restart,
             ops=ns_ops(impl.kernels, x.device),
             normalized=normalized,
+            gram_ops=triton_gram_ops() if impl.kernels == "triton" else None,
         )
     if impl.method == "qdwh":
         return qdwh_polar(
@@ -279,6 +303,6 @@ def polar(
             partition_sizes=partition_sizes,
         )
     m, n = x.shape[-2:]
-    impl = spec.impl_for(m, n, x.dtype, x.device)
+    impl = spec.impl_for(m, n, x.dtype, x.device, batch=x.numel() // max(m * n, 1))
     out = polar_in_orientation(x.reshape(-1, m, n), spec, impl)
     return out.reshape(x.shape).to(x.dtype)

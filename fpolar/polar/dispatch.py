@@ -21,6 +21,17 @@ the device type and options only, never tensor values, so a compiled step never 
 
 CPU always gets the torch path (the Triton kernels run on CPU only in the interpreter, for tests).
 
+**Measured** (``measured_auto_impl``): on CUDA with kernel tuning on (``fpolar.kernels.tuning``; off
+by default, on with ``FPOLAR_TUNE=1``), ``auto`` for the Newton–Schulz family does not stop at the rules above: when
+the plan is built it times the group's whole polar step on random data of the group's (B, m, n) and
+dtype through each candidate — NS on cuBLAS, NS on the Triton kernels, and with Frobenius
+normalization Gram NS on cuBLAS and on the Triton kernels (the tuned configs are chosen on the way) —
+and keeps the fastest. The decision is cached per (device, triton version, method, m, n, batch
+bucket, dtype, steps, restart, normalization) in memory and in the tuning cache file, and recorded
+in ``PolarImpl.reason`` with every candidate's µs (``describe_plan`` shows it). It never reads the
+values of a tensor, and it is not taken while torch.compile traces or a CUDA graph is captured: then
+an already measured decision is used, else the rules above.
+
 **Glue** (``PolarImpl.glue``): the memory-bound work around the polar factor — momentum update,
 Nesterov blend, Frobenius normalization, cast, transpose of tall groups, and the scaled apply.
 ``"fused"`` runs it as the two one-pass ops ``fpolar::momentum_polar_input`` and
@@ -32,10 +43,11 @@ is too small). The step uses it where it applies (momentum-first, every param of
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional
+from typing import Callable, List, Literal, NamedTuple, Optional
 
 import torch
 
+from .gram_newton_schulz import GramOps
 from .newton_schulz import TORCH_OPS, NSOps
 
 GRAM_MIN_ASPECT = 2.0
@@ -56,12 +68,14 @@ class PolarImpl(NamedTuple):
         kernels: "torch" (batched matmul) or "triton" (``torch.ops.fpolar``) for the products that
             touch the m×n matrix of the Newton–Schulz family; "torch" for QDWH and SVD.
         polar_dtype: the dtype the iteration runs in (and of its result).
+        reason: why, when it was measured (every candidate's µs); "" for a fixed rule.
         glue: "fused" (the one-pass Triton ops around the polar factor) or "torch"; see module docstring.
     """
 
     method: str
     kernels: NSKernels
     polar_dtype: torch.dtype
+    reason: str = ""
     glue: GlueChoice = "torch"
 
     @property
@@ -115,10 +129,10 @@ def decide_polar_impl(
     if method == "newton_schulz":
         impl = ns_implementation(m, n, on_cuda, polar_dtype, kernels, normalization)
         if impl == "gram":
-            return PolarImpl("gram_newton_schulz", "torch", polar_dtype, glue)
-        return PolarImpl("newton_schulz", impl, polar_dtype, glue)  # type: ignore[arg-type]
+            return PolarImpl("gram_newton_schulz", "torch", polar_dtype, glue=glue)
+        return PolarImpl("newton_schulz", impl, polar_dtype, glue=glue)  # type: ignore[arg-type]
     if method == "gram_newton_schulz":
-        return PolarImpl(method, "triton" if kernels == "triton" else "torch", polar_dtype, glue)
+        return PolarImpl(method, "triton" if kernels == "triton" else "torch", polar_dtype, glue=glue)
     return PolarImpl(method, "torch", polar_dtype)
 
 
@@ -128,6 +142,104 @@ def triton_ops() -> NSOps:
 
     ops = torch.ops.fpolar
     return NSOps(ops.sym_gram, ops.sym_poly, ops.ns_apply)
+
+
+KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def auto_candidates(method: str, normalization: str, polar_dtype: torch.dtype) -> List[PolarImpl]:
+    """What ``kernels="auto"`` may choose between for a Newton–Schulz-family ``method``."""
+    kernels: List[NSKernels] = ["torch", "triton"] if polar_dtype in KERNEL_DTYPES else ["torch"]
+    methods = ["gram_newton_schulz"] if method == "gram_newton_schulz" else ["newton_schulz"]
+    if method == "newton_schulz" and normalization == "frobenius":
+        methods.append("gram_newton_schulz")  # the AOL start has no Gram-space form here
+    return [PolarImpl(mt, k, polar_dtype) for mt in methods for k in kernels]
+
+
+def measured_auto_impl(
+    method: str,
+    fixed: PolarImpl,
+    key: tuple,
+    batch: int,
+    m: int,
+    n: int,
+    input_dtype: torch.dtype,
+    device: torch.device,
+    normalization: str,
+    run: Callable[[PolarImpl, torch.Tensor], torch.Tensor],
+) -> PolarImpl:
+    """The ``auto`` decision for a wide (batch, m, n) group from timings on ``device`` (module doc).
+
+    ``method`` is the user's; ``fixed`` the rules' decision (kept when nothing can be measured);
+    ``key`` the options that change the timing besides the shape (method, steps, restart);
+    ``run(impl, x)`` runs the polar step through ``impl``.
+    """
+    from ..kernels.tuning import get_tuner, shape_bucket
+
+    candidates = auto_candidates(method, normalization, fixed.polar_dtype)
+    tuner = get_tuner()
+    if len(candidates) < 2 or not tuner.enabled or device.type != "cuda":
+        return fixed
+    full_key = (
+        tuner.device_key(device), "polar", *key, normalization, m, n, shape_bucket(batch),
+        str(fixed.polar_dtype).removeprefix("torch."),
+    )
+    by_label = {c.label: c for c in candidates}
+    if tuner.can_measure(device):
+        inputs: List[torch.Tensor] = []  # random data of the group's shape, made when first timed
+
+        def timed(impl: PolarImpl) -> torch.Tensor:
+            if not inputs:
+                inputs.append(torch.randn(batch, m, n, device=device, dtype=input_dtype))
+            return run(impl, inputs[0])
+
+        options = {label: (lambda impl=impl: timed(impl)) for label, impl in by_label.items()}
+        choice, us = tuner.measured_choice(full_key, options)
+        inputs.clear()
+    else:
+        cached = tuner.cached_choice(full_key)
+        if cached is None:
+            return fixed
+        choice, us = cached
+    if choice not in by_label:  # a cache written by another version of the candidate list
+        return fixed
+    timings = ", ".join(f"{label} {t:.1f} µs" for label, t in sorted(us.items(), key=lambda kv: kv[1]))
+    return by_label[choice]._replace(reason=f"measured on {full_key[0]}: {timings}", glue=fixed.glue)
+
+
+def tune_before_use(key: tuple, device: torch.device, run_once: Callable[[], object]) -> bool:
+    """For ``kernels="triton"``: runs the group's polar step once at plan time (``run_once``, on random
+    data of its shape), so every kernel config it needs is tuned before a step is traced or captured.
+    Once per key per process, only where tuning may time (CUDA, tuning on, not tracing/capturing).
+    Returns whether it ran."""
+    from ..kernels.tuning import get_tuner
+
+    tuner = get_tuner()
+    if not tuner.can_measure(device):
+        return False
+    full_key = (tuner.device_key(device),) + key
+    if full_key in tuner.prepared:
+        return False
+    run_once()
+    tuner.prepared.add(full_key)
+    return True
+
+
+def triton_gram_ops() -> GramOps:
+    """fpolar's Triton kernels for the m×m products of Gram Newton–Schulz: b·R + c·R² and P·R·P
+    from their lower triangles (``sym_poly``; ``ns_apply`` for U = P·R then ``sym_cross`` for P·Uᵀ),
+    P·Q as a full product (``ns_apply`` with a = 0)."""
+    from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
+
+    ops = torch.ops.fpolar
+
+    def congruence(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return ops.sym_cross(p, ops.ns_apply(r, p, 0.0))
+
+    def product(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return ops.ns_apply(q, p, 0.0)
+
+    return GramOps(ops.sym_poly, congruence, product)
 
 
 def check_kernels_device(kernels: str, device: torch.device) -> None:

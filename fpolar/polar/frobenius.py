@@ -19,9 +19,14 @@ def frobenius_normalize(x: Tensor, safety: float, eps: float, dtype: torch.dtype
     X / max|X|; result in ``dtype``. A zero matrix stays zero. Every singular value of the result is
     ≤ 1/safety."""
     acc = torch.promote_types(x.dtype, torch.float32)
-    xa = x.to(acc)
-    peak = torch.linalg.vector_norm(xa, ord=float("inf"), dim=(-2, -1), keepdim=True)
+    # No upcast copy of a narrower x: the max reads it as is, and the division by the (…, 1, 1)
+    # float peak promotes each element on the fly (exactly) into the float result.
+    peak = torch.linalg.vector_norm(x, ord=float("inf"), dim=(-2, -1), keepdim=True, dtype=acc)
     # A zero matrix keeps peak = 0; dividing by 1 instead leaves it zero.
-    unit = xa / torch.where(peak > 0, peak, torch.ones_like(peak))
+    unit = x / torch.where(peak > 0, peak, torch.ones_like(peak))
     norm = torch.linalg.vector_norm(unit, dim=(-2, -1), keepdim=True)
-    return (unit / (norm * safety + eps)).to(dtype)
+    denom = norm * safety + eps
+    if dtype == unit.dtype:
+        return unit.div_(denom)  # unit is this function's own temporary: no second (B, m, n)
+    # the division and the cast in one pass, into the result (same rounding as dividing, then .to)
+    return torch.div(unit, denom, out=torch.empty_like(unit, dtype=dtype))

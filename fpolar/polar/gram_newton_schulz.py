@@ -8,17 +8,35 @@ wins when n ≫ m. Low-precision error accumulates in R, so the iteration restar
 implementation's restart before step 2, mirrored).
 
 FLOPs for 5 steps on m×n, in units of m³ with n = 4m: 90 for dense NS, 60 here (no symmetry used).
+
+Which m×m products are symmetric, and so can be computed from their lower triangle (``GramOps``,
+fpolar's lower-tile kernels when Triton is chosen):
+- R = X Xᵀ: a Gram matrix, symmetric for any X.
+- P = aI + bR + cR²: a polynomial in a symmetric R; R² = R·Rᵀ is a Gram matrix of R's rows.
+- R' = P·R·P: a congruence of a symmetric R by a symmetric P, symmetric whatever P and R are. It is
+  computed as U = P·R (a full product) and then P·Uᵀ from its lower triangle (row i of U is column
+  i of R·P).
+- Q' = P·Q is symmetric only in exact arithmetic (P and Q are both polynomials in the block's
+  first R, so they commute); in rounding they commute only approximately, so it stays a full product.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from ..coefficients import Coefficient
 from .newton_schulz import TORCH_OPS, NSOps, frobenius_normalize
+
+
+class GramOps(NamedTuple):
+    """The m×m products of Gram Newton–Schulz that exploit symmetry (see the module doc)."""
+
+    poly: Callable[[Tensor, float, float], Tensor]  # (R, b, c) -> b·R + c·R², R symmetric
+    congruence: Callable[[Tensor, Tensor], Tensor]  # (P, R) -> P·R·P, P and R symmetric
+    product: Callable[[Tensor, Tensor], Tensor]  # (P, Q) -> P·Q
 
 
 def gram_newton_schulz(
@@ -30,13 +48,14 @@ def gram_newton_schulz(
     polar_dtype: torch.dtype = torch.bfloat16,
     gram_restart: int = 3,
     ops: NSOps = TORCH_OPS,
+    gram_ops: Optional[GramOps] = None,
     normalized: bool = False,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` (B, m, n), m ≤ n; same result as ``newton_schulz``
     with the same schedule, up to rounding. Returns (B, m, n) in ``polar_dtype``.
 
     ``ops`` runs the two products that touch the m×n matrix (R = XXᵀ and X ← Q·X, as
-    ``ops.apply(x, q, 0)``); the m×m work stays on batched matmul."""
+    ``ops.apply(x, q, 0)``); ``gram_ops`` (None: batched matmul) runs the m×m products."""
     if x.size(-2) > x.size(-1):
         raise ValueError(f"gram_newton_schulz expects wide matrices (m ≤ n), got shape {tuple(x.shape)}")
     if gram_restart < 1:
@@ -45,17 +64,24 @@ def gram_newton_schulz(
     x = x.to(polar_dtype) if normalized else frobenius_normalize(x, safety, eps, polar_dtype)
     if ops is not TORCH_OPS:
         x = x.contiguous()  # see newton_schulz: one copy instead of one per Triton call
-    m = x.size(-2)
-    eye = torch.eye(m, dtype=polar_dtype, device=x.device)
     for start in range(0, len(schedule), gram_restart):
         block = schedule[start : start + gram_restart]
         r = ops.gram(x)
         q = None
         for k, (a, b, c) in enumerate(block):
             # p = a·I + b·R + c·R²
-            p = torch.baddbmm(r, r, r, beta=b, alpha=c) + a * eye
-            q = p if q is None else torch.bmm(p, q)
-            if k + 1 < len(block):  # the last step of a block needs no new R
-                r = torch.bmm(p, torch.bmm(r, p))
+            if gram_ops is None:
+                p = torch.baddbmm(r, r, r, beta=b, alpha=c)
+                p.diagonal(dim1=-2, dim2=-1).add_(a)  # + a·I in place: the same sums as adding a·eye
+                q = p if q is None else torch.bmm(p, q)
+                if k + 1 < len(block):  # the last step of a block needs no new R
+                    r = torch.bmm(p, torch.bmm(r, p))
+                continue
+            p = gram_ops.poly(r, b, c)
+            # a·I touches the m diagonal entries only (a fresh tensor, so in place is safe)
+            p.diagonal(dim1=-2, dim2=-1).add_(a)
+            q = p if q is None else gram_ops.product(p, q)
+            if k + 1 < len(block):
+                r = gram_ops.congruence(p, r)
         x = ops.apply(x, q, 0.0)
     return x

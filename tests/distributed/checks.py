@@ -5,10 +5,19 @@ three (7, 8) (7 rows: not divisible by 2 or 4), a (3, 7) (fewer rows than 4 rank
 tall (10, 3), a 3-D (3, 5, 6) stack (whole matrices per rank; one rank of 4 holds none), a conv
 weight (5, 3, 3, 3) and a fused QKV (12, 8) split as [6, 3, 3]. The reference is the one-process
 ``fpolar.polargrad_step`` on full tensors (the QKV as three separate params).
+
+The checks run on CPU under gloo (the test suite) unless ``FPOLAR_DIST_DEVICE`` names another device
+type: "cuda" runs them on NCCL, one GPU a rank (``benchmarks/distributed_gpu.py``). The one-process
+reference stays on CPU in float32; on CUDA the polar iteration is asked for in float32 (its CUDA
+default is bfloat16) so the reference stays a tight check (TOL 1e-3 there: GPU float32 matmuls and
+QDWH's factorizations round differently from the CPU's), and the bfloat16 path keeps its own check
+(``check_bf16_exchange``).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Dict, List, Tuple
 
 import torch
@@ -31,7 +40,15 @@ SHAPES: Dict[str, Tuple[int, ...]] = {
     "qkv": (12, 8),
 }
 QKV_SPLIT = (6, 3, 3)
-TOL = 1e-5
+DEVICE_TYPE = os.environ.get("FPOLAR_DIST_DEVICE", "cpu")
+ON_CPU = DEVICE_TYPE == "cpu"
+TOL = 1e-5 if ON_CPU else 1e-3
+FP32_POLAR: dict = {} if ON_CPU else {"polar_dtype": torch.float32}
+
+
+def on_device(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the checks' device (the current CUDA device under NCCL); itself on CPU."""
+    return t if ON_CPU else t.to(DEVICE_TYPE)
 
 
 class Layer(nn.Module):
@@ -65,7 +82,7 @@ def sharded_model(world_size: int):
     fresh = Model()
     full = {k: layer.weight.detach().clone() for k, layer in fresh.layers.items()}
     if world_size not in _MODEL:
-        mesh = init_device_mesh("cpu", (world_size,))
+        mesh = init_device_mesh(DEVICE_TYPE, (world_size,))
         for layer in fresh.layers.values():
             fully_shard(layer, mesh=mesh)
         fully_shard(fresh, mesh=mesh)
@@ -119,10 +136,10 @@ CONFIGS = [
 
 
 def hparams(cfg: dict, nesterov: bool) -> fpolar.PolarGradHParams:
-    """The distributed step takes no on-device skip yet, so it is asked for "propagate" explicitly (the
-    single-process reference steps the same way on these finite grads)."""
+    """Default ``nonfinite="skip"``: on these finite grads every rank agrees on "no skip" (one
+    all_reduce) and steps like the single-process reference."""
     lr = 0.01 if cfg["scale"] == "nuclear" else 0.05
-    return fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, nesterov=nesterov, nonfinite="propagate", **cfg)
+    return fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, nesterov=nesterov, **cfg, **FP32_POLAR)
 
 
 def run_reference(full, hp, steps: int) -> List[torch.Tensor]:
@@ -139,7 +156,7 @@ def compare(got: Dict[str, torch.Tensor], ref: List[torch.Tensor]) -> float:
         parts = len(QKV_SPLIT) if name == "qkv" else 1
         ref_full[name] = torch.cat(ref[k : k + parts]) if parts > 1 else ref[k]
         k += parts
-    return max((got[n] - ref_full[n]).abs().max().item() for n in SHAPES)
+    return max((got[n].cpu() - ref_full[n]).abs().max().item() for n in SHAPES)
 
 
 def check_fsdp_parity(rank: int, world: int, shared: str) -> dict:
@@ -194,11 +211,12 @@ check_bf16_exchange.worlds = (2,)
 
 
 def check_replicate_dtensor(rank: int, world: int, shared: str) -> dict:
-    """DTensor params with a Replicate placement share the polar work like DDP (one all_gather per group)."""
+    """DTensor params with a Replicate placement share the polar work like DDP (one all_gather per group);
+    a NaN grad (Replicate: the same on every rank) is skipped on every rank without an all_reduce."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Replicate
 
-    mesh = init_device_mesh("cpu", (world,))
+    mesh = init_device_mesh(DEVICE_TYPE, (world,))
     torch.manual_seed(0)
     full = {k: torch.randn(s) / s[-1] ** 0.5 for k, s in SHAPES.items()}
     params = [DTensor.from_local(full[k].clone(), mesh, [Replicate()], run_check=False) for k in SHAPES]
@@ -209,9 +227,15 @@ def check_replicate_dtensor(rank: int, world: int, shared: str) -> dict:
         g = full_grads(t)
         grads = [DTensor.from_local(g[k], mesh, [Replicate()], run_check=False) for k in SHAPES]
         fpolar.polargrad_step(params, grads, state, hp)
+    bad = [DTensor.from_local(v.clone(), mesh, [Replicate()], run_check=False) for v in full_grads(9).values()]
+    bad[2].to_local()[0, 0] = float("nan")
+    before = _bits(params + state.momentum + [state.step])
+    counts = _comm_counts(lambda: fpolar.polargrad_step(params, bad, state, hp))
+    assert _same_bits(_bits(params + state.momentum + [state.step]), before) and state.skipped.item() == 1
+    assert _collectives(counts, "all_reduce") == 0, counts
     err = compare({k: p.to_local() for k, p in zip(SHAPES, params)}, run_reference(full, hp, 3))
     assert err <= TOL, f"Replicate DTensor params differ from one process by {err:.3g}"
-    return {"max_abs_error": err}
+    return {"max_abs_error": err, "skipped_call_collectives": counts}
 
 
 check_replicate_dtensor.worlds = (2,)
@@ -223,12 +247,12 @@ def check_replicated_parity(rank: int, world: int, shared: str) -> dict:
     for j, cfg in enumerate(CONFIGS[::3]):
         torch.manual_seed(0)
         full = {k: torch.randn(s) / s[-1] ** 0.5 for k, s in SHAPES.items()}
-        params = [full[k].clone() for k in SHAPES]
+        params = [on_device(full[k].clone()) for k in SHAPES]
         hp = hparams(cfg, nesterov=j % 2 == 0)
         state = init_distributed_state(params, hp, process_group=dist.group.WORLD, split_sizes=split_of())
         for t in range(5):
             g = full_grads(t)
-            distributed_polargrad_step(params, [g[k] for k in SHAPES], state, hp)
+            distributed_polargrad_step(params, [on_device(g[k]) for k in SHAPES], state, hp)
         err = compare(dict(zip(SHAPES, params)), run_reference(full, hp, 5))
         errors["/".join(cfg.values())] = err
         assert err <= TOL, f"{cfg}: max abs error {err:.3g} > {TOL}"
@@ -243,30 +267,138 @@ def _comm_counts(fn) -> Dict[str, int]:
     return {str(k): v for k, v in mode.get_comm_counts().items()}
 
 
+def _collectives(counts: Dict[str, int], name: str) -> int:
+    return sum(v for k, v in counts.items() if name in k)
+
+
 def check_comm_counts(rank: int, world: int, shared: str) -> dict:
-    """FSDP2: two all_to_all per exchanged shape group per step, nothing else; DDP: one all_gather."""
+    """Collectives per step, exactly. FSDP2: two all_to_all per exchanged ("rows") shape group; with
+    nonfinite="skip" one all_reduce more (the skip flag, one element), on a clean and on a skipped
+    call alike. DDP-style replicated params: one all_gather per group, and no all_reduce under "skip"
+    (their grads, hence the flags, are the same on every rank)."""
     model, _, _ = sharded_model(world)
     params = [model[k].weight for k in SHAPES]
-    hp = fpolar.PolarGradHParams(lr=0.01, nonfinite="propagate")
-    state = init_distributed_state(params, hp, split_sizes=split_of())
-    rows_groups = sum(g.kind == "rows" for g in state.plan.groups)
     g = full_grads(0)
     grads = [as_shard(g[k], model[k].weight) for k in SHAPES]
-    with torch.no_grad():
-        counts = _comm_counts(lambda: distributed_polargrad_step(params, grads, state, hp))
+    found = {}
+    for mode in ("propagate", "skip"):
+        hp = fpolar.PolarGradHParams(lr=0.01, nonfinite=mode)
+        state = init_distributed_state(params, hp, split_sizes=split_of())
+        rows_groups = sum(g.kind == "rows" for g in state.plan.groups)
+        with torch.no_grad():
+            counts = _comm_counts(lambda: distributed_polargrad_step(params, grads, state, hp))
+        a2a, reduces = _collectives(counts, "all_to_all"), _collectives(counts, "all_reduce")
+        want_reduces = 1 if mode == "skip" else 0
+        assert a2a == 2 * rows_groups, f"{mode}: {a2a} all_to_all for {rows_groups} row-sharded groups: {counts}"
+        assert reduces == want_reduces and sum(counts.values()) == a2a + reduces, f"{mode}: {counts}"
+        found[f"fsdp_{mode}"] = counts
     described = fpolar.describe_plan(state, hp)
     assert [r["kind"] for r in described].count("rows") == rows_groups
-    a2a = sum(v for k, v in counts.items() if "all_to_all" in k)
-    assert a2a == 2 * rows_groups, f"{a2a} all_to_all for {rows_groups} row-sharded groups: {counts}"
-    assert sum(counts.values()) == a2a, f"collectives other than all_to_all: {counts}"
 
     torch.manual_seed(0)
-    plain = [torch.randn(s) for s in SHAPES.values()]
-    rstate = init_distributed_state(plain, hp, process_group=dist.group.WORLD, split_sizes=split_of())
-    rcounts = _comm_counts(lambda: distributed_polargrad_step(plain, [torch.randn_like(p) for p in plain], rstate, hp))
-    gathers = sum(v for k, v in rcounts.items() if "all_gather" in k)
-    assert gathers == len(rstate.plan.groups) and sum(rcounts.values()) == gathers, rcounts
-    return {"bytes_sent_per_step": sum(r["bytes_sent_per_step"] for r in described), "fsdp": counts, "fsdp_row_groups": rows_groups, "replicated": rcounts, "replicated_groups": len(rstate.plan.groups)}
+    plain = [on_device(torch.randn(s)) for s in SHAPES.values()]
+    for mode in ("propagate", "skip"):
+        hp = fpolar.PolarGradHParams(lr=0.01, nonfinite=mode)
+        rstate = init_distributed_state(plain, hp, process_group=dist.group.WORLD, split_sizes=split_of())
+        rgrads = [torch.randn_like(p) for p in plain]
+        if mode == "skip":
+            rgrads[1][0, 0] = float("nan")  # the same on every rank, as DDP's all-reduced grads are
+            before = [p.clone() for p in plain]
+        rcounts = _comm_counts(lambda: distributed_polargrad_step(plain, rgrads, rstate, hp))
+        gathers = _collectives(rcounts, "all_gather")
+        assert gathers == len(rstate.plan.groups) and sum(rcounts.values()) == gathers, rcounts
+        if mode == "skip":
+            assert rstate.skipped.item() == 1 and all(torch.equal(a, b) for a, b in zip(plain, before))
+        found[f"replicated_{mode}"] = rcounts
+    return {"bytes_sent_per_step": sum(r["bytes_sent_per_step"] for r in described), "fsdp_row_groups": rows_groups,
+            "replicated_groups": len(rstate.plan.groups), **found}
+
+
+def _bits(ts) -> List[torch.Tensor]:
+    """Each tensor's local part as raw bytes, copied (DTensors: this rank's shard)."""
+    out = []
+    for t in ts:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        out.append(t.detach().reshape(-1).view(torch.uint8).clone())
+    return out
+
+
+def _same_bits(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _owner_of_row(rows: int, row: int, world: int) -> int:
+    return next(r for r, (start, length) in enumerate(chunk_spans(rows, world)) if start <= row < start + length)
+
+
+# (step, param, row, value): a non-finite value in ONE rank's shard only. "a" (7, 8) row 6 lives on the
+# last rank (a row-sharded matrix, all_to_all exchange); "stack" (3, 5, 6) matrix 2 lives on rank 1 of
+# 2 or rank 2 of 4 (whole matrices per rank, no exchange: only the agreement tells the others).
+POISON = ((1, "a", 6, float("nan")), (2, "stack", 2, float("inf")))
+
+
+def poisoned_grads(step: int) -> Dict[str, torch.Tensor]:
+    g = full_grads(step)
+    for t, name, row, value in POISON:
+        if t == step:
+            g[name][row].view(-1)[0] = value
+    return g
+
+
+def check_skip_when_one_rank_sees_nan(rank: int, world: int, shared: str) -> dict:
+    """A NaN / inf in one rank's grad shard only: every rank skips (params, momentum, step bitwise
+    unchanged, ``skipped`` == 1 then 2 on every rank); the clean step after equals the one-process step
+    (which skips the same calls) to TOL. Three configs: NS momentum-first, NS polar-first + Nesterov
+    (the momentum is written after the exchange), SVD (it must never see the NaN)."""
+    owners = {name: _owner_of_row(SHAPES[name][0], row, world) for _, name, row, _ in POISON}
+    errors = {}
+    for j, nesterov in ((0, False), (3, True), (8, False)):
+        cfg = CONFIGS[j]
+        model, full, _ = sharded_model(world)
+        params = [model[k].weight for k in SHAPES]
+        hp = hparams(cfg, nesterov)
+        state = init_distributed_state(params, hp, split_sizes=split_of())
+        ref = reference_params(full)
+        ref_state = fpolar.init_state(ref, hp)
+        for t in range(4):
+            g = poisoned_grads(t)
+            grads = [as_shard(g[k], model[k].weight) for k in SHAPES]
+            before = _bits(params + state.momentum + [state.step])
+            fpolar.polargrad_step(params, grads, state, hp)
+            fpolar.polargrad_step(ref, reference_grads(g), ref_state, hp)
+            skipped = [k for k, (tt, *_rest) in enumerate(POISON) if tt == t]
+            if skipped:
+                name = POISON[skipped[0]][1]
+                mine = not torch.isfinite(grads[list(SHAPES).index(name)].to_local()).all().item()
+                assert mine == (rank == owners[name]), "the poison should sit in one rank's shard only"
+                assert _same_bits(_bits(params + state.momentum + [state.step]), before), f"step {t} changed state"
+        assert state.skipped.item() == 2 and state.step.item() == 2, (state.skipped.item(), state.step.item())
+        assert ref_state.skipped.item() == 2
+        err = compare({k: model[k].weight.full_tensor() for k in SHAPES}, ref)
+        errors["/".join(cfg.values()) + ("/nesterov" if nesterov else "")] = err
+        assert err <= TOL, f"{cfg}: after the skips, max abs error {err:.3g} > {TOL}"
+    return {"max_abs_error": errors, "poisoned_ranks": owners}
+
+
+def check_adamw_skip_on_dtensors(rank: int, world: int, shared: str) -> dict:
+    """fpolar.adamw_step on fully_shard biases: a NaN in the last rank's shard of one bias makes every
+    rank skip (moments, steps, params bitwise), with one all_reduce; a clean step then moves them."""
+    model, _, _ = sharded_model(world)
+    params = [model[k].bias for k in SHAPES]
+    hp = fpolar.AdamWHParams(lr=0.01, weight_decay=0.1)
+    state = fpolar.init_adamw_state(params, hp)
+    gen = torch.Generator().manual_seed(5)
+    full = [torch.randn(p.shape, generator=gen) for p in params]
+    full[0][SHAPES["a"][0] - 1] = float("nan")  # "a" has 7 rows: the last one lives on the last rank
+    grads = [as_shard(f, p) for f, p in zip(full, params)]
+    before = _bits(params + state.exp_avg + state.exp_avg_sq + state.step)
+    counts = _comm_counts(lambda: fpolar.adamw_step(params, grads, state, hp))
+    assert _same_bits(_bits(params + state.exp_avg + state.exp_avg_sq + state.step), before)
+    assert state.skipped.item() == 1 and _collectives(counts, "all_reduce") == 1 and sum(counts.values()) == 1, counts
+    full[0] = torch.randn(params[0].shape, generator=gen)
+    fpolar.adamw_step(params, [as_shard(f, p) for f, p in zip(full, params)], state, hp)
+    assert state.skipped.item() == 1 and all(s.item() == 1 for s in state.step)
+    return {"collectives": counts}
 
 
 def check_plan_same_on_every_rank(rank: int, world: int, shared: str) -> dict:
@@ -287,6 +419,8 @@ CHECKS = [
     ("replicated_parity", check_replicated_parity),
     ("replicate_dtensor", check_replicate_dtensor),
     ("comm_counts", check_comm_counts),
+    ("skip_when_one_rank_sees_nan", check_skip_when_one_rank_sees_nan),
+    ("adamw_skip_on_dtensors", check_adamw_skip_on_dtensors),
 ]
 
 
@@ -302,9 +436,10 @@ def check_tensor_parallel_polar(rank: int, world: int, shared: str) -> dict:
         spans = chunk_spans(x.shape[d], world)
         sizes = [s[1] for s in spans]
         start, length = spans[rank]
-        shard = x.narrow(d, start, length)
+        shard = on_device(x.narrow(d, start, length))
         for mode, method in (("distributed", "newton_schulz"), ("duplicated", "newton_schulz"), ("duplicated", "qdwh"), ("duplicated", "svd")):
-            got = fpolar.polar(shard, method, process_group=pg, partition_dim=pdim, tp_mode=mode, partition_sizes=sizes)
+            got = fpolar.polar(shard, method, process_group=pg, partition_dim=pdim, tp_mode=mode, partition_sizes=sizes,
+                               **FP32_POLAR).cpu()
             want = fpolar.polar(x, method).narrow(d, start, length)
             err = (got - want).abs().max().item() if length else 0.0
             errors[f"{shape}/dim{pdim}/{mode}/{method}"] = err
@@ -312,7 +447,7 @@ def check_tensor_parallel_polar(rank: int, world: int, shared: str) -> dict:
     # a wide matrix split along its short side cannot use the all-reduced Gram
     x = torch.randn(6, 11, generator=gen)
     spans = chunk_spans(6, world)
-    shard = x[spans[rank][0] : sum(spans[rank])]
+    shard = on_device(x[spans[rank][0] : sum(spans[rank])])
     try:
         fpolar.polar(shard, process_group=pg, partition_dim=0, partition_sizes=[s[1] for s in spans])
     except ValueError as e:
@@ -325,15 +460,19 @@ def check_tensor_parallel_polar(rank: int, world: int, shared: str) -> dict:
 CHECKS.append(("tensor_parallel_polar", check_tensor_parallel_polar))
 
 
-def _set_grads(model, step: int, sharded: bool) -> None:
+def _set_grads(model, step: int, sharded: bool, poison: str = "") -> None:
+    """Seeded grads; ``poison``: the name of a param whose last row gets a NaN (a sharded model: only
+    in the last rank's shard)."""
     gen = torch.Generator().manual_seed(2000 + step)
     for name, p in model.named_parameters():
         g = torch.randn(p.shape, generator=gen)
+        if name == poison:
+            g[-1].view(-1)[0] = float("nan")
         p.grad = as_shard(g, p) if sharded else g
 
 
 def _muon(params):
-    return fpolar.optim.Muon(params, lr=0.02, weight_decay=0.1, adamw_lr=0.01)
+    return fpolar.optim.Muon(params, lr=0.02, weight_decay=0.1, adamw_lr=0.01, **FP32_POLAR)
 
 
 def _full_state(opt, model) -> Dict[str, torch.Tensor]:
@@ -347,7 +486,10 @@ def _full_state(opt, model) -> Dict[str, torch.Tensor]:
 
 def check_optim_on_fully_shard(rank: int, world: int, shared: str) -> dict:
     """fpolar.optim.Muon on a fully_shard-ed model's parameters(), no new argument: 3 steps equal the
-    same optimizer on the unsharded model; then DCP saves the state (world 4) or round-trips it."""
+    same optimizer on the unsharded model, and a step whose NaN sits in the last rank's shard of one
+    weight is skipped on every rank (every state tensor bitwise, ``skipped_steps`` 1); a step costs
+    2 all_to_all per row-sharded group and one all_reduce (the skip flag). Then DCP saves the state
+    (world 4) or round-trips it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
@@ -361,15 +503,26 @@ def check_optim_on_fully_shard(rank: int, world: int, shared: str) -> dict:
     plain = Model()
     plain.load_state_dict({n: (p.full_tensor() if hasattr(p, "full_tensor") else p) for n, p in model.state_dict().items()})
     opt, ref = _muon(model.parameters()), _muon(plain.parameters())
-    for t in range(3):
-        _set_grads(model, t, True)
-        _set_grads(plain, t, False)
-        counts = _comm_counts(opt.step)
-        ref.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not skipped on sharded params" warning any more
+        for t in range(4):
+            poison = "layers.a.weight" if t == 2 else ""
+            _set_grads(model, t, True, poison)
+            _set_grads(plain, t, False, poison)
+            before = _full_state(opt, model) if poison else None
+            before_params = _bits(model.parameters()) if poison else None
+            counts = _comm_counts(opt.step)
+            ref.step()
+            if poison:
+                after = _full_state(opt, model)
+                assert all(torch.equal(before[k], after[k]) for k in before), "a skipped step changed the state"
+                assert _same_bits(_bits(model.parameters()), before_params), "a skipped step changed a param"
+    assert opt.skipped_steps.item() == 1 and ref.skipped_steps.item() == 1, opt.skipped_steps
     rows_groups = sum(g.kind == "rows" for rt in opt._runtime if rt.state is not None and hasattr(rt.state, "plan") for g in rt.state.plan.groups)
-    a2a = sum(v for k, v in counts.items() if "all_to_all" in k)
-    assert a2a == 2 * rows_groups and sum(counts.values()) == a2a, f"optimizer step collectives {counts} for {rows_groups} groups"
-    err = max((p.full_tensor() - q).abs().max().item() for p, q in zip(model.parameters(), plain.parameters()))
+    a2a, reduces = _collectives(counts, "all_to_all"), _collectives(counts, "all_reduce")
+    assert a2a == 2 * rows_groups and reduces == 1 and sum(counts.values()) == a2a + 1, (
+        f"optimizer step collectives {counts} for {rows_groups} groups")
+    err = max((p.full_tensor().cpu() - q).abs().max().item() for p, q in zip(model.parameters(), plain.parameters()))
     assert err <= TOL, f"fpolar.optim.Muon on fully_shard params differs from one process by {err:.3g}"
     kinds = {type(s["momentum_buffer"]).__name__ for s in opt.state.values() if "momentum_buffer" in s}
     assert kinds == {"DTensor"}, f"momentum stored as {kinds}"
@@ -423,29 +576,38 @@ check_dcp_reshard_from_4.worlds = (2,)
 
 def check_compiled_step(rank: int, world: int, shared: str) -> dict:
     """The distributed functional step under torch.compile(fullgraph=True): one frame, no recompile over a
-    20-step lr schedule (0-d lr tensor), and the same params as eager."""
+    20-step lr schedule (0-d lr tensor) in which step 5's NaN sits in the last rank's shard only (every
+    rank skips it, in the same graph as the clean calls), and the same params as eager."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     names = ["a", "small", "qkv"]
     model, full, _ = sharded_model(world)
     params = [model[k].weight for k in names]
     lr = torch.tensor(0.01)
-    hp = fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, nonfinite="propagate")
+    hp = fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, **FP32_POLAR)
     state = fpolar.init_state(params, hp)
     g = full_grads(0)
     grads = [as_shard(g[k], model[k].weight) for k in names]
+    bad_full = {k: v.clone() for k, v in g.items()}
+    bad_full["a"][6, 0] = float("nan")  # row 6 of 7: the last rank's shard
+    bad = [as_shard(bad_full[k], model[k].weight) for k in names]
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("aot_eager")
     step = torch.compile(fpolar.polargrad_step, backend=counter, fullgraph=True)
     ref = [full[k].clone() for k in names]
-    ref_state = fpolar.init_state(ref, fpolar.PolarGradHParams(lr=lr, weight_decay=0.1))
+    ref_state = fpolar.init_state(ref, fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, **FP32_POLAR))
     with torch.no_grad():
         for t in range(20):
             lr.fill_(0.01 * (1 - t / 20))
-            step(params, grads, state, hp)
-            fpolar.polargrad_step(ref, [g[k] for k in names], ref_state, hp)
+            if t == 5:
+                before = _bits(params + state.momentum + [state.step])
+            step(params, bad if t == 5 else grads, state, hp)
+            if t == 5:
+                assert _same_bits(_bits(params + state.momentum + [state.step]), before), "compiled skip changed state"
+            fpolar.polargrad_step(ref, [(bad_full if t == 5 else g)[k] for k in names], ref_state, hp)
     assert counter.frame_count == 1, f"{counter.frame_count} frames (recompiles)"
-    err = max((model[k].weight.full_tensor() - r).abs().max().item() for k, r in zip(names, ref))
+    assert state.skipped.item() == 1 and ref_state.skipped.item() == 1 and state.step.item() == 19
+    err = max((model[k].weight.full_tensor().cpu() - r).abs().max().item() for k, r in zip(names, ref))
     assert err <= TOL, f"compiled distributed step differs from one process by {err:.3g}"
     return {"frames": counter.frame_count, "max_abs_error": err}
 
@@ -462,7 +624,7 @@ def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
     messages = {}
 
     # one shape group on two meshes
-    other = DeviceMesh("cpu", list(reversed(range(world))))
+    other = DeviceMesh(DEVICE_TYPE, list(reversed(range(world))))
     def on_other_mesh() -> DTensor:
         return DTensor.from_local(torch.zeros(chunk_spans(7, world)[other.get_local_rank()][1], 8), other,
                                   [Shard(0)], run_check=False, shape=torch.Size([7, 8]), stride=(8, 1))
@@ -495,20 +657,15 @@ def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
         messages["plain_state_dtensor_params"] = str(e)
     else:
         raise AssertionError("a replicated-params state was accepted for DTensor params")
-    # the on-device skip is not taken by the distributed step yet: asking for it is refused, not ignored
+    # a GradScaler-style found_inf of two elements is refused, naming it, before anything changes
     grads_ab = [as_shard(g["a"], params[0]), as_shard(g["b"], params[1])]
-    for name, kwargs, skip_hp in (
-        ("skip_default", {}, fpolar.PolarGradHParams(lr=0.01)),
-        ("found_inf", {"found_inf": torch.zeros(())}, hp),
-        ("grad_scale", {"grad_scale": torch.ones(())}, hp),
-    ):
-        try:
-            fpolar.polargrad_step(params, grads_ab, state, skip_hp, **kwargs)
-        except ValueError as e:
-            messages[name] = str(e)
-            assert "not supported by the distributed step" in str(e), str(e)
-        else:
-            raise AssertionError(f"the distributed step accepted {name}")
+    try:
+        fpolar.polargrad_step(params, grads_ab, state, hp, found_inf=torch.zeros(2))
+    except ValueError as e:
+        messages["found_inf_shape"] = str(e)
+        assert "found_inf" in str(e), str(e)
+    else:
+        raise AssertionError("a two-element found_inf was accepted")
     assert state.step.item() == 0 and plain_state.step.item() == 0
     assert all(torch.equal(b, p.to_local()) for b, p in zip(before, params)), "params changed before the error"
     assert all(m.to_local().abs().sum() == 0 for m in state.momentum), "momentum changed before the error"

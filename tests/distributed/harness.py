@@ -4,6 +4,9 @@ Each child initializes gloo on a free port, limits itself to one thread, runs ev
 ``checks.CHECKS`` in order and writes one JSON record per check; the process group is destroyed in
 ``finally``. The parent waits up to a deadline and then kills the children it started, so a check that
 hangs a collective fails the test instead of hanging CI.
+
+``run_world(..., backend="nccl", device="cuda")`` runs the same checks one GPU a rank (used by
+``benchmarks/distributed_gpu.py``): the child sets ``FPOLAR_DIST_DEVICE`` before importing ``checks``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import tempfile
 import time
 import traceback
 from datetime import timedelta
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.multiprocessing as mp
@@ -30,18 +33,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(rank: int, world_size: int, port: int, out_dir: str, shared_dir: str) -> None:
+def _child(
+    rank: int,
+    world_size: int,
+    port: int,
+    out_dir: str,
+    shared_dir: str,
+    backend: str = "gloo",
+    device: str = "cpu",
+    names: Optional[List[str]] = None,
+) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), FPOLAR_DIST_DEVICE=device)
     torch.set_num_threads(1)
+    if device == "cuda":
+        torch.cuda.set_device(rank)
     records: List[Dict[str, object]] = []
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
     try:
         import checks
 
         for name, fn in checks.CHECKS:
-            if world_size not in getattr(fn, "worlds", (2, 4)):
+            wanted = world_size in getattr(fn, "worlds", (2, 4)) if names is None else name in names
+            if not wanted:
                 continue
             start = time.perf_counter()
             try:
@@ -56,13 +71,25 @@ def _child(rank: int, world_size: int, port: int, out_dir: str, shared_dir: str)
         dist.destroy_process_group()
 
 
-def run_world(world_size: int, shared_dir: str, timeout_s: float = 420.0) -> Dict[str, List[dict]]:
-    """Run every check on ``world_size`` spawned ranks; returns {check name: [record of each rank]}."""
+def run_world(
+    world_size: int,
+    shared_dir: str,
+    timeout_s: float = 420.0,
+    backend: str = "gloo",
+    device: str = "cpu",
+    names: Optional[List[str]] = None,
+) -> Dict[str, List[dict]]:
+    """Run every check on ``world_size`` spawned ranks; returns {check name: [record of each rank]}.
+
+    ``backend``/``device``: "gloo"/"cpu" (the tests) or "nccl"/"cuda" (rank r on GPU r). ``names``: run
+    exactly these checks (whatever their ``worlds``); None: every check made for ``world_size``."""
     out_dir = tempfile.mkdtemp(prefix=f"fpolar_dist{world_size}_")
     path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, HERE] + ([path] if path else []))
     ctx = mp.start_processes(
-        _child, args=(world_size, free_port(), out_dir, shared_dir), nprocs=world_size, join=False, start_method="spawn"
+        _child,
+        args=(world_size, free_port(), out_dir, shared_dir, backend, device, names),
+        nprocs=world_size, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + timeout_s
     error = None
