@@ -307,7 +307,8 @@ def test_auto_under_capture_uses_a_cached_decision_or_the_rules(monkeypatch, tmp
     spec = _spec()
     gpu.capturing = True
     ruled = spec.impl_for(768, 768, BF16, CUDA, batch=12)
-    assert ruled == dispatch.PolarImpl("newton_schulz", "torch", BF16) and tuner.timed == 0
+    # the rules' decision, with the fused glue of CUDA "auto" groups
+    assert ruled == dispatch.PolarImpl("newton_schulz", "torch", BF16, glue="fused") and tuner.timed == 0
     gpu.capturing = False
     measured = spec.impl_for(768, 768, BF16, CUDA, batch=12)
     assert (measured.method, measured.kernels) == ("gram_newton_schulz", "torch") and tuner.timed == 1
@@ -322,14 +323,14 @@ def test_auto_keeps_the_rules_when_tuning_is_off_on_cpu_or_not_auto(monkeypatch)
         raise AssertionError("timed")
 
     monkeypatch.setattr(T, "_TUNER", T.KernelTuner(enabled=False, cache_path=None, timer=no_timing))
-    assert _spec().impl_for(768, 3072, BF16, CUDA, batch=12) == dispatch.PolarImpl("gram_newton_schulz", "torch", BF16)
+    assert _spec().impl_for(768, 3072, BF16, CUDA, batch=12) == dispatch.PolarImpl("gram_newton_schulz", "torch", BF16, glue="fused")
     monkeypatch.setattr(T, "_TUNER", T.KernelTuner(enabled=True, cache_path=None, timer=no_timing))
     cpu = _spec().impl_for(768, 3072, torch.float32, torch.device("cpu"), batch=12)
     assert cpu == dispatch.PolarImpl("newton_schulz", "torch", torch.float32)
     forced = fpolar.PolarSpec.build("newton_schulz", kernels="torch").impl_for(768, 3072, BF16, CUDA, batch=12)
     assert forced == dispatch.PolarImpl("newton_schulz", "torch", BF16)
     # every option failing to run (here: the timer raises) leaves the rules' decision, uncached
-    assert _spec().impl_for(768, 3072, BF16, CUDA, batch=12) == dispatch.PolarImpl("gram_newton_schulz", "torch", BF16)
+    assert _spec().impl_for(768, 3072, BF16, CUDA, batch=12) == dispatch.PolarImpl("gram_newton_schulz", "torch", BF16, glue="fused")
     assert T.get_tuner()._decisions == {}
     assert fpolar.PolarSpec.build("qdwh").impl_for(8, 8, torch.float32, CUDA).reason == ""
 
