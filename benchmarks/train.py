@@ -193,6 +193,30 @@ def fpolar_muon(run: Run) -> Step:
     return _loop(run, _fpolar_muon(run))
 
 
+def fpolar_muon_torch_glue(run: Run) -> Step:
+    """The drop-in with the torch glue instead of the fused glue ops (``FPOLAR_GLUE=torch`` while its
+    plan is built, at the first step): the two glues side by side in one run."""
+    opt = _fpolar_muon(run)
+    step = _loop(run, opt)
+    built: List[bool] = []
+
+    def first_with_torch_glue(idx: Tensor, targets: Tensor) -> Tensor:
+        if built:
+            return step(idx, targets)
+        before = os.environ.get("FPOLAR_GLUE")
+        os.environ["FPOLAR_GLUE"] = "torch"
+        try:
+            return step(idx, targets)
+        finally:
+            built.append(True)
+            if before is None:
+                del os.environ["FPOLAR_GLUE"]
+            else:
+                os.environ["FPOLAR_GLUE"] = before
+
+    return first_with_torch_glue
+
+
 def fpolar_muon_eager(run: Run) -> Step:
     return _loop(run, _fpolar_muon(run, compiled=False))
 
@@ -297,6 +321,7 @@ def recipes() -> List[Recipe]:
         Recipe("dion Muon (+ its AdamW)", "peer", dion_muon, needs="dion", compiles=True),
         Recipe("dion Muon + its CudaGraphOptimizer", "peer", dion_muon_cuda_graph, needs="dion", cuda_only=True, compiles=True),
         Recipe("fpolar.optim.Muon(param_groups(model))", "fpolar", fpolar_muon),
+        Recipe("fpolar.optim.Muon, torch glue (FPOLAR_GLUE=torch)", "fpolar", fpolar_muon_torch_glue, cuda_only=True),
         Recipe("fpolar.optim.Muon, zero_grad(set_to_none=False)", "fpolar", fpolar_muon_grads_kept, cuda_only=True),
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),

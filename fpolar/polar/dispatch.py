@@ -39,10 +39,12 @@ Nesterov blend, Frobenius normalization, cast, transpose of tall groups, and the
 the Newton–Schulz family on CUDA with ``kernels`` "auto" or "triton", params in bf16/fp16/fp32 and a
 bf16 or fp32 iteration dtype (the unnormalized blend is stored in it before the scale: fp16's range
 is too small). The step uses it where it applies (momentum-first, every param of the group live).
+``FPOLAR_GLUE=torch`` in the environment turns the fused glue off.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable, List, Literal, NamedTuple, Optional
 
 import torch
@@ -102,7 +104,11 @@ def ns_implementation(m: int, n: int, on_cuda: bool, dtype: torch.dtype, kernels
 def glue_implementation(
     method: str, kernels: str, on_cuda: bool, input_dtype: torch.dtype, polar_dtype: torch.dtype
 ) -> GlueChoice:
-    """"fused" or "torch": what runs the glue around the polar factor (see the module docstring)."""
+    """"fused" or "torch": what runs the glue around the polar factor (see the module docstring).
+    ``FPOLAR_GLUE=torch`` in the environment keeps the torch glue everywhere (read when a plan is built):
+    the switch the benchmarks compare the two with."""
+    if os.environ.get("FPOLAR_GLUE", "auto").strip().lower() == "torch":
+        return "torch"
     fused = (
         on_cuda
         and kernels in ("auto", "triton")
