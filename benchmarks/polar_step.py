@@ -25,6 +25,7 @@ import torch
 
 import fpolar
 from fpolar.coefficients import SCHEDULES, expand_schedule
+from fpolar.compile import mark_static
 from fpolar.polar import PolarSpec, polar_wide
 
 GPT2_SMALL: List[Tuple[Tuple[int, int], int]] = [((2304, 768), 12), ((768, 768), 12), ((3072, 768), 12), ((768, 3072), 12)]
@@ -146,9 +147,7 @@ def whole_step_rows(shapes, floor_ms: float) -> List[Dict[str, object]]:
 
         rows.append(row(f"{label} step eager", bench(step), floor_ms, t_muon))
         try:
-            for t in [ps, state.buffers, [state.step], [hp.lr]]:
-                for tensor in t:
-                    torch._dynamo.mark_static_address(tensor)
+            mark_static(ps, grads, state, hp)  # every tensor the step mutates (step count, skip counter, …)
             cstep = torch.compile(step, fullgraph=True)
             for _ in range(3):
                 cstep()
@@ -197,9 +196,7 @@ def profile_whole_step(shapes, label: str, kw: dict) -> str:
     params, grads = make_params(shapes)
     hp = fpolar.PolarGradHParams(lr=torch.tensor(0.02, device="cuda"), **kw)
     state = fpolar.init_state(params, hp)
-    for t in [params, state.buffers, [state.step], [hp.lr]]:
-        for tensor in t:
-            torch._dynamo.mark_static_address(tensor)
+    mark_static(params, grads, state, hp)
     step = torch.compile(lambda: fpolar.polargrad_step(params, grads, state, hp), fullgraph=True)
     for _ in range(3):
         step()
