@@ -10,7 +10,7 @@
 # PARTS=lmtext; a second call on the still-warm machine continues its unfinished runs (on a fresh one,
 # LMTEXT_RESUME=path/to/the/first/lm_text.json, carried, keeps the runs that finished).
 # A device call is limited to 10 minutes, so the parts are run as separate calls there: "tests"
-# (about 4 min on the H200) and "compile" (over 5 min since the GPT compile tests) each alone or side
+# (tests/gpu first, about 1.5 min, then the CPU tests: past 4 min on the H200 now, so give it a call of its own) and "compile" (over 5 min since the GPT compile tests) each alone or side
 # by side in one call (two OUT folders), "polar peers", "train", "lmtext", "lm paper". "skip" (not in the
 # default list, about a minute): what nonfinite="skip" costs an eager step on the GPU, "skip" vs "propagate".
 # "dist" (benchmarks/distributed_gpu.py: the distributed checks on NCCL, the captured distributed step,
@@ -51,7 +51,7 @@ print('optional test packages missing (their tests skip):', ', '.join(missing) i
 # One part: its test runner or benchmark, nothing after it, so its status is the part's status.
 run_part() {
   case $1 in
-    tests)   timeout 280 python3 -m pytest -q -p no:cacheprovider -rfEs tests ;;
+    tests)   timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs tests/gpu tests ;;  # the GPU tests first
     compile) timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs compile_tests ;;
     polar)   timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" ;;
     glue)    timeout 120 python3 benchmarks/glue.py --json "$OUT/glue.json" ;;

@@ -315,10 +315,6 @@ def momentum_ema_(
     else:
         gated_lerp_(mom, vs, 1 - beta, found)
     if hp.nesterov:
-        if torch.compiler.is_compiling():
-            # Dynamo refuses ``out=`` into a non-contiguous view (a tall group's slice); Inductor fuses
-            # the blend into the stack's write anyway.
-            return stack_matrices(tensor_lists.lerp(vs, mom, beta), group)
         # Each param's blend written straight into its slice of the stack: one (B, m, n) tensor, no
         # per-param temporaries to concatenate.
         x = torch.empty((sum(group.counts), group.m, group.n), dtype=mom[0].dtype, device=mom[0].device)

@@ -28,5 +28,7 @@ def frobenius_normalize(x: Tensor, safety: float, eps: float, dtype: torch.dtype
     denom = norm * safety + eps
     if dtype == unit.dtype:
         return unit.div_(denom)  # unit is this function's own temporary: no second (B, m, n)
-    # the division and the cast in one pass, into the result (same rounding as dividing, then .to)
-    return torch.div(unit, denom, out=torch.empty_like(unit, dtype=dtype))
+    # The division and the cast in one pass, into the result (same rounding as dividing, then .to).
+    # The result is made contiguous: a tall group's X is a transposed view, and torch.compile refuses
+    # ``out=`` into a non-contiguous tensor; the iteration reads a contiguous X at least as fast.
+    return torch.div(unit, denom, out=torch.empty(unit.shape, dtype=dtype, device=unit.device))
