@@ -87,6 +87,22 @@ def bench_ms(
     return _host_bench(fn, warmup_ms, rep_ms, max_reps)
 
 
+def cuda_graph_ms(fn: Callable[[], object], rep_ms: int) -> float:
+    """Median device ms of ``fn`` on CUDA: captured in a CUDA graph and replayed (triton's
+    ``do_bench_cudagraph``), the way a captured or compiled step runs it; a sequence of small launches
+    timed eagerly would measure the host's launch cost instead. Eager ``do_bench`` (CUDA events, L2
+    flushed) where ``fn`` cannot be captured. ``fn`` runs once first, outside any capture (compiles)."""
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
+    except Exception:  # noqa: BLE001 - not capturable: time it eagerly
+        torch.cuda.synchronize()
+        return float(triton.testing.do_bench(fn, warmup=20, rep=rep_ms, return_mode="median"))
+
+
 def _estimate_ms(fn: Callable[[], object], device: torch.device, calls: int = 3) -> float:
     sync(device)
     t0 = time.perf_counter()

@@ -35,25 +35,16 @@ from fpolar import PolarGradHParams, init_state  # noqa: E402
 from fpolar.polar.frobenius import frobenius_normalize  # noqa: E402
 from fpolar.polargrad import Orthogonalized, live_batch, momentum_ema_, post_orthogonalize  # noqa: E402
 
+from common import cuda_graph_ms  # noqa: E402  (benchmarks/, the script's own folder)
+
 GPT2_SMALL: List[Tuple[Tuple[int, int], int]] = [((2304, 768), 12), ((768, 768), 12), ((3072, 768), 12), ((768, 3072), 12)]
 BANDWIDTH = 4.3e12  # B/s, measured copy bandwidth of the H200 (docs: DESIGN "Known facts")
 PRE_BYTES, POST_BYTES = 14, 10  # per element, see module docstring
 
 
 def bench(fn) -> float:
-    """Median device ms of ``fn``: captured in a CUDA graph and replayed (triton's do_bench_cudagraph),
-    the way the drop-in's captured step and a compiled step run it; the fused ops are a few launches
-    per group, and timed eagerly the host's launch cost would be measured instead of the kernels.
-    Eager ``do_bench`` where ``fn`` cannot be captured."""
-    import triton.testing
-
-    fn()
-    torch.cuda.synchronize()
-    try:
-        return float(triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median"))
-    except Exception:  # noqa: BLE001 - not capturable: time it eagerly
-        torch.cuda.synchronize()
-        return float(triton.testing.do_bench(fn, warmup=20, rep=60, return_mode="median"))
+    """Median device ms of ``fn`` as CUDA-graph replays (the fused ops are a few launches per group)."""
+    return cuda_graph_ms(fn, rep_ms=60)
 
 
 def group_case(shape: Tuple[int, int], count: int):

@@ -33,24 +33,16 @@ from fpolar.coefficients import SCHEDULES
 from fpolar.kernels import tuning
 from fpolar.polar import PolarSpec, polar_wide
 
+from common import cuda_graph_ms  # benchmarks/, the script's own folder
+
 MUON = SCHEDULES["muon"].coefficients[0]
 GROUPS: List[Tuple[int, int, int]] = [(12, 768, 768), (12, 768, 2304), (24, 768, 3072)]
 QUICK_GROUPS: List[Tuple[int, int, int]] = [(4, 256, 256), (4, 256, 1024)]
 
 
 def bench_us(fn: Callable[[], object], ms: int) -> float:
-    """Median device µs of ``fn``: captured in a CUDA graph and replayed (triton's do_bench_cudagraph),
-    so a sequence of small launches is timed as a captured or compiled step runs it, without the
-    host's launch cost; eager ``do_bench`` (CUDA events, L2 flushed) where ``fn`` cannot be captured."""
-    import triton.testing
-
-    fn()  # compile outside the capture
-    torch.cuda.synchronize()
-    try:
-        return 1e3 * float(triton.testing.do_bench_cudagraph(fn, rep=ms, return_mode="median"))
-    except Exception:  # noqa: BLE001 - not capturable: time it eagerly
-        torch.cuda.synchronize()
-        return 1e3 * float(triton.testing.do_bench(fn, warmup=25, rep=ms, return_mode="median"))
+    """Median device µs of ``fn`` as CUDA-graph replays (``common.cuda_graph_ms``)."""
+    return 1e3 * cuda_graph_ms(fn, rep_ms=ms)
 
 
 def tflops(flops: float, us: float) -> float:
