@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .adamw import adamw_step
+from .adamw_fused import fused_adamw_available, fused_adamw_step
 from .hparams import AdamWHParams, PolarGradHParams
 from .inductor_options import inductor_options
 from .nonfinite import found_nonfinite
@@ -161,6 +162,9 @@ class TrainStep:
         polar_hparams, adamw_hparams: as given. Schedule 0-d tensor lr / weight decay with ``fill_``.
         grads: ``backward="autograd"``: the ``.grad`` tensors, allocated once, zeroed in place each
             step; empty for ``backward="func"`` (that mode leaves ``.grad`` alone).
+        fused_adamw: True when every AdamW param is on CUDA and torch's fused AdamW kernel takes it;
+            then the eager (and CUDA-graph captured) step runs ``fused_adamw_step``, and a step under
+            torch.compile ``adamw_step``. The same math either way (``adamw_step`` is the twin).
     """
 
     def __init__(
@@ -218,6 +222,12 @@ class TrainStep:
         self._skip = "skip" in (polar_hparams.nonfinite, adamw_hparams.nonfinite)
         self._polar_call = dataclasses.replace(polar_hparams, nonfinite="propagate")
         self._adamw_call = dataclasses.replace(adamw_hparams, nonfinite="propagate")
+        # Eagerly (and so inside a CUDA graph captured from the eager step) torch's fused AdamW kernel
+        # replaces adamw_step's dozen foreach passes, as in fpolar.optim on CUDA; under torch.compile
+        # adamw_step runs, which Inductor fuses itself.
+        self.fused_adamw: bool = bool(self.adamw_params) and all(
+            p.device.type == "cuda" and fused_adamw_available(p.device, p.dtype) for p in self.adamw_params
+        )
         # functional_call keys: the wrapper prefixes the model's parameter names with "model.".
         self._func_params: Dict[str, Tensor] = {f"model.{n}": p for n, p in polar + adamw}
 
@@ -327,8 +337,9 @@ class TrainStep:
             with _named(self.polar_names):
                 polargrad_step(self.polar_params, polar_grads, self.polar_state, self._polar_call, found_inf=found)
         if self.adamw_params:
+            adamw = fused_adamw_step if self.fused_adamw and not torch.compiler.is_compiling() else adamw_step
             with _named(self.adamw_names):
-                adamw_step(self.adamw_params, adamw_grads, self.adamw_state, self._adamw_call, found_inf=found)
+                adamw(self.adamw_params, adamw_grads, self.adamw_state, self._adamw_call, found_inf=found)
 
 
 def make_train_step(
