@@ -37,7 +37,7 @@ QUICK: List[Tuple[Tuple[int, int], int]] = [((96, 64), 3), ((64, 160), 2)]
 BANDWIDTH = 4.3e12  # B/s, measured copy bandwidth of the H200 (docs: DESIGN "Known facts")
 LAYOUT_BYTES = {"fused": 4, "torch": 6}  # per element: see the module docstring
 # (BLOCK_R, BLOCK_C, TILES_PER_CHUNK, warps)
-SWEEP = [(64, 64, 8, 4), (64, 64, 4, 4), (64, 64, 16, 4), (64, 64, 32, 4), (32, 128, 8, 4), (64, 128, 8, 8), (128, 64, 8, 8)]
+SWEEP = [(64, 64, 8, 4), (64, 64, 8, 8), (64, 64, 4, 4), (64, 64, 16, 4), (64, 64, 32, 4), (32, 128, 8, 4), (64, 128, 8, 8), (128, 64, 8, 8)]
 
 
 def operands(shape: Tuple[int, int], count: int, layout: str, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
