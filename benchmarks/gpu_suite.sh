@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/gpu_suite.sh            # from the repository root, on a CUDA machine
 #   PARTS="tests compile" bash benchmarks/gpu_suite.sh  # a subset of: tests compile polar peers lm paper lmtext kernels memory
-# (also "glue": the step's glue, torch vs fused vs memory time, benchmarks/glue.py, under a minute)
+# (also "glue": the step's glue, torch vs fused vs memory time, benchmarks/glue.py, under a minute;
+# "nuclear": PolarGrad's ⟨O, X⟩, torch eager vs compiled vs fpolar::batched_inner vs memory time, benchmarks/nuclear.py)
 # "lmtext" (the tuned PolarGrad / Muon / AdamW comparison on the stdlib text) fills one call on its own:
 # PARTS=lmtext; a second call on the still-warm machine continues its unfinished runs (on a fresh one,
 # LMTEXT_RESUME=path/to/the/first/lm_text.json, carried, keeps the runs that finished).
@@ -55,6 +56,7 @@ run_part() {
     compile) timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs compile_tests ;;
     polar)   timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" ;;
     glue)    timeout 120 python3 benchmarks/glue.py --json "$OUT/glue.json" ;;
+    nuclear) timeout 120 python3 benchmarks/nuclear.py --json "$OUT/nuclear.json" ;;
     kernels) timeout 120 python3 benchmarks/kernel_tuning.py --json "$OUT/kernel_tuning.json" ;;
     peers)   timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" ;;
     lm)      timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" ;;

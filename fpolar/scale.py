@@ -15,7 +15,7 @@ For an m×n parameter matrix (m = rows = fan-out, n = columns = fan-in; a conv w
 
 X is the polar input (the momentum, or the Nesterov blend; the gradient in polar-first order). The
 nuclear inner product is reduced in float32 (float64 for float64 inputs) because bf16 accumulation over
-m·n terms loses the digits that set the step length.
+m·n terms loses the digits that set the step length; on CUDA by the ``fpolar::batched_inner`` kernel.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from .kernels._common import HAS_TRITON, SUPPORTED_DTYPES
+from .kernels.batched_inner import batched_inner_reference
 
 ScaleRule = Literal["nuclear", "shape", "spectral", "rms_adamw", "unit_rms", "none"]
 SCALE_RULES: tuple[str, ...] = ("nuclear", "shape", "spectral", "rms_adamw", "unit_rms", "none")
@@ -46,12 +49,31 @@ def shape_scale(rule: str, m: int, n: int) -> float:
 
 
 def nuclear_scale(o: Tensor, x: Tensor) -> Tensor:
-    """⟨O_b, X_b⟩_F for each matrix of the batch: (B, m, n) × (B, m, n) → (B,), at least float32.
+    """⟨O_b, X_b⟩_F for each matrix of the batch: (B, m, n) × (B, m, n) → (B,), at least float32
+    (float64 if either is float64). Any strides; nothing is mutated. Equals ‖X_b‖_* when O_b is the
+    exact polar factor of X_b.
 
-    Equals ‖X_b‖_* when O_b is the exact polar factor of X_b.
+    On CUDA, eagerly and inside CUDA-graph capture, for bf16 / fp16 / fp32 operands: the
+    ``fpolar::batched_inner`` kernel (one read of O and X, fp32 sums in a fixed order). Under
+    torch.compile, on other devices and for float64: the torch expression
+    (``batched_inner_reference``), which Inductor fuses into one reduction of its own.
     """
-    acc = torch.promote_types(torch.promote_types(o.dtype, x.dtype), torch.float32)
-    # One operand in ``acc`` is enough: the product promotes the other on the fly (exactly, since
-    # acc is at least as wide), without an upcast copy of it.
-    a, b = (o, x) if x.dtype == acc else (x, o) if o.dtype == acc else (o.to(acc), x)
-    return torch.mul(a, b).sum(dim=(-2, -1), dtype=acc)
+    if _kernel_applies(o, x):
+        return torch.ops.fpolar.batched_inner(o, x)
+    return batched_inner_reference(o, x)
+
+
+def _kernel_applies(o: Tensor, x: Tensor) -> bool:
+    # Plain tensors only: a tensor subclass (DTensor, a fake tensor) keeps the torch ops it knows.
+    return (
+        not torch.compiler.is_compiling()
+        and o.is_cuda
+        and type(o) is Tensor
+        and type(x) is Tensor
+        and o.dim() == 3
+        and o.shape == x.shape
+        and o.device == x.device
+        and o.dtype in SUPPORTED_DTYPES
+        and x.dtype in SUPPORTED_DTYPES
+        and HAS_TRITON
+    )

@@ -47,6 +47,12 @@ The step's memory-bound glue, around the polar factor of one shape group (see ea
 Both take the group's per-param tensors as a list (one launch each, no stack copy), transpose a tall
 group's tiles in registers, and write nothing of M / W when the 0-d ``found`` is True.
 
+PolarGrad's nuclear scale s_b = ⟨O_b, X_b⟩_F (``fpolar.scale.nuclear_scale``):
+
+    fpolar::batched_inner(Tensor o, Tensor x) -> Tensor   (B,) fp32; o, x (B, m, n), any strides
+                        one read of O and X, per-chunk fp32 partials summed in a fixed order (no
+                        atomics: the same bits every run)
+
 Gram Newton–Schulz adds one op on the m×m side:
 
     R' = P·(P·R)ᵀ = P·R·P     fpolar::sym_cross(Tensor a, Tensor b) -> Tensor        (B, m, m)
@@ -82,6 +88,7 @@ kernels' logic without a GPU.
 from __future__ import annotations
 
 from ._common import HAS_TRITON, SUPPORTED_DTYPES, matmul_tile_config, symmetric_tile_config
+from .batched_inner import batched_inner, batched_inner_reference, inner_tile_config, launch_batched_inner
 from .momentum_polar_input import (
     launch_momentum_polar_input,
     momentum_polar_input,
@@ -97,6 +104,10 @@ from .tuning import KernelTuner, candidate_configs, get_tuner, set_tuning
 __all__ = [
     "HAS_TRITON",
     "KernelTuner",
+    "batched_inner",
+    "batched_inner_reference",
+    "inner_tile_config",
+    "launch_batched_inner",
     "SUPPORTED_DTYPES",
     "candidate_configs",
     "get_tuner",
