@@ -178,15 +178,22 @@ def _parse(case: str) -> dict:
 def _run_interpreted(case_name: str) -> dict:
     import triton
 
-    from fpolar.kernels.momentum_polar_input import frobenius_scale_from_tiles, launch_frobenius_scale
+    from fpolar.kernels.momentum_polar_input import frobenius_scale_from_tiles, launch_scale_polar_input
 
     if case_name.startswith("frobenius_scale"):
         gen = torch.Generator().manual_seed(5)
         tmax, tsum = torch.rand(3, 2500, generator=gen), torch.rand(3, 2500, generator=gen) * 100
         tmax[1] = 0  # a zero matrix: peak 1, scale 1/eps
         tsum[1] = 0
-        got, want = launch_frobenius_scale(tmax, tsum, SAFETY, EPS), frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
-        return {"case": case_name, "ok": bool(torch.allclose(got, want, rtol=1e-6, atol=0)), "got": got.tolist(), "want": want.tolist()}
+        # X of 3 × 40×75 (several parts of the scale pass per matrix with 2500 tiles' statistics)
+        v = _random((3, 40, 75), torch.bfloat16, 6)
+        x = v.clone()
+        got = launch_scale_polar_input(x, tmax, tsum, SAFETY, EPS, block=64, part_len=700)  # 5 parts, the last partial
+        want = frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
+        x_want = v.mul(want[:, None, None])  # torch's rounding of V·scale to bf16 (the interpreter: toward 0)
+        x_ok = bool(((x.float() - x_want.float()).abs() <= 2.0**-7 * x_want.float().abs()).all())
+        return {"case": case_name, "ok": bool(torch.allclose(got, want, rtol=1e-6, atol=0)) and x_ok,
+                "got": got.tolist(), "want": want.tolist(), "x_ok": x_ok}
     case = _parse(case_name)
     config = triton.Config({"BLOCK_R": 16, "BLOCK_C": 16}, num_warps=4, num_stages=1)
     if case["op"] == "input":
@@ -195,12 +202,16 @@ def _run_interpreted(case_name: str) -> dict:
             b, m, n = momentum.shape
             x = torch.full((b, min(m, n), max(m, n)), float("nan"), dtype=case["polar_dtype"])  # poisoned
             tmax, tsum = K.launch_momentum_polar_input(momentum, grads, x, case["beta"], case["nesterov"], found, config)
-            scale = launch_frobenius_scale(tmax, tsum, SAFETY, EPS)
-            # the Triton combine of the tile statistics against its torch twin
+            v = x.clone()
+            scale = launch_scale_polar_input(x, tmax, tsum, SAFETY, EPS, block=64, part_len=256)  # several parts
+            # the Triton combine of the tile statistics against its torch twin, and the scale pass
+            # against torch's multiply of the same V by it
             twin_scale = frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
             if not torch.allclose(scale, twin_scale, rtol=1e-6, atol=0):
-                raise AssertionError(f"launch_frobenius_scale {scale} != frobenius_scale_from_tiles {twin_scale}")
-            x.mul_(scale[:, None, None])
+                raise AssertionError(f"launch_scale_polar_input {scale} != frobenius_scale_from_tiles {twin_scale}")
+            x_twin = v.mul_(scale[:, None, None])
+            if not bool((x.float() - x_twin.float()).abs().le(2.0**-7 * x_twin.float().abs()).all()):
+                raise AssertionError("the scale pass differs from V·scale beyond one rounding")
             return x, scale
 
         def twin(momentum, grads, found):
