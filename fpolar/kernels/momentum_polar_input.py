@@ -39,6 +39,7 @@ from ._glue_common import (
     check_matrix_list,
     elementwise_tile_config,
     found_pointer,
+    matrix_offsets,
     matrix_view,
     skip_tile,
 )
@@ -89,6 +90,7 @@ def momentum_polar_input_reference(
 @triton.jit
 def _momentum_polar_input_kernel(
     g_ptr,
+    g_offsets_ptr,
     m_ptr,
     x_ptr,
     tile_max_ptr,
@@ -112,10 +114,13 @@ def _momentum_polar_input_kernel(
     NESTEROV: tl.constexpr,
     HAS_FOUND: tl.constexpr,
     TRANSPOSE: tl.constexpr,
+    GATHER: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    # One flat grid of matrices × tiles; pointers arrive already offset to this param's first matrix.
+    # One flat grid of matrices × tiles over the launch's matrices (the group's, or one param's with
+    # the other pointers offset to its first matrix).
     pid = tl.program_id(0)
     b = pid // tiles
     t = pid % tiles
@@ -123,7 +128,15 @@ def _momentum_polar_input_kernel(
     c = (t % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
     inside = (r[:, None] < rows) & (c[None, :] < cols)
     b64 = b.to(tl.int64)
-    g = tl.load(g_ptr + b64 * stride_gb + r[:, None] * stride_gr + c[None, :] * stride_gc, mask=inside, other=0.0)
+    if GATHER:
+        # grad matrix b lives at g_ptr + offsets[b] (the grads are separate tensors, see _glue_common)
+        g_off = tl.load(g_offsets_ptr + b64)
+        if ALIGNED:
+            g_off = tl.multiple_of(g_off, 16)
+        g_base = g_ptr + g_off
+    else:
+        g_base = g_ptr + b64 * stride_gb
+    g = tl.load(g_base + r[:, None] * stride_gr + c[None, :] * stride_gc, mask=inside, other=0.0)
     m_ptrs = m_ptr + b64 * stride_mb + r[:, None] * stride_mr + c[None, :] * stride_mc
     m_old = tl.load(m_ptrs, mask=inside, other=0.0)
     mdt = m_ptr.dtype.element_ty
@@ -291,11 +304,16 @@ def launch_momentum_polar_input(
     nesterov: bool,
     found: Optional[torch.Tensor] = None,
     config: Optional[triton.Config] = None,
+    single_launch: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Runs the Triton kernel once per grad: updates ``momentum`` (B, m, n) in place and writes the
-    unnormalized V into ``x`` ((B, m, n), or (B, n, m) for a tall group) in x's dtype. Returns the
-    per-tile statistics (tile_max, tile_sumsq), (B, T) fp32. CUDA tensors, or CPU tensors under
-    TRITON_INTERPRET=1. ``config`` overrides the tile (kwargs BLOCK_R, BLOCK_C)."""
+    """Runs the Triton kernel: updates ``momentum`` (B, m, n) in place and writes the unnormalized V
+    into ``x`` ((B, m, n), or (B, n, m) for a tall group) in x's dtype. Returns the per-tile
+    statistics (tile_max, tile_sumsq), (B, T) fp32. CUDA tensors, or CPU tensors under
+    TRITON_INTERPRET=1. ``config`` overrides the tile (kwargs BLOCK_R, BLOCK_C).
+
+    One launch for all the grads when ``matrix_offsets`` gives their table, else one per grad;
+    ``single_launch`` True requires the one launch (ValueError if it cannot be had), False forces
+    one per grad, None (default) chooses."""
     require_triton()
     batch, rows, cols = momentum.shape
     transpose = rows > cols
@@ -310,31 +328,32 @@ def launch_momentum_polar_input(
     tile_sumsq = torch.zeros((batch, tiles), dtype=torch.float32, device=momentum.device)
     if momentum.numel() == 0:
         return tile_max, tile_sumsq
+    views = [matrix_view(g, rows, cols, writable=False) for g in grads]
+    table = None if single_launch is False else matrix_offsets(views)
+    if table is None and single_launch:
+        raise ValueError("single_launch=True, but the grads have no offsets table (mixed dtypes or strides, or a "
+                         "CUDA graph is being captured before any eager call on these tensors)")
     found_arg = found_pointer(found, momentum)
+    common = dict(
+        NESTEROV=bool(nesterov), HAS_FOUND=found is not None, TRANSPOSE=transpose, **launch_options(config)
+    )
+    scalars = (rows, cols)
+    if table is not None:
+        _momentum_polar_input_kernel[(batch * tiles,)](
+            table.base, table.offsets, momentum, x, tile_max, tile_sumsq, found_arg, *scalars,
+            0, table.stride_r, table.stride_c, *momentum.stride(), *x.stride(),
+            tiles_c, tiles, float(1 - beta), float(beta), GATHER=True, ALIGNED=table.aligned, **common,
+        )
+        return tile_max, tile_sumsq
     off = 0
-    for grad in grads:
-        g = matrix_view(grad, rows, cols, writable=False)
+    for g in views:
         k = g.shape[0]
+        if k == 0:
+            continue
         _momentum_polar_input_kernel[(k * tiles,)](
-            g,
-            momentum[off : off + k],
-            x[off : off + k],
-            tile_max[off : off + k],
-            tile_sumsq[off : off + k],
-            found_arg,
-            rows,
-            cols,
-            *g.stride(),
-            *momentum.stride(),
-            *x.stride(),
-            tiles_c,
-            tiles,
-            float(1 - beta),
-            float(beta),
-            NESTEROV=bool(nesterov),
-            HAS_FOUND=found is not None,
-            TRANSPOSE=transpose,
-            **launch_options(config),
+            g, momentum, momentum[off : off + k], x[off : off + k], tile_max[off : off + k],
+            tile_sumsq[off : off + k], found_arg, *scalars, *g.stride(), *momentum.stride(), *x.stride(),
+            tiles_c, tiles, float(1 - beta), float(beta), GATHER=False, ALIGNED=False, **common,
         )
         off += k
     return tile_max, tile_sumsq
