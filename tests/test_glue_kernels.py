@@ -441,6 +441,15 @@ def test_matrix_offsets_cached_and_found_again_while_a_graph_is_captured(monkeyp
     assert G.matrix_offsets(views).offsets is first.offsets  # the captured graph's table is never dropped
 
 
+def test_elementwise_tile_is_32_by_64_narrowed_for_small_matrices():
+    pytest.importorskip("triton")
+    from fpolar.kernels._glue_common import elementwise_tile_config
+
+    for (rows, cols), want in {(768, 3072): (32, 64), (3072, 768): (32, 64), (20, 37): (32, 64), (5, 20): (16, 32)}.items():
+        config = elementwise_tile_config(rows, cols)
+        assert (config.kwargs["BLOCK_R"], config.kwargs["BLOCK_C"], config.num_warps) == (*want, 4)
+
+
 # ---------------------------------------- validation --------------------------------------------
 
 
