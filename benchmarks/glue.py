@@ -9,13 +9,15 @@ factor, split in its two halves:
   * post: W ← (1 − lr·λ)·W − lr·s·O
 for the torch glue as ``polargrad_step`` runs it (its own functions: ``momentum_ema_``,
 ``frobenius_normalize``, ``post_orthogonalize``), eagerly and under
-torch.compile(fullgraph=True), and for the fused ops (``fpolar::momentum_polar_input``,
-``fpolar::scaled_update_``). "memory" is the time to move the bytes each half must move (pre: read G
+torch.compile(fullgraph=True), and for the fused ops (``fpolar::momentum_polar_input``: one launch
+per group for the pass over G and M, one for the scale of X; ``fpolar::scaled_update_``: one launch
+per group). "memory" is the time to move the bytes each half must move (pre: read G
 and M, write M and the bf16 X = 14 B per element; post: read O (bf16) and W, write W = 10 B) at
 4.3e12 B/s, the copy bandwidth measured on the H200. Times: median device ms of CUDA-graph replays
 (triton.testing.do_bench_cudagraph), as a captured or compiled step runs the glue (eagerly, a few
 small launches are bound by the host, which would be timed instead). Then a sweep of the kernels' tile
-over the whole set (the launchers alone), the data behind ``elementwise_tile_config``.
+over the whole set (the launchers alone, one launch per group), the data behind
+``elementwise_tile_config``, and the default tile with one launch per tensor (the launchers' fallback).
 """
 
 from __future__ import annotations
@@ -105,11 +107,17 @@ def tile_sweep() -> List[Dict[str, object]]:
     step = torch.full((), 1e-6, device="cuda")
     decay = torch.ones((), device="cuda")
     rows = []
-    for br, bc, warps in TILE_CONFIGS:
-        config = triton.Config({"BLOCK_R": br, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
-        pre = sum(bench(lambda c=c: launch_momentum_polar_input(c[0], c[1], c[3], 0.95, True, None, config)) for c in cases)
-        post = sum(bench(lambda c=c: launch_scaled_update(c[2], c[3], step, decay, None, config)) for c in cases)
-        rows.append({"tile": f"{br}x{bc}", "warps": warps, "pre_ms": pre, "post_ms": post})
+    # one launch per group (the offsets table) for every tile; then the default tile (None) with one
+    # launch per tensor, what the launchers fall back to, to show what the single launch saves
+    for (br, bc, warps), single in [(t, True) for t in TILE_CONFIGS] + [((None, None, 4), False)]:
+        config = None if br is None else triton.Config({"BLOCK_R": br, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
+        pre = sum(
+            bench(lambda c=c: launch_momentum_polar_input(c[0], c[1], c[3], 0.95, True, None, config, single_launch=single))
+            for c in cases
+        )
+        post = sum(bench(lambda c=c: launch_scaled_update(c[2], c[3], step, decay, None, config, single_launch=single)) for c in cases)
+        tile = "default" if br is None else f"{br}x{bc}"
+        rows.append({"tile": tile, "warps": warps, "launches": "per group" if single else "per tensor", "pre_ms": pre, "post_ms": post})
     return rows
 
 
@@ -157,9 +165,9 @@ def main(argv=None) -> int:
             if f"{half}_compile_error" in r:
                 print(f"compile failed for {r['group']} {half}: {r[f'{half}_compile_error']}")
     sweep = tile_sweep()
-    print("tile sweep, whole set, launchers alone (pre without its scale pass): tile | warps | pre ms | post ms")
+    print("tile sweep, whole set, launchers alone (pre without its scale pass): tile | warps | launches | pre ms | post ms")
     for r in sweep:
-        print(f"{r['tile']} | {r['warps']} | {r['pre_ms']:.4f} | {r['post_ms']:.4f}")
+        print(f"{r['tile']} | {r['warps']} | {r['launches']} | {r['pre_ms']:.4f} | {r['post_ms']:.4f}")
     if args.json:
         payload = {"rows": rows, "tile_sweep": sweep, "device": torch.cuda.get_device_name()}
         Path(args.json).write_text(json.dumps(payload, indent=1))

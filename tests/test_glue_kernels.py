@@ -159,13 +159,19 @@ def _interpreter_cases() -> list[str]:
     # bf16 momentum/params, fp32 iteration dtype
     cases += ["input-2x20x37-bfloat16-float32-nest1-foundnone", "update-2x40x17-bfloat16-per1-foundnone"]
     cases += ["frobenius_scale-2500_tiles"]  # more tiles than one chunk of the combine kernel
+    # The cases above run one launch per group (the offsets table, required); these one launch per
+    # tensor: forced ("percall"), or chosen because the list's strides differ ("mixed").
+    cases += ["input-3x40x17-float32-bfloat16-nest1-foundfalse-percall", "input-3x20x37-float32-bfloat16-nest0-foundnone-mixed",
+              "update-3x40x17-float32-per1-foundfalse-percall", "update-3x20x37-float32-per0-foundnone-mixed"]
     return cases
 
 
 def _parse(case: str) -> dict:
     parts = case.split("-")
+    launch = parts.pop() if parts[-1] in ("percall", "mixed") else "single"
     shape = tuple(int(v) for v in parts[1].split("x"))
     out = {"op": parts[0], "shape": shape, "dtype": getattr(torch, parts[2]), "seed": zlib.crc32(case.encode()) % 10_000}
+    out["launch"] = launch
     found = parts[-1].removeprefix("found")
     out["found"] = None if found == "none" else found == "true"
     if parts[0] == "input":
@@ -178,29 +184,56 @@ def _parse(case: str) -> dict:
 def _run_interpreted(case_name: str) -> dict:
     import triton
 
-    from fpolar.kernels.momentum_polar_input import frobenius_scale_from_tiles, launch_frobenius_scale
+    from fpolar.kernels._glue_common import matrix_offsets, matrix_view
+    from fpolar.kernels.momentum_polar_input import frobenius_scale_from_tiles, launch_scale_polar_input
 
     if case_name.startswith("frobenius_scale"):
         gen = torch.Generator().manual_seed(5)
         tmax, tsum = torch.rand(3, 2500, generator=gen), torch.rand(3, 2500, generator=gen) * 100
         tmax[1] = 0  # a zero matrix: peak 1, scale 1/eps
         tsum[1] = 0
-        got, want = launch_frobenius_scale(tmax, tsum, SAFETY, EPS), frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
-        return {"case": case_name, "ok": bool(torch.allclose(got, want, rtol=1e-6, atol=0)), "got": got.tolist(), "want": want.tolist()}
+        # X of 3 × 40×75 (several parts of the scale pass per matrix with 2500 tiles' statistics)
+        v = _random((3, 40, 75), torch.bfloat16, 6)
+        x = v.clone()
+        got = launch_scale_polar_input(x, tmax, tsum, SAFETY, EPS, block=64, part_len=700)  # 5 parts, the last partial
+        want = frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
+        x_want = v.mul(want[:, None, None])  # torch's rounding of V·scale to bf16 (the interpreter: toward 0)
+        x_ok = bool(((x.float() - x_want.float()).abs() <= 2.0**-7 * x_want.float().abs()).all())
+        return {"case": case_name, "ok": bool(torch.allclose(got, want, rtol=1e-6, atol=0)) and x_ok,
+                "got": got.tolist(), "want": want.tolist(), "x_ok": x_ok}
     case = _parse(case_name)
     config = triton.Config({"BLOCK_R": 16, "BLOCK_C": 16}, num_warps=4, num_stages=1)
+    single = {"single": True, "percall": False, "mixed": None}[case["launch"]]
+
+    def restride(tensors):
+        """"mixed": the first tensor with column-major matrices (same values), so the list's strides
+        differ and the launcher must choose one launch per tensor."""
+        if case["launch"] != "mixed":
+            return tensors
+        out = [tensors[0].mT.contiguous().mT] + list(tensors[1:])
+        _, m, n = case["shape"]
+        if matrix_offsets([matrix_view(t, m, n, writable=False) for t in out]) is not None:
+            raise AssertionError("mixed strides got an offsets table")
+        return out
+
     if case["op"] == "input":
 
         def kernel(momentum, grads, found):
             b, m, n = momentum.shape
             x = torch.full((b, min(m, n), max(m, n)), float("nan"), dtype=case["polar_dtype"])  # poisoned
-            tmax, tsum = K.launch_momentum_polar_input(momentum, grads, x, case["beta"], case["nesterov"], found, config)
-            scale = launch_frobenius_scale(tmax, tsum, SAFETY, EPS)
-            # the Triton combine of the tile statistics against its torch twin
+            tmax, tsum = K.launch_momentum_polar_input(
+                momentum, restride(grads), x, case["beta"], case["nesterov"], found, config, single_launch=single
+            )
+            v = x.clone()
+            scale = launch_scale_polar_input(x, tmax, tsum, SAFETY, EPS, block=64, part_len=256)  # several parts
+            # the Triton combine of the tile statistics against its torch twin, and the scale pass
+            # against torch's multiply of the same V by it
             twin_scale = frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS)
             if not torch.allclose(scale, twin_scale, rtol=1e-6, atol=0):
-                raise AssertionError(f"launch_frobenius_scale {scale} != frobenius_scale_from_tiles {twin_scale}")
-            x.mul_(scale[:, None, None])
+                raise AssertionError(f"launch_scale_polar_input {scale} != frobenius_scale_from_tiles {twin_scale}")
+            x_twin = v.mul_(scale[:, None, None])
+            if not bool((x.float() - x_twin.float()).abs().le(2.0**-7 * x_twin.float().abs()).all()):
+                raise AssertionError("the scale pass differs from V·scale beyond one rounding")
             return x, scale
 
         def twin(momentum, grads, found):
@@ -229,7 +262,9 @@ def _run_interpreted(case_name: str) -> dict:
     else:
 
         def kernel(params, o, step, decay, found):
-            K.launch_scaled_update(params, o, step, decay, found, config)
+            written = restride(params)
+            K.launch_scaled_update(written, o, step, decay, found, config, single_launch=single)
+            params[0].copy_(written[0])  # "mixed" wrote a column-major copy of the first
 
         result = check_scaled_update(case, kernel)
         twin_result = check_scaled_update(case, K.scaled_update_reference)
@@ -354,6 +389,65 @@ def test_ops_are_one_node_each_in_a_fullgraph_compile():
     nodes = [str(n.target) for n in counter.graphs[0].graph.nodes if n.op == "call_function"]
     assert sum("momentum_polar_input" in t for t in nodes) == 1
     assert sum("scaled_update_" in t for t in nodes) == 1
+
+
+# ------------------------------- the offsets table (one launch) ---------------------------------
+
+
+def test_matrix_offsets_address_every_matrix_of_the_list():
+    from fpolar.kernels._glue_common import matrix_offsets
+
+    stack = _random((4, 8, 6), torch.float32, 1)
+    views = [_random((2, 8, 6), torch.float32, 2), stack[1:3], _random((1, 8, 6), torch.float32, 3), stack[3:]]
+    table = matrix_offsets(views)
+    assert table is not None and table.base is views[0] and table.offsets.dtype == torch.int64
+    assert (table.stride_r, table.stride_c) == (6, 1)
+    want = [v.data_ptr() + j * v.stride(0) * 4 for v in views for j in range(v.shape[0])]
+    assert [views[0].data_ptr() + 4 * int(o) for o in table.offsets] == want
+    # offsets of 16-element multiples only where every matrix lies so (stack[1:3] starts 48 elements in)
+    assert table.aligned == all((a - want[0]) % 64 == 0 for a in want)
+    assert matrix_offsets([stack[:1], _random((1, 8, 12), torch.float32, 4)[:, :, :6]]) is None  # row strides 6, 12
+    assert matrix_offsets([stack[:1], stack[1:].to(torch.bfloat16)]) is None  # mixed dtypes
+    assert matrix_offsets([stack[:1], stack[1:2].mT.contiguous().mT]) is None  # column-major beside row-major
+    small = torch.zeros(4, 5, 3)
+    packed = matrix_offsets([small[i : i + 1] for i in range(4)])  # 15 elements apart: not 16-aligned
+    assert packed is not None and not packed.aligned and packed.offsets.tolist() == [0, 15, 30, 45]
+    wide = torch.zeros(3, 16, 32)
+    assert matrix_offsets([wide[i : i + 1] for i in range(3)]).aligned
+
+
+def test_matrix_offsets_cached_and_found_again_while_a_graph_is_captured(monkeypatch):
+    """Eagerly a table is built once per list of addresses and reused; while a CUDA graph is captured
+    (simulated) an unseen list gets None (the launchers fall back to one launch per tensor) and a seen
+    one its table, kept from then on whatever else is built."""
+    from fpolar.kernels import _glue_common as G
+
+    monkeypatch.setattr(G, "_TABLES", G.OrderedDict())
+    monkeypatch.setattr(G, "_CAPTURED_TABLES", {})
+    views = [_random((1, 4, 4), torch.float32, k) for k in range(3)]
+    first = G.matrix_offsets(views)
+    assert G.matrix_offsets(views).offsets is first.offsets  # no second copy
+    unseen = [_random((1, 4, 4), torch.float32, 10 + k) for k in range(2)]
+    monkeypatch.setattr(G, "capturing", lambda device: True)
+    assert G.matrix_offsets(unseen) is None
+    captured = G.matrix_offsets(views)
+    assert captured is not None and captured.offsets is first.offsets
+    monkeypatch.setattr(G, "capturing", lambda device: False)
+    many = [_random((2, 4, 4), torch.float32, 20 + k) for k in range(G._TABLES_KEPT + 5)]
+    for t in many:
+        G.matrix_offsets([t, views[0]])
+    assert len(G._TABLES) == G._TABLES_KEPT  # bounded
+    G.clear_matrix_offsets()
+    assert G.matrix_offsets(views).offsets is first.offsets  # the captured graph's table is never dropped
+
+
+def test_elementwise_tile_is_32_by_64_narrowed_for_small_matrices():
+    pytest.importorskip("triton")
+    from fpolar.kernels._glue_common import elementwise_tile_config
+
+    for (rows, cols), want in {(768, 3072): (32, 64), (3072, 768): (32, 64), (20, 37): (32, 64), (5, 20): (16, 32)}.items():
+        config = elementwise_tile_config(rows, cols)
+        assert (config.kwargs["BLOCK_R"], config.kwargs["BLOCK_C"], config.num_warps) == (*want, 4)
 
 
 # ---------------------------------------- validation --------------------------------------------

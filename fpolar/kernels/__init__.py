@@ -44,8 +44,9 @@ The step's memory-bound glue, around the polar factor of one shape group (see ea
     fpolar::scaled_update_(params, o, step, decay, found)
                         W ← decay·W − s·O in place; one pass over O and W
 
-Both take the group's per-param tensors as a list (one launch each, no stack copy), transpose a tall
-group's tiles in registers, and write nothing of M / W when the 0-d ``found`` is True.
+Both take the group's per-param tensors as a list (no stack copy; one launch for the list through a
+table of matrix offsets, else one per tensor), transpose a tall group's tiles in registers, and write
+nothing of M / W when the 0-d ``found`` is True.
 
 PolarGrad's nuclear scale s_b = ⟨O_b, X_b⟩_F (``fpolar.scale.nuclear_scale``):
 

@@ -2,13 +2,17 @@
 per-param matrix views, the checks of a group's tensor list and of the skip flag, the tile choice.
 
 A shape group's params are separate tensors (each k ≥ 1 matrices of m×n), so both ops take them as
-a list and launch one kernel per tensor, each writing its slice of the group's (B, ·, ·) stack: no
-stack copy of the grads or params.
+a list, with no stack copy of the grads or params. One launch covers the whole list: a small int64
+table on the device holds each matrix's element offset from the list's first tensor, and the kernel
+reads matrix b at ``first + offsets[b]`` (``matrix_offsets``). Where no table can be had (tensors of
+mixed dtype or row/column strides; a CUDA graph being captured for addresses never seen outside one)
+the launchers fall back to one launch per tensor, each on its slice of the group's (B, ·, ·) stack.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections import OrderedDict
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -91,13 +95,17 @@ def found_pointer(found: Optional[torch.Tensor], placeholder: torch.Tensor) -> t
 
 
 def elementwise_tile_config(rows: int, cols: int) -> "triton.Config":
-    """Tile of the elementwise glue kernels: 64×64 (a square tile keeps the transposed store of a tall
-    group as wide as its loads), narrower only for matrices smaller than that; 4 warps, no pipelining."""
+    """Tile of the elementwise glue kernels: 32 rows × 64 columns of the params' orientation,
+    narrower only for matrices smaller than that; 4 warps, no pipelining. Measured by the tile sweep
+    of ``benchmarks/glue.py`` (H200, torch 2.11, launchers alone over the GPT-2-small set): 32×64 /
+    4 warps 0.421 ms (momentum half) and 0.312 ms (update half), against 0.445 and 0.331 for 64×64 /
+    4 warps, larger tiles slower. A tall group's transposed store then writes runs of 32 elements
+    (64 bytes of a 16-bit X)."""
 
-    def side(extent: int) -> int:
-        return max(16, min(64, triton.next_power_of_2(max(extent, 1))))
+    def side(extent: int, most: int) -> int:
+        return max(16, min(most, triton.next_power_of_2(max(extent, 1))))
 
-    return triton.Config({"BLOCK_R": side(rows), "BLOCK_C": side(cols)}, num_warps=4, num_stages=1)
+    return triton.Config({"BLOCK_R": side(rows, 32), "BLOCK_C": side(cols, 64)}, num_warps=4, num_stages=1)
 
 
 @triton.jit
@@ -106,3 +114,76 @@ def skip_tile(found_ptr, rows_idx, cols_idx):
     interpreter (3.9) turns ``tile & scalar_bool`` into a mask dtype its store refuses."""
     zero = rows_idx[:, None] * 0 + cols_idx[None, :] * 0
     return (zero + tl.load(found_ptr).to(tl.int32)) != 0
+
+
+class MatrixOffsets(NamedTuple):
+    """A tensor list's B matrices as offsets from its first tensor, for one launch over the list.
+
+    base: the list's first (k, m, n) view (the kernel's pointer, and its dtype); offsets: (B,) int64
+    on base's device, matrix b's first element at ``base.data_ptr() + offsets[b]·itemsize``;
+    stride_r, stride_c: the row and column strides every matrix shares; aligned: every offset is a
+    multiple of 16 elements (the kernel may tell the compiler so, for vectorized loads and stores)."""
+
+    base: torch.Tensor
+    offsets: torch.Tensor
+    stride_r: int
+    stride_c: int
+    aligned: bool
+
+
+# Tables by (device, itemsize, the matrices' addresses): a table's content is a function of its key,
+# so a hit is always right. Built eagerly (one small host-to-device copy), looked up while a CUDA
+# graph is captured, where no copy can be made: a capture after a warm-up step finds its tables.
+_TABLES: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_TABLES_KEPT = 64
+# Tables a captured graph reads: its replays read them at a fixed address for as long as the graph
+# lives, which nothing here can see end, so they are never freed (a few bytes per matrix).
+_CAPTURED_TABLES: "dict[tuple, torch.Tensor]" = {}
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on ``device``'s current stream (no host-to-device copy
+    may be issued then)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def matrix_offsets(views: Sequence[torch.Tensor]) -> Optional[MatrixOffsets]:
+    """The offsets table of ``views`` (each (k, m, n), one device), or None when one launch cannot read
+    them: mixed dtypes or row/column strides, or a CUDA graph is being captured and the table for
+    these addresses was not built before (see ``_TABLES``)."""
+    base = views[0]
+    dtype, device, itemsize = base.dtype, base.device, base.element_size()
+    strides = (base.stride(1), base.stride(2))
+    addresses = []
+    for v in views:
+        if v.dtype != dtype or (v.stride(1), v.stride(2)) != strides:
+            return None
+        start = v.data_ptr()
+        addresses.extend(start + j * v.stride(0) * itemsize for j in range(v.shape[0]))
+    first = base.data_ptr()
+    if any((a - first) % itemsize for a in addresses):
+        return None
+    offsets = [(a - first) // itemsize for a in addresses]
+    key = (device, itemsize, tuple(addresses))
+    table = _CAPTURED_TABLES.get(key)
+    if table is None:
+        table = _TABLES.get(key)
+        if capturing(device):
+            if table is None:
+                return None
+            _CAPTURED_TABLES[key] = _TABLES.pop(key)
+        elif table is None:
+            host = torch.tensor(offsets, dtype=torch.int64)
+            # pinned and non-blocking: the copy is queued on the stream, the host does not wait for it
+            table = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+            _TABLES[key] = table
+            while len(_TABLES) > _TABLES_KEPT:
+                _TABLES.popitem(last=False)
+        else:
+            _TABLES.move_to_end(key)
+    return MatrixOffsets(base, table, strides[0], strides[1], all(o % 16 == 0 for o in offsets))
+
+
+def clear_matrix_offsets() -> None:
+    """Forgets the eager tables (not those a captured graph reads)."""
+    _TABLES.clear()

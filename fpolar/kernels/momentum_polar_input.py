@@ -15,9 +15,10 @@ Why it is one pass: the torch glue reads G and M for the lerp, writes M, reads b
 Nesterov blend, writes it, reads it for max|V|, again for the norm, and writes X (cast + transpose).
 The Triton kernel reads G and M once, writes M, writes V in the polar dtype (transposed through a
 tile in registers for tall groups) and per tile two fp32 partial statistics, max|V| and Σ(V/max)²;
-the per-matrix max and sum of squares come from those (scale-invariant: every square is ≤ 1), in
-one small launch (a program per matrix). What is left is one in-place scale of the 16-bit X by
-``scale``: 4 bytes per element against the main pass's 14 (fp32 G and M). X is therefore rounded
+the per-matrix max and sum of squares come from those (scale-invariant: every square is ≤ 1). What
+is left is one in-place scale of the 16-bit X by ``scale``: 4 bytes per element against the main
+pass's 14 (fp32 G and M), one launch per group that also combines the statistics (every program
+recomputes its matrix's scale: no launch in between, no generic broadcast multiply). X is therefore rounded
 twice (V to the polar dtype, then V·scale): at most one more half-ulp than ``frobenius_normalize``,
 which rounds once. The unnormalized V must fit the polar dtype: the fused path is only chosen for
 bf16 and fp32, whose range is fp32's (bf16 tops out at 3.39e38 against fp32's 3.40e38), not fp16
@@ -38,6 +39,7 @@ from ._glue_common import (
     check_matrix_list,
     elementwise_tile_config,
     found_pointer,
+    matrix_offsets,
     matrix_view,
     skip_tile,
 )
@@ -47,7 +49,7 @@ __all__ = [
     "momentum_polar_input_reference",
     "launch_momentum_polar_input",
     "frobenius_scale_from_tiles",
-    "launch_frobenius_scale",
+    "launch_scale_polar_input",
 ]
 
 
@@ -88,6 +90,7 @@ def momentum_polar_input_reference(
 @triton.jit
 def _momentum_polar_input_kernel(
     g_ptr,
+    g_offsets_ptr,
     m_ptr,
     x_ptr,
     tile_max_ptr,
@@ -111,10 +114,13 @@ def _momentum_polar_input_kernel(
     NESTEROV: tl.constexpr,
     HAS_FOUND: tl.constexpr,
     TRANSPOSE: tl.constexpr,
+    GATHER: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    # One flat grid of matrices × tiles; pointers arrive already offset to this param's first matrix.
+    # One flat grid of matrices × tiles over the launch's matrices (the group's, or one param's with
+    # the other pointers offset to its first matrix).
     pid = tl.program_id(0)
     b = pid // tiles
     t = pid % tiles
@@ -122,7 +128,15 @@ def _momentum_polar_input_kernel(
     c = (t % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
     inside = (r[:, None] < rows) & (c[None, :] < cols)
     b64 = b.to(tl.int64)
-    g = tl.load(g_ptr + b64 * stride_gb + r[:, None] * stride_gr + c[None, :] * stride_gc, mask=inside, other=0.0)
+    if GATHER:
+        # grad matrix b lives at g_ptr + offsets[b] (the grads are separate tensors, see _glue_common)
+        g_off = tl.load(g_offsets_ptr + b64)
+        if ALIGNED:
+            g_off = tl.multiple_of(g_off, 16)
+        g_base = g_ptr + g_off
+    else:
+        g_base = g_ptr + b64 * stride_gb
+    g = tl.load(g_base + r[:, None] * stride_gr + c[None, :] * stride_gc, mask=inside, other=0.0)
     m_ptrs = m_ptr + b64 * stride_mb + r[:, None] * stride_mr + c[None, :] * stride_mc
     m_old = tl.load(m_ptrs, mask=inside, other=0.0)
     mdt = m_ptr.dtype.element_ty
@@ -187,11 +201,8 @@ def frobenius_scale_from_tiles(
 
 
 @triton.jit
-def _frobenius_scale_kernel(tile_max_ptr, tile_sumsq_ptr, scale_ptr, tiles, safety, eps, BLOCK_T: tl.constexpr):
-    # One program per matrix: frobenius_scale_from_tiles's math over its row of tile statistics.
-    b = tl.program_id(0).to(tl.int64)
-    row_max = tile_max_ptr + b * tiles
-    row_sum = tile_sumsq_ptr + b * tiles
+def _frobenius_scale_of_matrix(row_max, row_sum, tiles, safety, eps, BLOCK_T: tl.constexpr):
+    """frobenius_scale_from_tiles's math over one matrix's row of tile statistics (``tiles`` of each)."""
     # Vector accumulators across the chunks, reduced once at the end.
     peaks = tl.zeros([BLOCK_T], dtype=tl.float32)
     for start in range(0, tiles, BLOCK_T):
@@ -206,21 +217,82 @@ def _frobenius_scale_kernel(tile_max_ptr, tile_sumsq_ptr, scale_ptr, tiles, safe
         ratio = tl.load(row_max + idx, mask=inside, other=0.0) / safe_peak
         sums += tl.load(row_sum + idx, mask=inside, other=0.0) * ratio * ratio
     total = tl.sum(sums, axis=0)
-    tl.store(scale_ptr + b, 1.0 / (safe_peak * (tl.sqrt(total) * safety + eps)))
+    return 1.0 / (safe_peak * (tl.sqrt(total) * safety + eps))
 
 
-def launch_frobenius_scale(
-    tile_max: torch.Tensor, tile_sumsq: torch.Tensor, safety: float, eps: float
+@triton.jit
+def _scale_polar_input_kernel(
+    x_ptr,
+    tile_max_ptr,
+    tile_sumsq_ptr,
+    scale_ptr,
+    numel,
+    parts,
+    part_len,
+    tiles,
+    safety,
+    eps,
+    BLOCK_T: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # Program (b, part) scales part_len consecutive elements of matrix b's X in place. Every program
+    # of b recomputes b's scale from the tile statistics (the same code on the same data: the same
+    # bits in every program); a separate combine launch would cost more than these reads (L2 hits,
+    # a few % of the part's bytes, see the launcher).
+    pid = tl.program_id(0)
+    b = (pid // parts).to(tl.int64)
+    part = pid % parts
+    scale = _frobenius_scale_of_matrix(
+        tile_max_ptr + b * tiles, tile_sumsq_ptr + b * tiles, tiles, safety, eps, BLOCK_T
+    )
+    if part == 0:
+        tl.store(scale_ptr + b, scale)
+    x_base = x_ptr + b * numel
+    lo = part * part_len
+    # X is contiguous: each matrix is one flat run of numel elements, read and written in wide vectors.
+    for start in range(lo, lo + part_len, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        inside = idx < numel
+        x = tl.load(x_base + idx, mask=inside, other=0.0)
+        # one multiply in fp32, one rounding to the polar dtype: torch's x.mul_(scale) on the 16-bit X
+        tl.store(x_base + idx, (x.to(tl.float32) * scale).to(x_ptr.dtype.element_ty), mask=inside)
+
+
+# Elements per step of the scale pass: 16 per thread of 4 warps (two 16-byte vectors of bf16).
+_SCALE_BLOCK = 2048
+
+
+def launch_scale_polar_input(
+    x: torch.Tensor,
+    tile_max: torch.Tensor,
+    tile_sumsq: torch.Tensor,
+    safety: float,
+    eps: float,
+    block: int = _SCALE_BLOCK,
+    part_len: Optional[int] = None,
 ) -> torch.Tensor:
-    """``frobenius_scale_from_tiles`` as one Triton launch (one program per matrix) instead of a
-    handful of small torch kernels. (B, T) fp32 contiguous in, (B,) fp32 out."""
+    """X_b ← X_b·scale_b in place for every matrix b of the contiguous ``x`` (B, r, c) (fp32 math,
+    one rounding to x's dtype), with scale_b = ``frobenius_scale_from_tiles``'s formula on the (B, T)
+    fp32 contiguous tile statistics, computed inside the same launch. Returns scale, (B,) fp32.
+    ``block`` (a power of 2) and ``part_len`` (elements per program, rounded up to a multiple of
+    ``block``) override the launch shape."""
     require_triton()
     batch, tiles = tile_max.shape
     scale = torch.empty((batch,), dtype=torch.float32, device=tile_max.device)
     if batch == 0:
         return scale
-    block = min(1024, triton.next_power_of_2(max(tiles, 1)))
-    _frobenius_scale_kernel[(batch,)](tile_max, tile_sumsq, scale, tiles, float(safety), float(eps), BLOCK_T=block)
+    numel = x[0].numel()
+    block_t = min(1024, triton.next_power_of_2(max(tiles, 1)))
+    if part_len is None:
+        # Parts of ≥ 64·T elements: each program reads its matrix's 8·T bytes of statistics (twice)
+        # against ≥ 256·T bytes of X moved, so the recomputed scale costs a few % of the pass.
+        part_len = triton.cdiv(numel, max(1, numel // (64 * max(tiles, 1))))
+    part_len = max(1, triton.cdiv(max(part_len, 1), block)) * block
+    parts = max(1, triton.cdiv(numel, part_len))
+    _scale_polar_input_kernel[(batch * parts,)](
+        x, tile_max, tile_sumsq, scale, numel, parts, part_len, tiles, float(safety), float(eps),
+        BLOCK_T=block_t, BLOCK=block, num_warps=4, num_stages=1,
+    )
     return scale
 
 
@@ -232,11 +304,16 @@ def launch_momentum_polar_input(
     nesterov: bool,
     found: Optional[torch.Tensor] = None,
     config: Optional[triton.Config] = None,
+    single_launch: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Runs the Triton kernel once per grad: updates ``momentum`` (B, m, n) in place and writes the
-    unnormalized V into ``x`` ((B, m, n), or (B, n, m) for a tall group) in x's dtype. Returns the
-    per-tile statistics (tile_max, tile_sumsq), (B, T) fp32. CUDA tensors, or CPU tensors under
-    TRITON_INTERPRET=1. ``config`` overrides the tile (kwargs BLOCK_R, BLOCK_C)."""
+    """Runs the Triton kernel: updates ``momentum`` (B, m, n) in place and writes the unnormalized V
+    into ``x`` ((B, m, n), or (B, n, m) for a tall group) in x's dtype. Returns the per-tile
+    statistics (tile_max, tile_sumsq), (B, T) fp32. CUDA tensors, or CPU tensors under
+    TRITON_INTERPRET=1. ``config`` overrides the tile (kwargs BLOCK_R, BLOCK_C).
+
+    One launch for all the grads when ``matrix_offsets`` gives their table, else one per grad;
+    ``single_launch`` True requires the one launch (ValueError if it cannot be had), False forces
+    one per grad, None (default) chooses."""
     require_triton()
     batch, rows, cols = momentum.shape
     transpose = rows > cols
@@ -251,31 +328,32 @@ def launch_momentum_polar_input(
     tile_sumsq = torch.zeros((batch, tiles), dtype=torch.float32, device=momentum.device)
     if momentum.numel() == 0:
         return tile_max, tile_sumsq
+    views = [matrix_view(g, rows, cols, writable=False) for g in grads]
+    table = None if single_launch is False else matrix_offsets(views)
+    if table is None and single_launch:
+        raise ValueError("single_launch=True, but the grads have no offsets table (mixed dtypes or strides, or a "
+                         "CUDA graph is being captured before any eager call on these tensors)")
     found_arg = found_pointer(found, momentum)
+    common = dict(
+        NESTEROV=bool(nesterov), HAS_FOUND=found is not None, TRANSPOSE=transpose, **launch_options(config)
+    )
+    scalars = (rows, cols)
+    if table is not None:
+        _momentum_polar_input_kernel[(batch * tiles,)](
+            table.base, table.offsets, momentum, x, tile_max, tile_sumsq, found_arg, *scalars,
+            0, table.stride_r, table.stride_c, *momentum.stride(), *x.stride(),
+            tiles_c, tiles, float(1 - beta), float(beta), GATHER=True, ALIGNED=table.aligned, **common,
+        )
+        return tile_max, tile_sumsq
     off = 0
-    for grad in grads:
-        g = matrix_view(grad, rows, cols, writable=False)
+    for g in views:
         k = g.shape[0]
+        if k == 0:
+            continue
         _momentum_polar_input_kernel[(k * tiles,)](
-            g,
-            momentum[off : off + k],
-            x[off : off + k],
-            tile_max[off : off + k],
-            tile_sumsq[off : off + k],
-            found_arg,
-            rows,
-            cols,
-            *g.stride(),
-            *momentum.stride(),
-            *x.stride(),
-            tiles_c,
-            tiles,
-            float(1 - beta),
-            float(beta),
-            NESTEROV=bool(nesterov),
-            HAS_FOUND=found is not None,
-            TRANSPOSE=transpose,
-            **launch_options(config),
+            g, momentum, momentum[off : off + k], x[off : off + k], tile_max[off : off + k],
+            tile_sumsq[off : off + k], found_arg, *scalars, *g.stride(), *momentum.stride(), *x.stride(),
+            tiles_c, tiles, float(1 - beta), float(beta), GATHER=False, ALIGNED=False, **common,
         )
         off += k
     return tile_max, tile_sumsq
@@ -364,8 +442,7 @@ def _momentum_polar_input_cuda(
     _check(momentum, grads, beta, polar_dtype, safety, eps, found)
     x = torch.empty(_output_shape(momentum), dtype=polar_dtype, device=momentum.device)
     tile_max, tile_sumsq = launch_momentum_polar_input(momentum, grads, x, beta, nesterov, found)
-    scale = launch_frobenius_scale(tile_max, tile_sumsq, safety, eps)
-    x.mul_(scale[:, None, None])
+    scale = launch_scale_polar_input(x, tile_max, tile_sumsq, safety, eps)
     return x, scale
 
 

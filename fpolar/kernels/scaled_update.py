@@ -27,6 +27,7 @@ from ._glue_common import (
     elementwise_tile_config,
     found_pointer,
     matrix_count_and_shape,
+    matrix_offsets,
     matrix_view,
     skip_tile,
 )
@@ -69,6 +70,7 @@ def _param_shape(p: torch.Tensor) -> tuple[int, int, int]:
 @triton.jit
 def _scaled_update_kernel(
     w_ptr,
+    w_offsets_ptr,
     o_ptr,
     step_ptr,
     decay_ptr,
@@ -86,6 +88,8 @@ def _scaled_update_kernel(
     STEP_PER_MATRIX: tl.constexpr,
     HAS_FOUND: tl.constexpr,
     TRANSPOSE: tl.constexpr,
+    GATHER: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -104,7 +108,15 @@ def _scaled_update_kernel(
         o = tl.trans(o_t)
     else:
         o = tl.load(o_base + r[:, None] * stride_or + c[None, :] * stride_oc, mask=inside, other=0.0)
-    w_ptrs = w_ptr + b64 * stride_wb + r[:, None] * stride_wr + c[None, :] * stride_wc
+    if GATHER:
+        # param matrix b lives at w_ptr + offsets[b] (the params are separate tensors, see _glue_common)
+        w_off = tl.load(w_offsets_ptr + b64)
+        if ALIGNED:
+            w_off = tl.multiple_of(w_off, 16)
+        w_base = w_ptr + w_off
+    else:
+        w_base = w_ptr + b64 * stride_wb
+    w_ptrs = w_base + r[:, None] * stride_wr + c[None, :] * stride_wc
     w = tl.load(w_ptrs, mask=inside, other=0.0)
     if STEP_PER_MATRIX:
         s = tl.load(step_ptr + b)
@@ -125,12 +137,17 @@ def launch_scaled_update(
     decay: torch.Tensor,
     found: Optional[torch.Tensor] = None,
     config: Optional[triton.Config] = None,
+    single_launch: Optional[bool] = None,
 ) -> None:
-    """Runs the Triton kernel once per param: W ← decay·W − s·O in place. ``step``: (B,) or one
-    element, fp32; ``decay``: one element, fp32. CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
-    ``config`` overrides the tile (kwargs BLOCK_R, BLOCK_C)."""
+    """Runs the Triton kernel: W ← decay·W − s·O in place. ``step``: (B,) or one element, fp32;
+    ``decay``: one element, fp32. CUDA tensors, or CPU tensors under TRITON_INTERPRET=1. ``config``
+    overrides the tile (kwargs BLOCK_R, BLOCK_C).
+
+    One launch for all the params when ``matrix_offsets`` gives their table, else one per param;
+    ``single_launch`` True requires the one launch (ValueError if it cannot be had), False forces
+    one per param, None (default) chooses."""
     require_triton()
-    _, rows, cols = _param_shape(params[0])
+    batch, rows, cols = o.shape[0], *_param_shape(params[0])[1:]
     transpose = (o.shape[-2], o.shape[-1]) != (rows, cols)
     config = config or elementwise_tile_config(rows, cols)
     block_r, block_c = config.kwargs["BLOCK_R"], config.kwargs["BLOCK_C"]
@@ -140,29 +157,31 @@ def launch_scaled_update(
     step_f = step.reshape(-1).float()
     decay_f = decay.reshape(1).float()
     found_arg = found_pointer(found, decay_f)
+    if rows * cols == 0 or batch == 0:
+        return
+    views = [matrix_view(p, rows, cols, writable=True) for p in params]
+    table = None if single_launch is False else matrix_offsets(views)
+    if table is None and single_launch:
+        raise ValueError("single_launch=True, but the params have no offsets table (mixed dtypes or strides, or a "
+                         "CUDA graph is being captured before any eager call on these tensors)")
+    common = dict(
+        STEP_PER_MATRIX=per_matrix, HAS_FOUND=found is not None, TRANSPOSE=transpose, **launch_options(config)
+    )
+    if table is not None:
+        _scaled_update_kernel[(batch * tiles,)](
+            table.base, table.offsets, o, step_f, decay_f, found_arg, rows, cols,
+            0, table.stride_r, table.stride_c, *o.stride(), tiles_c, tiles,
+            GATHER=True, ALIGNED=table.aligned, **common,
+        )
+        return
     off = 0
-    for p in params:
-        w = matrix_view(p, rows, cols, writable=True)
+    for w in views:
         k = w.shape[0]
-        if w.numel() == 0:
-            off += k
+        if k == 0:
             continue
         _scaled_update_kernel[(k * tiles,)](
-            w,
-            o[off : off + k],
-            step_f[off : off + k] if per_matrix else step_f,
-            decay_f,
-            found_arg,
-            rows,
-            cols,
-            *w.stride(),
-            *o.stride(),
-            tiles_c,
-            tiles,
-            STEP_PER_MATRIX=per_matrix,
-            HAS_FOUND=found is not None,
-            TRANSPOSE=transpose,
-            **launch_options(config),
+            w, decay_f, o[off : off + k], step_f[off : off + k] if per_matrix else step_f, decay_f, found_arg,
+            rows, cols, *w.stride(), *o.stride(), tiles_c, tiles, GATHER=False, ALIGNED=False, **common,
         )
         off += k
 

@@ -2,6 +2,10 @@
 
 - each op's Triton kernel against its torch twin and float64 (fresh random inputs, tall and wide,
   Nesterov on/off, skip flag False and True with NaN grads: bitwise unchanged);
+- one launch per group (the offsets table) against one launch per tensor (bitwise), and the scale
+  pass against torch's in-place multiply (bitwise), odd shapes included (offsets not 16-aligned);
+- the one launch inside a captured CUDA graph (tables built by an eager call before), and the
+  fallback to one launch per tensor for tensors first seen inside the capture, replays against eager;
 - the whole Muon step on the fused glue against the torch glue (same ``kernels="auto"`` polar path),
   eagerly, inside ``torch.compile(fullgraph=True)`` and inside a manually captured CUDA graph.
 """
@@ -13,6 +17,8 @@ import torch
 
 import fpolar.kernels as K
 from fpolar import PolarGradHParams, init_state, polargrad_step
+from fpolar.kernels._glue_common import matrix_offsets, matrix_view
+from fpolar.kernels.momentum_polar_input import frobenius_scale_from_tiles, launch_scale_polar_input
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -90,6 +96,94 @@ def test_scaled_update_matches_float64(shape, dtype):
     tol = 1e-6 if dtype == torch.float32 else 2.0**-8
     bound = 0.999 * w64.abs() + (step.double()[:, None, None] * o_p.double()).abs()
     assert ((out - exact).abs() <= tol * bound + 1e-30).all()
+
+
+def _group_tensors(m, n, seed):
+    """A group of 4 m×n matrices as separate tensors (a 3-D grad/param of 2 and two 2-D ones), its
+    momentum, and a bf16 polar factor in the wide orientation."""
+    grads = [_random((2, m, n), seed=seed), _random((m, n), seed=seed + 1), _random((m, n), seed=seed + 2)]
+    params = [_random((2, m, n), seed=seed + 3), _random((m, n), seed=seed + 4), _random((m, n), seed=seed + 5)]
+    mom = _random((4, m, n), seed=seed + 6)
+    o = _random((4, min(m, n), max(m, n)), torch.bfloat16, seed=seed + 7)
+    return grads, params, mom, o
+
+
+# per-matrix step sizes and the decay of the update half, made once (no host-to-device copy in a capture)
+STEP = torch.linspace(0.01, 0.05, 4, device="cuda") if torch.cuda.is_available() else None
+DECAY = torch.full((), 0.999, device="cuda") if torch.cuda.is_available() else None
+
+
+def _glue_by_launchers(grads, params, mom, o, single):
+    """Both glue halves through the launchers: (M, V before the scale, X, tile stats, scale, W)."""
+    b, m, n = mom.shape
+    x = torch.empty((b, min(m, n), max(m, n)), dtype=torch.bfloat16, device="cuda")
+    tmax, tsum = K.launch_momentum_polar_input(mom, grads, x, 0.95, True, None, single_launch=single)
+    v = x.clone()
+    scale = launch_scale_polar_input(x, tmax, tsum, SAFETY, EPS)
+    K.launch_scaled_update(params, o, STEP, DECAY, None, single_launch=single)
+    return mom, v, x, tmax, tsum, scale, params
+
+
+@pytest.mark.parametrize("shape", GPT2_SMALL + [(20, 37), (40, 17)], ids=_id)
+def test_one_launch_per_group_equals_one_per_tensor(shape):
+    m, n = shape
+    grads, params, mom, o = _group_tensors(m, n, seed=50)
+    table = matrix_offsets([matrix_view(t, m, n, writable=False) for t in grads])
+    assert table is not None and table.aligned == (m * n % 16 == 0)
+    one = _glue_by_launchers(grads, [p.clone() for p in params], mom.clone(), o, single=True)
+    per = _glue_by_launchers(grads, [p.clone() for p in params], mom.clone(), o, single=False)
+    # the same kernel code on the same matrices, only addressed differently: bit for bit
+    for a, b in zip(one[:6], per[:6]):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(one[6], per[6]))
+    mom_new, v, x, tmax, tsum, scale, _ = one
+    torch.testing.assert_close(scale, frobenius_scale_from_tiles(tmax, tsum, SAFETY, EPS), rtol=1e-6, atol=0)
+    # the scale pass: V·scale in fp32 rounded once to nearest, exactly torch's in-place multiply
+    assert torch.equal(x, v.clone().mul_(scale[:, None, None]))
+    # and the op against its twin on these grads (a 3-D grad in the list)
+    m_op, m_twin = mom.clone(), mom.clone()
+    x_op, s_op = K.momentum_polar_input(m_op, grads, 0.95, True, torch.bfloat16, SAFETY, EPS, None)
+    x_t, s_t = K.momentum_polar_input_reference(m_twin, grads, 0.95, True, torch.bfloat16, SAFETY, EPS, None)
+    torch.testing.assert_close(m_op, m_twin, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s_op, s_t, rtol=1e-5, atol=0)
+    assert (x_op.float() - x_t.float()).abs().amax() <= 2.0**-7 * x_t.float().abs().amax()
+
+
+@pytest.mark.parametrize("shape", [(768, 3072), (3072, 768)], ids=_id)
+def test_captured_graph_runs_one_launch_after_an_eager_call_and_falls_back_before(shape):
+    """Tables built by an eager call are found inside a capture (single_launch=True would raise
+    otherwise); tensors first seen inside the capture get one launch per tensor. Replays with new
+    grads match eager runs of the same inputs."""
+    m, n = shape
+    seen = _group_tensors(m, n, seed=60)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        _glue_by_launchers(*seen[:2], seen[2].clone(), seen[3], single=True)  # warm-up: compiles, builds tables
+        _glue_by_launchers(*_group_tensors(m, n, seed=61), single=False)  # compiles the per-tensor variant
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    unseen = _group_tensors(m, n, seed=70)
+    start = {"seen": ([p.clone() for p in seen[1]], seen[2].clone()), "unseen": ([p.clone() for p in unseen[1]], unseen[2].clone())}
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        assert matrix_offsets([matrix_view(t, m, n, writable=False) for t in unseen[0]]) is None
+        out_seen = _glue_by_launchers(*seen, single=True)
+        out_unseen = _glue_by_launchers(*unseen, single=None)
+    for name, group, out in (("seen", seen, out_seen), ("unseen", unseen, out_unseen)):
+        for trial in range(2):
+            for k, g in enumerate(group[0]):
+                g.copy_(_random(g.shape, seed=80 + 10 * trial + k))
+            params0, mom0 = start[name]
+            for p, p0 in zip(group[1], params0):
+                p.copy_(p0)
+            group[2].copy_(mom0)
+            graph.replay()
+            torch.cuda.synchronize()
+            eager = _glue_by_launchers(group[0], [p.clone() for p in params0], mom0.clone(), group[3], single=False)
+            for a, b in zip(out[:6], eager[:6]):
+                assert torch.equal(a, b), name
+            assert all(torch.equal(a, b) for a, b in zip(out[6], eager[6])), name
 
 
 def _muon(kernels: str) -> PolarGradHParams:
