@@ -93,3 +93,27 @@ def test_copies_sees_a_clone_and_a_non_input_copy():
 
     gm = post_grad_graph(f, torch.randn(4, 4))
     assert len(copies(gm)) >= 1
+
+
+def test_compiled_train_step_copies_no_parameter(forced_cuda_rules):
+    """The whole train step (``make_train_step(backward="func")``): the params are read by the forward
+    and backward and then written by ``fpolar::scaled_update_`` in the same graph, the pattern where
+    Inductor keeps a clone of a mutated input when it cannot prove the old value dead. None is kept;
+    the β-products are the Gram polynomials (one per step per group) and the forward's bias ``addmm``s."""
+    from compile_cases import adamw_hparams, cross_entropy_loss, polar_hparams, tiny_batches, tiny_model
+
+    from fpolar.compile import make_train_step
+
+    model = tiny_model()
+    hp = polar_hparams()
+    step = make_train_step(model, cross_entropy_loss, hp, adamw_hparams(), backward="func")
+    impls = step.polar_state.polar_impls
+    assert all(impl.glue == "fused" for impl in impls)
+    x, y = tiny_batches(1)
+    gm = post_grad_graph(step, x[0], y[0])
+    ops = collections.Counter(op_name(n.target) for n in gm.graph.nodes if n.op == "call_function")
+    assert copies(gm) == []
+    assert ops["fpolar.scaled_update_"] == ops["fpolar.momentum_polar_input"] == len(impls)
+    assert ops["fpolar.max_abs"] == 1
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert beta_products(gm) == len(hp.polar_spec.schedule) * sum(i.method == "gram_newton_schulz" for i in impls) + linears
