@@ -12,8 +12,8 @@ into a new tensor copies S into its output first (ATen, on CUDA a device-to-devi
 the GEMM accumulates onto it. Per Newton–Schulz step: b·A + c·A² and a·X + B·X (two), per Gram
 Newton–Schulz step: b·R + c·R² (one; its a·I is a diagonal add and its final Q·X has β = 0). They are
 counted exactly, so a new one shows. (Folding a·X into B's diagonal would remove one, but rounds
-a·I + B to the polar dtype: with the first Polar-Express step's a ≈ 8 on small σ, bf16 error per
-step went up ≈ 2.7×.)
+a·I + B to the polar dtype, where a ≈ 8 dwarfs B's entries in the first Polar-Express step: in bf16
+``tests/test_polar.py::test_bf16_newton_schulz_close_to_fp64`` then fails.)
 
 The non-finite check of the grads is one ``fpolar::max_abs`` op whatever the number of grads.
 """
