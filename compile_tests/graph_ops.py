@@ -110,3 +110,72 @@ def op_counts(seq: Sequence[str]) -> str:
     """``op xcount`` per distinct op, sorted by name: insensitive to the order Inductor receives them."""
     counts = collections.Counter(s[len("aten."):] if s.startswith("aten.") else s for s in seq)
     return "\n".join(f"{name} x{n}" for name, n in sorted(counts.items()))
+
+
+class _Recorded(Exception):
+    """Raised by ``post_grad_graph``'s hook once it holds the graph: nothing after it is needed."""
+
+
+def post_grad_graph(fn: Callable, *args) -> fx.GraphModule:
+    """The graph Inductor lowers for ``fn`` (fullgraph): after its post-grad passes, i.e. after the
+    re-inplacing of functionalized in-place ops and the decomposition of ``auto_functionalized``, so a
+    mutated buffer that was cloned instead of written in place shows as ``aten.clone``/``aten.copy_``.
+
+    Compilation stops right after (no code is generated or run: ``args`` are not mutated). Pinned to
+    Inductor's internals (``compile_fx.post_grad_passes``), like the graph snapshots."""
+    import unittest.mock
+
+    from torch._inductor import compile_fx
+    from torch._inductor import config as inductor_config
+
+    graphs: List[fx.GraphModule] = []
+    original = compile_fx.post_grad_passes
+
+    def record(gm: fx.GraphModule, is_inference: bool) -> None:
+        original(gm, is_inference)
+        graphs.append(gm)
+        raise _Recorded
+
+    with unittest.mock.patch.object(compile_fx, "post_grad_passes", record), inductor_config.patch(
+        fx_graph_cache=False
+    ):
+        try:
+            torch.compile(fn, fullgraph=True)(*args)
+        except Exception as e:  # noqa: BLE001 - the hook's stop arrives wrapped by dynamo
+            if not graphs:
+                raise
+            del e
+    if len(graphs) != 1:
+        raise AssertionError(f"expected one graph, got {len(graphs)}")
+    return graphs[0]
+
+
+def copies(gm: fx.GraphModule) -> List[str]:
+    """Every node of a post-grad graph that copies a tensor into new memory, as ``op(args)`` strings:
+    ``clone``, ``copy_`` into anything but a graph input or a diagonal view (an input's write-back
+    is the in-place update itself; ``diagonal().add_`` is the a·I add), and what is left of
+    ``auto_functionalized`` (it clones every mutated argument it was not re-inplaced onto)."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = op_name(node.target)
+        if name == "aten.clone" or "auto_functionalized" in name:
+            out.append(f"{name}({node.args[0] if node.args else ''})")
+        elif name == "aten.copy_":
+            dst = node.args[0]
+            if dst.op == "placeholder" or (dst.op == "call_function" and op_name(dst.target) == "aten.diagonal"):
+                continue
+            out.append(f"{name}({dst})")
+    return out
+
+
+def beta_products(gm: fx.GraphModule) -> int:
+    """``baddbmm``/``addmm`` nodes with β ≠ 0. On CUDA each copies its β-operand into its output
+    before the GEMM (ATen: ``out.copy_(self)`` when β ≠ 0): one device-to-device memcpy per node."""
+    n = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and op_name(node.target) in ("aten.baddbmm", "aten.addmm"):
+            if node.kwargs.get("beta", 1) != 0:
+                n += 1
+    return n

@@ -93,3 +93,98 @@ def test_skip_inside_a_cuda_graph():
     assert torch.isfinite(torch.cat([p.reshape(-1) for p in params])).all()
     assert not bitwise_same(snapshot(params), before[: len(params)])
     assert state.skipped.item() == 1
+
+
+# --------------------------------------------------------------------------- fpolar::max_abs
+
+MAX_ABS_SHAPES = ((3, 5), (7,), (2, 3, 4), (1, 1))
+
+
+def random_tensors(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # spread over many magnitudes so the max is one element, not a tie
+    return [(torch.randn(s, generator=gen) * 10.0 ** torch.randint(-3, 4, s, generator=gen)).to(dtype) for s in MAX_ABS_SHAPES]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_max_abs_is_the_largest_magnitude(dtype):
+    """The op against the float64 max of |t| over every element; a max is one element, so exact."""
+    from fpolar.nonfinite import max_abs
+
+    ts = random_tensors(dtype)
+    want = torch.cat([t.double().reshape(-1) for t in ts]).abs().max()
+    got = max_abs(ts)
+    assert got.dtype == dtype and got.shape == ()
+    assert got.double() == want
+
+
+@pytest.mark.parametrize("where", range(len(MAX_ABS_SHAPES)))
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_max_abs_sees_a_nonfinite_in_any_one_tensor(where, bad):
+    from fpolar.nonfinite import max_abs
+
+    ts = random_tensors(torch.float32)
+    ts[where].view(-1)[-1] = bad
+    got = max_abs(ts)
+    assert torch.isnan(got) if math.isnan(bad) else got == math.inf
+    compiled = torch.compile(max_abs, backend="aot_eager", fullgraph=True)(ts)
+    assert torch.equal(compiled.isnan(), got.isnan()) and (got.isnan() or compiled == got)
+
+
+def test_max_abs_of_negative_zeros_is_plus_zero_and_finite_extremes_stay_finite():
+    from fpolar.nonfinite import max_abs
+
+    zero = max_abs([torch.tensor([-0.0, -0.0]), torch.tensor([[-0.0]])])
+    assert zero == 0 and not torch.signbit(zero)
+    big = torch.finfo(torch.float32).max
+    assert max_abs([torch.tensor([-big, 1.0])]) == big  # no square: the largest finite value stays finite
+    tiny = torch.tensor([-1e-45, 0.0])  # a subnormal is not flushed
+    assert max_abs([tiny]) == tiny.abs().max()
+
+
+def test_max_abs_op_registration():
+    """Schema, fake (meta) kernel and eager kernel agree (torch.library.opcheck)."""
+    from fpolar.nonfinite import max_abs
+
+    torch.library.opcheck(max_abs, (random_tensors(torch.float32),))
+
+
+@pytest.mark.parametrize(
+    "tensors, exc, match",
+    [
+        ([], ValueError, "non-empty list"),
+        ([torch.randn(2), torch.randn(2, dtype=torch.float64)], ValueError, r"tensors\[1\] is torch.float64"),
+        ([torch.randn(2), torch.arange(3)], TypeError, r"tensors\[1\] has dtype torch.int64"),
+        ([torch.randn(2), torch.randn(0, 3)], ValueError, r"tensors\[1\] is empty"),
+    ],
+)
+def test_max_abs_rejects_bad_lists(tensors, exc, match):
+    from fpolar.nonfinite import max_abs
+
+    with pytest.raises(exc, match=match):
+        max_abs(tensors)
+
+
+def test_compiled_check_is_one_op_and_skips_on_any_grad():
+    """Under torch.compile the step's check is one fpolar::max_abs for all grads; a NaN/inf in any one
+    grad (each position in turn) skips the step bitwise, in one graph."""
+    from graph_ops import aten_graph, op_sequence
+
+    params, grads = make_problem(MIXED_SHAPES)
+    hp = polar_hparams()
+    state = fpolar.init_state(params, hp)
+    seq = op_sequence(aten_graph(fpolar.polargrad_step, [p.clone() for p in params], grads, fpolar.init_state(params, hp), hp))
+    assert seq.count("fpolar.max_abs") == 1 and "aten.amax" not in seq[: seq.index("fpolar.max_abs") + 1]
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(fpolar.polargrad_step, backend=counter, fullgraph=True)
+    step(params, grads, state, hp)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for i in range(len(grads)):
+            g = [x.clone() for x in grads]
+            g[i].view(-1)[i % g[i].numel()] = (math.nan, math.inf, -math.inf)[i % 3]
+            before = snapshot(params, state.buffers, [state.step])
+            step(params, g, state, hp)
+            assert bitwise_same(snapshot(params, state.buffers, [state.step]), before), f"grad {i}"
+    assert counter.frame_count == 1
+    assert state.skipped.item() == len(grads) and state.step.item() == 1

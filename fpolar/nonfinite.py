@@ -21,9 +21,9 @@ exactly 0 applied to values known to be finite):
 * step counts add ``keep`` (0 or 1) instead of 1.
 
 Detection is one max-abs reduction over the grads of the call (``found_nonfinite``), before anything is
-written: eagerly one multi-tensor kernel per (device, dtype) for all grads, plus a stack and a reduce. A
-max-abs does not overflow on large finite grads (1e38 in fp32 is finite, its square is not), and max
-reductions propagate NaN.
+written: one multi-tensor kernel per (device, dtype) for all grads, plus a stack and a reduce, eagerly
+and under torch.compile (there as the opaque op ``fpolar::max_abs``). A max-abs does not overflow on
+large finite grads (1e38 in fp32 is finite, its square is not), and max reductions propagate NaN.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def found_nonfinite(
     for (dev, _), gs in buckets.items():
         # Per (device, dtype): one multi-tensor max-abs, one stack, one reduce. A max-abs cannot
         # overflow on finite values, and max reductions propagate NaN.
-        flag = ~torch.isfinite(torch.stack(_max_abs(gs)).amax())
+        flag = ~torch.isfinite(_max_abs(gs))
         flags.append(flag if dev == device else flag.to(device))
     if found_inf is not None:
         flags.append(found_inf.reshape(()).to(device=device) != 0)
@@ -79,13 +79,57 @@ def found_nonfinite(
     return found
 
 
-def _max_abs(gs: List[Tensor]) -> List[Tensor]:
-    """max |g| of each tensor (NaN if it holds one). Eagerly one multi-tensor kernel; under torch.compile
-    one reduction per tensor, because Inductor (CUDA, torch < 2.13) asserts in
-    ``reorder_loops_by_dep_pair`` once a foreach node fuses with a neighbour (see ``fpolar.tensor_lists``)."""
+def _max_abs(gs: List[Tensor]) -> Tensor:
+    """max |g| over every element of every tensor of ``gs`` (one device and dtype, none empty), 0-d in
+    their dtype; NaN if any element is NaN."""
     if torch.compiler.is_compiling():
-        return [g.abs().amax() for g in gs]
-    return list(torch._foreach_norm(gs, ord=math.inf))
+        return max_abs(gs)
+    return max_abs_reference(gs)
+
+
+def max_abs_reference(tensors: Sequence[Tensor]) -> Tensor:
+    """The math of ``fpolar::max_abs``: one multi-tensor max-abs (``_foreach_norm`` with ord=inf), one
+    stack, one reduce."""
+    return torch.stack(torch._foreach_norm(list(tensors), ord=math.inf)).amax()
+
+
+@torch.library.custom_op("fpolar::max_abs", mutates_args=())
+def max_abs(tensors: List[Tensor]) -> Tensor:
+    """max |t| over every element of ``tensors``: a 0-d tensor in their dtype on their device, NaN if any
+    element is NaN, +inf if one is ±inf (else finite: no squares, so no overflow). Nothing is mutated.
+
+    Args:
+        tensors: a non-empty list of non-empty floating tensors of one device and one dtype, any shapes.
+
+    Why an op: under torch.compile the per-tensor ``abs().amax()`` is one reduction kernel per tensor
+    (one launch per grad, 48 on GPT-2-small's matrices), and Inductor's lowering of the multi-tensor
+    ``_foreach_norm`` asserts on CUDA (torch < 2.13) once a foreach node fuses with a neighbour (see
+    ``fpolar.tensor_lists``). Opaque to Inductor, the op runs the eager multi-tensor kernel inside the
+    compiled graph (and inside its CUDA graph).
+    """
+    _check_max_abs(tensors)
+    return max_abs_reference(tensors)
+
+
+@max_abs.register_fake
+def _max_abs_fake(tensors: List[Tensor]) -> Tensor:
+    _check_max_abs(tensors)
+    return tensors[0].new_empty(())
+
+
+def _check_max_abs(tensors: Sequence[Tensor]) -> None:
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise ValueError("max_abs takes a non-empty list of tensors")
+    first = tensors[0]
+    for i, t in enumerate(tensors):
+        if not t.is_floating_point():
+            raise TypeError(f"max_abs: tensors[{i}] has dtype {t.dtype}; a floating dtype is required")
+        if t.dtype != first.dtype or t.device != first.device:
+            raise ValueError(
+                f"max_abs: tensors[{i}] is {t.dtype} on {t.device}, tensors[0] is {first.dtype} on {first.device}"
+            )
+        if t.numel() == 0:
+            raise ValueError(f"max_abs: tensors[{i}] is empty (a max over nothing has no value)")
 
 
 def unscale_grads(grads: Sequence[Optional[Tensor]], grad_scale: Optional[Tensor]) -> List[Optional[Tensor]]:
