@@ -55,8 +55,14 @@ def _scale_bits(scales: Optional[Tensor], slots: int, payload: torch.dtype) -> O
 
 
 def _unpack_scales(bits: Tensor, payload: torch.dtype) -> Tensor:
-    """Inverse of ``_scale_bits`` on (…, k) payload slots: (…) scales."""
-    return bits.contiguous().view(scale_dtype(payload)).squeeze(-1)
+    """Inverse of ``_scale_bits`` on (…, k) payload slots: (…) scales.
+
+    The slots are copied into fresh storage before the bit-cast: a dtype view needs a storage offset
+    divisible by the size ratio, and the slots sit after an odd number of payload elements whenever
+    c·n (or m·n) is odd. ``.contiguous()`` is not enough: with one rank and one slot the (1, 1, k)
+    slice is already contiguous, so it returns the same misaligned view. The copy is W·S·k elements.
+    """
+    return bits.clone(memory_format=torch.contiguous_format).view(scale_dtype(payload)).squeeze(-1)
 
 
 def rows_to_owners(group: ExchangeGroup, local_rows: Sequence[Tensor], payload: torch.dtype) -> Tensor:
