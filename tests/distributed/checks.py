@@ -674,6 +674,35 @@ def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
     return {"messages": messages}
 
 
+def check_captured_grads_copy_on_dtensors(rank: int, world: int, shared: str) -> dict:
+    """A captured ``fpolar.optim`` program copies new grads into the ones its CUDA graph reads
+    (``copy_grads_into``); on fully_shard params those are DTensors, for which ``_foreach_copy_`` has
+    no sharding rule: the copy goes through the local shards (and through ``copy_`` where the two
+    layouts differ). Every kept grad must equal its fresh one, whole."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    from fpolar.optim.compiled_step import copy_grads_into
+
+    model, _, mesh = sharded_model(world)
+    params = [model[k].weight for k in SHAPES]
+    gen = torch.Generator().manual_seed(31)  # the same full grads on every rank
+    fresh_full = [torch.randn(p.shape, generator=gen) for p in params]
+    fresh = [as_shard(f, p) for f, p in zip(fresh_full, params)]
+    kept = [as_shard(torch.zeros(p.shape), p) for p in params]
+    # one kept grad replicated: a layout that differs from its fresh Shard(0) grad
+    kept[0] = DTensor.from_local(on_device(torch.zeros(params[0].shape)), mesh, [Replicate()], run_check=False)
+    kept_ids = [id(k) for k in kept]
+    copy_grads_into(kept, fresh)
+    assert [id(k) for k in kept] == kept_ids
+    err = max((k.full_tensor().cpu() - f).abs().max().item() for k, f in zip(kept, fresh_full))
+    assert err == 0.0, f"copied grads differ from the fresh ones by {err:.3g}"
+    return {"max_abs_error": err, "grads": len(kept)}
+
+
+check_captured_grads_copy_on_dtensors.worlds = (2,)
+CHECKS.append(("captured_grads_copy_on_dtensors", check_captured_grads_copy_on_dtensors))
+
+
 check_compiled_step.worlds = (2,)  # compiling takes ~40 s per world on 2 busy cores: once is enough
 
 CHECKS += [
