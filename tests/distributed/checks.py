@@ -576,11 +576,43 @@ def check_dcp_reshard_from_4(rank: int, world: int, shared: str) -> dict:
 check_dcp_reshard_from_4.worlds = (2,)
 
 
+class MutationProbe:
+    """A torch.compile backend (AOTAutograd, kernels run eagerly) that counts compiled frames and records,
+    per graph, the mutated graph inputs that are not static: the ones for which Inductor's CUDA graphs
+    (``mode="reduce-overhead"``) skip a graph ("skipping cudagraphs due to mutated inputs"). It reads
+    the static-input indices Inductor reads (the tracing context's, after DTensor inputs are flattened
+    into their local tensors), so it shows on CPU what a GPU run would skip."""
+
+    def __init__(self) -> None:
+        from torch._dynamo.backends.common import aot_autograd
+
+        self.frame_count = 0
+        self.unmarked: List[List[int]] = []
+        self._aot = aot_autograd(fw_compiler=self._forward, keep_inference_input_mutations=True)
+
+    def __call__(self, gm, example_inputs):
+        self.frame_count += 1
+        return self._aot(gm, example_inputs)
+
+    def _forward(self, gm, example_inputs):
+        from functorch.compile import make_boxed_func
+
+        static = set(torch._guards.TracingContext.get().fw_metadata.static_input_indices)
+        index = {n: i for i, n in enumerate(gm.graph.find_nodes(op="placeholder"))}
+        mutated = {index[n.args[0]] for n in gm.graph.find_nodes(op="call_function", target=torch.ops.aten.copy_.default)
+                   if n.args[0] in index}
+        self.unmarked.append(sorted(mutated - static))
+        return make_boxed_func(gm)
+
+
 def check_compiled_step(rank: int, world: int, shared: str) -> dict:
     """The distributed functional step under torch.compile(fullgraph=True): one frame, no recompile over a
     20-step lr schedule (0-d lr tensor) in which step 5's NaN sits in the last rank's shard only (every
-    rank skips it, in the same graph as the clean calls), and the same params as eager."""
-    from torch._dynamo.testing import CompileCounterWithBackend
+    rank skips it, in the same graph as the clean calls), and the same params as eager. With the state
+    marked (``fpolar.compile.mark_static``: DTensor momentum, step, skip counter), every mutated input
+    is static, so ``mode="reduce-overhead"`` would keep its CUDA graph (the marks reach the momentum's
+    local tensors through AOTAutograd's flattening of DTensor inputs)."""
+    from fpolar.compile import mark_static
 
     names = ["a", "small", "qkv"]
     model, full, _ = sharded_model(world)
@@ -588,13 +620,14 @@ def check_compiled_step(rank: int, world: int, shared: str) -> dict:
     lr = torch.tensor(0.01)
     hp = fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, **FP32_POLAR)
     state = fpolar.init_state(params, hp)
+    mark_static(state, hp)
     g = full_grads(0)
     grads = [as_shard(g[k], model[k].weight) for k in names]
     bad_full = {k: v.clone() for k, v in g.items()}
     bad_full["a"][6, 0] = float("nan")  # row 6 of 7: the last rank's shard
     bad = [as_shard(bad_full[k], model[k].weight) for k in names]
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend("aot_eager")
+    counter = MutationProbe()
     step = torch.compile(fpolar.polargrad_step, backend=counter, fullgraph=True)
     ref = [full[k].clone() for k in names]
     ref_state = fpolar.init_state(ref, fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, **FP32_POLAR))
@@ -608,10 +641,11 @@ def check_compiled_step(rank: int, world: int, shared: str) -> dict:
                 assert _same_bits(_bits(params + state.momentum + [state.step]), before), "compiled skip changed state"
             fpolar.polargrad_step(ref, [(bad_full if t == 5 else g)[k] for k in names], ref_state, hp)
     assert counter.frame_count == 1, f"{counter.frame_count} frames (recompiles)"
+    assert counter.unmarked == [[]], f"mutated inputs not static (CUDA graphs would skip): {counter.unmarked}"
     assert state.skipped.item() == 1 and ref_state.skipped.item() == 1 and state.step.item() == 19
     err = max((model[k].weight.full_tensor().cpu() - r).abs().max().item() for k, r in zip(names, ref))
     assert err <= TOL, f"compiled distributed step differs from one process by {err:.3g}"
-    return {"frames": counter.frame_count, "max_abs_error": err}
+    return {"frames": counter.frame_count, "max_abs_error": err, "unmarked_mutated_inputs": counter.unmarked}
 
 
 def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
