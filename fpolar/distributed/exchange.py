@@ -86,6 +86,10 @@ def owned_matrices(group: ExchangeGroup, received: Tensor) -> Tensor:
     w, s, c, n = group.world_size, group.slots, group.block_rows, group.n
     recv = ready(received).view(w, s, c, n)
     mine = group.owned[group.rank]
+    if mine and all(length == c for i in mine for _, length in group.matrices[i].spans):
+        # every rank sent a whole block (no padding rows): slot j's matrix is recv[:, j] in rank order,
+        # gathered by one copy instead of a cat per matrix and a stack
+        return recv[:, : len(mine)].transpose(0, 1).reshape(len(mine), w * c, n)
     full = [
         torch.cat([recv[r, j, : group.matrices[i].spans[r][1]] for r in range(w)])
         for j, i in enumerate(mine)

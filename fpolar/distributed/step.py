@@ -31,7 +31,7 @@ from ..polar import PolarImpl
 from ..polar.dispatch import check_kernels_device
 from ..nonfinite import count_step, found_nonfinite, gated_lerp_, select_scalar, unscale_grads
 from ..nonfinite_ranks import agree, shard_groups
-from ..polargrad import Orthogonalized, orthogonalize, step_size, upcast
+from ..polargrad import Orthogonalized, orthogonalize, step_size
 from ..validation import check_amp_tensors, check_params_and_grads
 from .exchange import (
     owned_matrices,
@@ -232,6 +232,7 @@ def apply_rows(
         _apply_decay([P[i] for i in touched], hp, found)
     beta = hp.momentum
     for (group, _), (o_rows, size) in zip(active, results):
+        rows, directions, sizes = [], [], []
         for k, (ref, o) in enumerate(zip(group.matrices, o_rows)):
             if G[ref.param] is None or ref.local_rows == 0:
                 continue
@@ -243,8 +244,17 @@ def apply_rows(
                 else:
                     gated_lerp_([m_rows], [om], 1 - beta, found)
                 o = om.lerp(m_rows, beta) if hp.nesterov else m_rows
-            step = size[k] if hp.scale == "nuclear" else size
-            matrix_rows(P[ref.param], ref, group.n).sub_((upcast(o, group.dtype) * step).to(group.dtype))
+            rows.append(matrix_rows(P[ref.param], ref, group.n))
+            directions.append(o)
+            sizes.append(size[k] if hp.scale == "nuclear" else size)
+        if not rows:
+            continue
+        # one kernel per matrix, lr·s·D formed in at least float32 inside it: no upcast copy of D and no
+        # update tensor (the one-device step's ``subtract_scaled_``)
+        if isinstance(size, Tensor):
+            tensor_lists.sub_scaled_(rows, directions, sizes)
+        else:
+            tensor_lists.sub_scaled_(rows, directions, float(size))
 
 
 def _apply_decay(params: List[Tensor], hp: PolarGradHParams, found: Optional[Tensor] = None) -> None:
