@@ -658,7 +658,8 @@ def run_parity(world: int, backend: str, device_type: str, quick: bool, limit_s:
     import checks
     from harness import run_world
 
-    names = [n for n, f in checks.CHECKS]
+    # every check, but those made only for one rank (``worlds`` == (1,)) on more ranks
+    names = [n for n, f in checks.CHECKS if world == 1 or max(getattr(f, "worlds", (2, 4))) > 1]
     if quick:
         names = ["plan_same_on_every_rank", "replicated_parity", "comm_counts"]
     elif world == 1:

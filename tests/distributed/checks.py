@@ -224,7 +224,7 @@ def check_replicate_dtensor(rank: int, world: int, shared: str) -> dict:
     params = [DTensor.from_local(full[k].clone(), mesh, [Replicate()], run_check=False) for k in SHAPES]
     hp = hparams(CONFIGS[0], nesterov=True)
     state = fpolar.init_state(params, hp, split_sizes=split_of())
-    assert {g.kind for g in state.plan.groups} == {"replicated"}
+    assert {g.kind for g in state.plan.groups} == ({"replicated"} if world > 1 else {"local"})
     for t in range(3):
         g = full_grads(t)
         grads = [DTensor.from_local(g[k], mesh, [Replicate()], run_check=False) for k in SHAPES]
@@ -318,7 +318,7 @@ def check_comm_counts(rank: int, world: int, shared: str) -> dict:
             assert rstate.skipped.item() == 1 and all(torch.equal(a, b) for a, b in zip(plain, before))
         found[f"replicated_{mode}"] = rcounts
     return {"bytes_sent_per_step": sum(r["bytes_sent_per_step"] for r in described), "fsdp_row_groups": rows_groups,
-            "replicated_groups": len(rstate.plan.groups), **found}
+            "replicated_groups": sum(g.kind == "replicated" for g in rstate.plan.groups), **found}
 
 
 def _bits(ts) -> List[torch.Tensor]:
@@ -746,6 +746,45 @@ def check_captured_grads_copy_on_dtensors(rank: int, world: int, shared: str) ->
 
 check_captured_grads_copy_on_dtensors.worlds = (2,)
 CHECKS.append(("captured_grads_copy_on_dtensors", check_captured_grads_copy_on_dtensors))
+
+
+def check_one_rank_step_is_local(rank: int, world: int, shared: str) -> dict:
+    """On a one-rank mesh the planned step is the one-device math on local tensors: no collective, no
+    cast or cat of an exchange, and no update copy; its only copy is the stack of the polar input
+    (the one-device step reads its stacked momentum instead). Counted by ``benchmarks/op_ledger.py``;
+    params equal the one-process step's."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"))
+    from op_ledger import COPY_OPS, OpLedger
+
+    names = ["a", "b", "small", "tall"]
+    model, full, _ = sharded_model(world)
+    params = [model[k].weight for k in names]
+    hp = fpolar.PolarGradHParams(lr=0.02, weight_decay=0.1, nesterov=True, **FP32_POLAR)
+    state = fpolar.init_state(params, hp)
+    ref = [full[k].clone() for k in names]
+    ref_state = fpolar.init_state(ref, hp)
+    g = full_grads(0)
+    with torch.no_grad():
+        for _ in range(2):
+            with OpLedger() as ledger:
+                fpolar.polargrad_step(params, [as_shard(g[k], model[k].weight) for k in names], state, hp)
+            fpolar.polargrad_step(ref, [g[k] for k in names], ref_state, hp)
+    ops = {r.name for r in ledger.records}
+    collectives = {n for n in ops if any(c in n for c in ("all_to_all", "all_reduce", "all_gather"))}
+    copies = {r.name for r in ledger.copies()}
+    stacked = sum(r.written for r in ledger.copies())
+    matrix_bytes = sum(full[k].numel() * full[k].element_size() for k in names)
+    assert {gr.kind for gr in state.plan.groups} == {"local"}, [gr.kind for gr in state.plan.groups]
+    assert not collectives and copies <= {"stack"} and stacked <= matrix_bytes, (collectives, copies, stacked)
+    err = max((p.full_tensor().cpu() - r).abs().max().item() for p, r in zip(params, ref))
+    assert err <= TOL, f"one-rank step differs from one process by {err:.3g}"
+    return {"copies": sorted(copies), "copy_bytes": stacked, "matrix_bytes": matrix_bytes, "max_abs_error": err}
+
+
+check_one_rank_step_is_local.worlds = (1,)
+CHECKS.append(("one_rank_step_is_local", check_one_rank_step_is_local))
 
 
 check_compiled_step.worlds = (2,)  # compiling takes ~40 s per world on 2 busy cores: once is enough
