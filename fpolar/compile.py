@@ -90,6 +90,8 @@ def mark_static(*objects: object) -> None:
 
     Accepts tensors, sequences of tensors, ``PolarGradState`` / ``AdamWState`` (all their tensors,
     momentum views included) and ``PolarGradHParams`` / ``AdamWHParams`` (a tensor lr / weight decay).
+    The distributed state (``DistributedPolarGradState``) too: its momentum DTensors are marked as they
+    are, and AOTAutograd, which flattens a DTensor input into its local tensor, carries the mark to it.
     Inductor's CUDA graphs (``mode="reduce-overhead"``) skip a graph that mutates an input whose address
     they cannot assume fixed ("skipping cudagraphs due to mutated inputs"); optimizer state is allocated
     once and only updated in place, so it can be marked. ``guard=False``: if an address did change, the

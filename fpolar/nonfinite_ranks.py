@@ -27,7 +27,7 @@ from .dtensor import is_dtensor
 
 def shard_groups(tensors: Iterable[Optional[Tensor]]) -> List[Any]:
     """The process groups over which ``tensors`` hold different data: for each DTensor, the group of
-    every mesh dimension it is not ``Replicate`` on; each group once, in order of first appearance (the
+    every mesh dimension of more than one rank it is not ``Replicate`` on; each group once, in order of first appearance (the
     same order on every rank, given the same tensors). Metadata only."""
     groups: List[Any] = []
     for t in tensors:
@@ -35,7 +35,7 @@ def shard_groups(tensors: Iterable[Optional[Tensor]]) -> List[Any]:
             continue
         mesh = t.device_mesh
         for dim, placement in enumerate(t.placements):
-            if placement.is_replicate():
+            if placement.is_replicate() or mesh.size(dim) == 1:  # a one-rank dimension holds the whole data
                 continue
             pg = mesh.get_group(dim)
             if not any(pg is g for g in groups):

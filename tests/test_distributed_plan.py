@@ -95,3 +95,21 @@ def test_scales_travel_bit_exactly_in_the_payload_dtype(payload):
     assert bits.dtype == payload and bits.shape[0] == 5
     back = _unpack_scales(bits, payload)
     assert torch.equal(back[:3], scales) and torch.equal(back[3:], torch.zeros(2, dtype=scales.dtype))
+
+
+@pytest.mark.parametrize("payload", [torch.bfloat16, torch.float16])
+def test_scales_unpack_from_a_slice_at_an_odd_offset(payload):
+    """With one rank and one slot the received (1, 1, c·n + k) buffer's scale slots are a contiguous
+    slice starting at c·n; an odd c·n (a (3, 7) matrix at world 1) must still unpack exactly."""
+    from fpolar.distributed.exchange import _scale_bits, _unpack_scales, scale_dtype
+
+    c, n = 3, 7
+    scales = torch.randn(1, dtype=torch.float64).exp().to(scale_dtype(payload))
+    bits = _scale_bits(scales, 1, payload)
+    recv = torch.cat([torch.randn(c * n).to(payload), bits[0]]).view(1, 1, c * n + bits.shape[1])
+    sliced = recv[:, :, c * n :]
+    assert sliced.is_contiguous() and sliced.storage_offset() % 2 == 1  # the layout that failed
+    back = _unpack_scales(sliced, payload)
+    assert back.shape == (1, 1) and torch.equal(back.reshape(-1), scales)
+    gathered = recv.view(1, -1)  # the replicated exchange's (W·S, m·n + k) at W·S = 1
+    assert torch.equal(_unpack_scales(gathered[:, c * n :], payload).reshape(-1), scales)

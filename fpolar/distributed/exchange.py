@@ -55,8 +55,14 @@ def _scale_bits(scales: Optional[Tensor], slots: int, payload: torch.dtype) -> O
 
 
 def _unpack_scales(bits: Tensor, payload: torch.dtype) -> Tensor:
-    """Inverse of ``_scale_bits`` on (…, k) payload slots: (…) scales."""
-    return bits.contiguous().view(scale_dtype(payload)).squeeze(-1)
+    """Inverse of ``_scale_bits`` on (…, k) payload slots: (…) scales.
+
+    The slots are copied into fresh storage before the bit-cast: a dtype view needs a storage offset
+    divisible by the size ratio, and the slots sit after an odd number of payload elements whenever
+    c·n (or m·n) is odd. ``.contiguous()`` is not enough: with one rank and one slot the (1, 1, k)
+    slice is already contiguous, so it returns the same misaligned view. The copy is W·S·k elements.
+    """
+    return bits.clone(memory_format=torch.contiguous_format).view(scale_dtype(payload)).squeeze(-1)
 
 
 def rows_to_owners(group: ExchangeGroup, local_rows: Sequence[Tensor], payload: torch.dtype) -> Tensor:
@@ -80,6 +86,10 @@ def owned_matrices(group: ExchangeGroup, received: Tensor) -> Tensor:
     w, s, c, n = group.world_size, group.slots, group.block_rows, group.n
     recv = ready(received).view(w, s, c, n)
     mine = group.owned[group.rank]
+    if mine and all(length == c for i in mine for _, length in group.matrices[i].spans):
+        # every rank sent a whole block (no padding rows): slot j's matrix is recv[:, j] in rank order,
+        # gathered by one copy instead of a cat per matrix and a stack
+        return recv[:, : len(mine)].transpose(0, 1).reshape(len(mine), w * c, n)
     full = [
         torch.cat([recv[r, j, : group.matrices[i].spans[r][1]] for r in range(w)])
         for j, i in enumerate(mine)

@@ -7,7 +7,8 @@ Built once (``build_plan``) from metadata only, identically on every rank. Matri
     "rows"        DTensor Shard(0), 2-D / ≥4-D (rows cut)  all_to_all rows → owner, all_to_all back
     "replicated"  plain tensors + process_group (DDP)      owner computes its share, all_gather
     "local"       3-D DTensor Shard(0) stacks (whole        none: every rank orthogonalizes what it holds
-                  matrices per rank), or no process group
+                  matrices per rank), a one-rank mesh or
+                  process group, or no process group
 
 A "rows" or "replicated" group pads its matrix count to a multiple of W (``slots`` per rank) and its
 row blocks to the longest one (``block_rows``), so each exchange is one collective with equal splits.
@@ -175,14 +176,17 @@ def _placement_kind(i: int, p: Tensor, process_group: Any) -> Tuple[str, Any, An
             )
         (placement,) = p.placements
         if isinstance(placement, Replicate):
-            return "replicated", mesh.get_group(), mesh
-        if isinstance(placement, Shard) and placement.dim == 0:
-            return ("local" if p.dim() == 3 else "rows"), mesh.get_group(), mesh
-        raise ValueError(
-            f"params[{i}] has placement {placement}; the distributed step handles Shard(0) (FSDP2) and Replicate"
-        )
+            kind = "replicated"
+        elif isinstance(placement, Shard) and placement.dim == 0:
+            kind = "local" if p.dim() == 3 else "rows"
+        else:
+            raise ValueError(
+                f"params[{i}] has placement {placement}; the distributed step handles Shard(0) (FSDP2) and Replicate"
+            )
+        # a one-rank mesh holds every matrix whole: it is its own owner, with nothing to exchange
+        return ("local" if mesh.size() == 1 else kind), mesh.get_group(), mesh
     if process_group is not None:
-        return "replicated", process_group, None
+        return ("local" if dist.get_world_size(process_group) == 1 else "replicated"), process_group, None
     return "local", None, None
 
 

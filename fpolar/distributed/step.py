@@ -20,7 +20,7 @@ step size, and the decay factor is 1: the call changes nothing but the counters,
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from ..polar import PolarImpl
 from ..polar.dispatch import check_kernels_device
 from ..nonfinite import count_step, found_nonfinite, gated_lerp_, select_scalar, unscale_grads
 from ..nonfinite_ranks import agree, shard_groups
-from ..polargrad import Orthogonalized, orthogonalize, step_size, upcast
+from ..polargrad import Orthogonalized, orthogonalize, step_size
 from ..validation import check_amp_tensors, check_params_and_grads
 from .exchange import (
     owned_matrices,
@@ -135,8 +135,8 @@ def distributed_polargrad_step(
             count_step(state.step, state.skipped, found)
         active = [(g, impl) for g, impl in zip(plan.groups, impls) if any(G[i] is not None for i in g.params)]
 
-        x = local_directions(G, M, hp, found)
-        in_flight = [send_to_owners(group, impl, x, P) for group, impl in active]
+        x = local_directions(G, M, hp, found, blend_in_stack(plan, hp))
+        in_flight = [send_to_owners(group, impl, x, P, hp.momentum) for group, impl in active]
         results = [
             orthogonalize_on_owners(group, impl, sent, hp, found) for (group, impl), sent in zip(active, in_flight)
         ]
@@ -164,13 +164,36 @@ def agreed_skip(
     return None
 
 
+class Blend(NamedTuple):
+    """A Nesterov blend X = G.lerp(M, β) not formed yet: its local group writes it into its stack."""
+
+    g: Tensor
+    m: Tensor
+
+
+def blend_in_stack(plan: Any, hp: PolarGradHParams) -> FrozenSet[int]:
+    """The params whose Nesterov blend is written straight into their "local" groups' stacked polar
+    input (eagerly, momentum-first with Nesterov, every matrix of the param in a local group), as the
+    one-device step writes its blend into its stack: no per-param blend is made and then stacked.
+    Under torch.compile none (Inductor fuses the blend into the stack)."""
+    if hp.order != "momentum_first" or not hp.nesterov or torch.compiler.is_compiling():
+        return frozenset()
+    local = {r.param for g in plan.groups if g.kind == "local" for r in g.matrices}
+    return frozenset(local - {r.param for g in plan.groups if g.kind != "local" for r in g.matrices})
+
+
 def local_directions(
-    G: List[Optional[Tensor]], M: List[Tensor], hp: PolarGradHParams, found: Optional[Tensor] = None
-) -> Dict[int, Tensor]:
+    G: List[Optional[Tensor]],
+    M: List[Tensor],
+    hp: PolarGradHParams,
+    found: Optional[Tensor] = None,
+    later: FrozenSet[int] = frozenset(),
+) -> Dict[int, Any]:
     """The polar input X of every param with a grad, on local tensors (elementwise: no communication),
     once per param (a fused param spans several groups). Momentum-first: M ← β·M + (1−β)·G in place
-    (M keeps its bits where ``found``), X = G.lerp(M, β) (Nesterov) or M. Polar-first: X = G (momentum
-    waits for O). X may hold NaN on a skipped call: the owners orthogonalize zeros instead."""
+    (M keeps its bits where ``found``), X = G.lerp(M, β) (Nesterov) or M; for a param in ``later``
+    (``blend_in_stack``) the blend is a ``Blend`` its group forms. Polar-first: X = G (momentum waits
+    for O). X may hold NaN on a skipped call: the owners orthogonalize zeros instead."""
     live = [i for i, g in enumerate(G) if g is not None]
     if not live:
         return {}
@@ -182,19 +205,46 @@ def local_directions(
         tensor_lists.lerp_(ml, gl, 1 - hp.momentum)
     else:
         gated_lerp_(ml, gl, 1 - hp.momentum, found)
-    return dict(zip(live, tensor_lists.lerp(gl, ml, hp.momentum) if hp.nesterov else ml))
+    if not hp.nesterov:
+        return dict(zip(live, ml))
+    now = [k for k, i in enumerate(live) if i not in later]
+    out: Dict[int, Any] = {live[k]: Blend(gl[k], ml[k]) for k, i in enumerate(live) if i in later}
+    if now:
+        out.update(zip([live[k] for k in now], tensor_lists.lerp([gl[k] for k in now], [ml[k] for k in now], hp.momentum)))
+    return out
 
 
-def send_to_owners(group: ExchangeGroup, impl: PolarImpl, x: Dict[int, Tensor], P: List[Tensor]) -> Tensor:
+def send_to_owners(
+    group: ExchangeGroup, impl: PolarImpl, x: Dict[int, Any], P: List[Tensor], beta: float = 0.0
+) -> Tensor:
     """Start moving this rank's rows of the group's polar inputs to their owners (zeros for a param
     without a grad, so every rank runs the same collectives). Every group's send is issued before any
-    polar runs: in eager mode a later group's collective is in flight while earlier groups iterate."""
+    polar runs: in eager mode a later group's collective is in flight while earlier groups iterate.
+    A local group holding ``Blend``s forms their blends in its stack (``beta``: the momentum β)."""
+    if group.kind == "local" and any(isinstance(x.get(r.param), Blend) for r in group.matrices):
+        return blended_stack(group, x, beta)
     mats = [matrix_rows(x[r.param] if r.param in x else torch.zeros_like(P[r.param]), r, group.n) for r in group.matrices]
     if group.kind == "rows":
         return rows_to_owners(group, mats, payload_dtype(impl))
     if group.kind == "replicated":
         return replicated_to_owners(group, mats, payload_dtype(impl))
     return torch.stack(mats) if len(mats) > 1 else mats[0].unsqueeze(0)
+
+
+def blended_stack(group: ExchangeGroup, x: Dict[int, Any], beta: float) -> Tensor:
+    """A local group's (B, m, n) polar input with each ``Blend`` G.lerp(M, β) written into its slice
+    (one pass over G and M per matrix, no per-param blend); a ready X copied in, zeros without a grad."""
+    some = next(v for v in (x.get(r.param) for r in group.matrices) if isinstance(v, Blend))
+    out = torch.empty((group.count, group.m, group.n), dtype=some.m.dtype, device=some.m.device)
+    for j, r in enumerate(group.matrices):
+        v = x.get(r.param)
+        if v is None:
+            out[j].zero_()
+        elif isinstance(v, Blend):
+            torch.lerp(matrix_rows(v.g, r, group.n), matrix_rows(v.m, r, group.n), beta, out=out[j])
+        else:
+            out[j].copy_(matrix_rows(v, r, group.n))
+    return out
 
 
 def orthogonalize_on_owners(
@@ -232,6 +282,7 @@ def apply_rows(
         _apply_decay([P[i] for i in touched], hp, found)
     beta = hp.momentum
     for (group, _), (o_rows, size) in zip(active, results):
+        rows, directions, sizes = [], [], []
         for k, (ref, o) in enumerate(zip(group.matrices, o_rows)):
             if G[ref.param] is None or ref.local_rows == 0:
                 continue
@@ -243,8 +294,17 @@ def apply_rows(
                 else:
                     gated_lerp_([m_rows], [om], 1 - beta, found)
                 o = om.lerp(m_rows, beta) if hp.nesterov else m_rows
-            step = size[k] if hp.scale == "nuclear" else size
-            matrix_rows(P[ref.param], ref, group.n).sub_((upcast(o, group.dtype) * step).to(group.dtype))
+            rows.append(matrix_rows(P[ref.param], ref, group.n))
+            directions.append(o)
+            sizes.append(size[k] if hp.scale == "nuclear" else size)
+        if not rows:
+            continue
+        # one kernel per matrix, lr·s·D formed in at least float32 inside it: no upcast copy of D and no
+        # update tensor (the one-device step's ``subtract_scaled_``)
+        if isinstance(size, Tensor):
+            tensor_lists.sub_scaled_(rows, directions, sizes)
+        else:
+            tensor_lists.sub_scaled_(rows, directions, float(size))
 
 
 def _apply_decay(params: List[Tensor], hp: PolarGradHParams, found: Optional[Tensor] = None) -> None:

@@ -39,13 +39,14 @@ from torch import Tensor
 
 from ..adamw import adamw_step
 from ..adamw_fused import fused_adamw_available, fused_adamw_step
+from ..dtensor import is_dtensor, local_tensor
 from ..inductor_options import inductor_options
 from ..nonfinite import found_nonfinite
 from ..nonfinite_ranks import agree, shard_groups
 from ..polargrad import polargrad_step
 from .group_state import GroupRuntime
 
-__all__ = ["BACKENDS", "Compiled", "StepProgram", "check_compiled", "resolve_backend"]
+__all__ = ["BACKENDS", "Compiled", "StepProgram", "check_compiled", "copy_grads_into", "resolve_backend"]
 
 BACKENDS: Tuple[str, ...] = ("cuda_graph", "compile")
 
@@ -115,6 +116,22 @@ def run_math(work: Work, fused_adamw: bool, skipped: Optional[Tensor] = None) ->
             fused_adamw_step(rt.params, grads, rt.state, rt.hparams, decay=decay, found_inf=found)  # type: ignore[arg-type]
         else:
             adamw_step(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
+
+
+def copy_grads_into(kept: List[Tensor], fresh: List[Tensor]) -> None:
+    """``kept[i].copy_(fresh[i])`` for each pair, in place, as one foreach copy. DTensor grads (FSDP2)
+    are copied through their local shards: DTensor has no sharding rule for ``_foreach_copy_``, and two
+    grads of one param share its placements, so the local copy is the whole copy. A pair whose layouts
+    differ is copied as DTensors (``copy_`` redistributes)."""
+    locals_, redistributed = [], []
+    for k, f in zip(kept, fresh):
+        plain = not is_dtensor(k) and not is_dtensor(f)
+        alike = is_dtensor(k) and is_dtensor(f) and k.placements == f.placements and k.device_mesh == f.device_mesh
+        (locals_ if plain or alike else redistributed).append((k, f))
+    if locals_:
+        torch._foreach_copy_([local_tensor(k) for k, _ in locals_], [local_tensor(f) for _, f in locals_])
+    for k, f in redistributed:
+        k.copy_(f)
 
 
 class StepProgram:
@@ -262,5 +279,5 @@ class StepProgram:
                         stale.append(k)
                         fresh.append(g)
             if stale:
-                torch._foreach_copy_(stale, fresh)
+                copy_grads_into(stale, fresh)
         self._graph.replay()

@@ -207,7 +207,9 @@ def check_bf16_exchange(rank: int, world: int, shared: str) -> dict:
     return {"max_abs_error": err, "max_abs_update": moved}
 
 
-check_bf16_exchange.worlds = (2,)
+# world 1 too: the bf16 step on a one-rank mesh, where every group is "local" (no exchange)
+check_bf16_exchange.worlds = (1, 2)
+check_fsdp_parity.worlds = (1, 2, 4)  # one rank: every group "local", equal to the one-process step
 
 
 def check_replicate_dtensor(rank: int, world: int, shared: str) -> dict:
@@ -222,7 +224,7 @@ def check_replicate_dtensor(rank: int, world: int, shared: str) -> dict:
     params = [DTensor.from_local(full[k].clone(), mesh, [Replicate()], run_check=False) for k in SHAPES]
     hp = hparams(CONFIGS[0], nesterov=True)
     state = fpolar.init_state(params, hp, split_sizes=split_of())
-    assert {g.kind for g in state.plan.groups} == {"replicated"}
+    assert {g.kind for g in state.plan.groups} == ({"replicated"} if world > 1 else {"local"})
     for t in range(3):
         g = full_grads(t)
         grads = [DTensor.from_local(g[k], mesh, [Replicate()], run_check=False) for k in SHAPES]
@@ -275,7 +277,8 @@ def check_comm_counts(rank: int, world: int, shared: str) -> dict:
     """Collectives per step, exactly. FSDP2: two all_to_all per exchanged ("rows") shape group; with
     nonfinite="skip" one all_reduce more (the skip flag, one element), on a clean and on a skipped
     call alike. DDP-style replicated params: one all_gather per group, and no all_reduce under "skip"
-    (their grads, hence the flags, are the same on every rank)."""
+    (their grads, hence the flags, are the same on every rank). One rank: every group is "local" (the
+    rank owns every matrix whole), so no collective at all."""
     model, _, _ = sharded_model(world)
     params = [model[k].weight for k in SHAPES]
     g = full_grads(0)
@@ -288,7 +291,9 @@ def check_comm_counts(rank: int, world: int, shared: str) -> dict:
         with torch.no_grad():
             counts = _comm_counts(lambda: distributed_polargrad_step(params, grads, state, hp))
         a2a, reduces = _collectives(counts, "all_to_all"), _collectives(counts, "all_reduce")
-        want_reduces = 1 if mode == "skip" else 0
+        kinds = {g.kind for g in state.plan.groups}
+        assert (rows_groups > 0) if world > 1 else kinds == {"local"}, kinds
+        want_reduces = 1 if mode == "skip" and world > 1 else 0
         assert a2a == 2 * rows_groups, f"{mode}: {a2a} all_to_all for {rows_groups} row-sharded groups: {counts}"
         assert reduces == want_reduces and sum(counts.values()) == a2a + reduces, f"{mode}: {counts}"
         found[f"fsdp_{mode}"] = counts
@@ -306,12 +311,14 @@ def check_comm_counts(rank: int, world: int, shared: str) -> dict:
             before = [p.clone() for p in plain]
         rcounts = _comm_counts(lambda: distributed_polargrad_step(plain, rgrads, rstate, hp))
         gathers = _collectives(rcounts, "all_gather")
-        assert gathers == len(rstate.plan.groups) and sum(rcounts.values()) == gathers, rcounts
+        replicated = sum(g.kind == "replicated" for g in rstate.plan.groups)
+        assert replicated == (len(rstate.plan.groups) if world > 1 else 0), [g.kind for g in rstate.plan.groups]
+        assert gathers == replicated and sum(rcounts.values()) == gathers, rcounts
         if mode == "skip":
             assert rstate.skipped.item() == 1 and all(torch.equal(a, b) for a, b in zip(plain, before))
         found[f"replicated_{mode}"] = rcounts
     return {"bytes_sent_per_step": sum(r["bytes_sent_per_step"] for r in described), "fsdp_row_groups": rows_groups,
-            "replicated_groups": len(rstate.plan.groups), **found}
+            "replicated_groups": sum(g.kind == "replicated" for g in rstate.plan.groups), **found}
 
 
 def _bits(ts) -> List[torch.Tensor]:
@@ -382,7 +389,8 @@ def check_skip_when_one_rank_sees_nan(rank: int, world: int, shared: str) -> dic
 
 def check_adamw_skip_on_dtensors(rank: int, world: int, shared: str) -> dict:
     """fpolar.adamw_step on fully_shard biases: a NaN in the last rank's shard of one bias makes every
-    rank skip (moments, steps, params bitwise), with one all_reduce; a clean step then moves them."""
+    rank skip (moments, steps, params bitwise), with one all_reduce (none on one rank); a clean step
+    then moves them."""
     model, _, _ = sharded_model(world)
     params = [model[k].bias for k in SHAPES]
     hp = fpolar.AdamWHParams(lr=0.01, weight_decay=0.1)
@@ -394,11 +402,15 @@ def check_adamw_skip_on_dtensors(rank: int, world: int, shared: str) -> dict:
     before = _bits(params + state.exp_avg + state.exp_avg_sq + state.step)
     counts = _comm_counts(lambda: fpolar.adamw_step(params, grads, state, hp))
     assert _same_bits(_bits(params + state.exp_avg + state.exp_avg_sq + state.step), before)
-    assert state.skipped.item() == 1 and _collectives(counts, "all_reduce") == 1 and sum(counts.values()) == 1, counts
+    want = 1 if world > 1 else 0  # a one-rank mesh holds the whole bias: nothing to agree on
+    assert state.skipped.item() == 1 and _collectives(counts, "all_reduce") == want and sum(counts.values()) == want, counts
     full[0] = torch.randn(params[0].shape, generator=gen)
     fpolar.adamw_step(params, [as_shard(f, p) for f, p in zip(full, params)], state, hp)
     assert state.skipped.item() == 1 and all(s.item() == 1 for s in state.step)
     return {"collectives": counts}
+
+
+check_comm_counts.worlds = (1, 2, 4)
 
 
 def check_plan_same_on_every_rank(rank: int, world: int, shared: str) -> dict:
@@ -520,7 +532,8 @@ def check_optim_on_fully_shard(rank: int, world: int, shared: str) -> dict:
     assert opt.skipped_steps.item() == 1 and ref.skipped_steps.item() == 1, opt.skipped_steps
     rows_groups = sum(g.kind == "rows" for rt in opt._runtime if rt.state is not None and hasattr(rt.state, "plan") for g in rt.state.plan.groups)
     a2a, reduces = _collectives(counts, "all_to_all"), _collectives(counts, "all_reduce")
-    assert a2a == 2 * rows_groups and reduces == 1 and sum(counts.values()) == a2a + 1, (
+    want_reduces = 1 if world > 1 else 0
+    assert a2a == 2 * rows_groups and reduces == want_reduces and sum(counts.values()) == a2a + want_reduces, (
         f"optimizer step collectives {counts} for {rows_groups} groups")
     err = max((p.full_tensor().cpu() - q).abs().max().item() for p, q in zip(model.parameters(), plain.parameters()))
     assert err <= TOL, f"fpolar.optim.Muon on fully_shard params differs from one process by {err:.3g}"
@@ -574,11 +587,43 @@ def check_dcp_reshard_from_4(rank: int, world: int, shared: str) -> dict:
 check_dcp_reshard_from_4.worlds = (2,)
 
 
+class MutationProbe:
+    """A torch.compile backend (AOTAutograd, kernels run eagerly) that counts compiled frames and records,
+    per graph, the mutated graph inputs that are not static: the ones for which Inductor's CUDA graphs
+    (``mode="reduce-overhead"``) skip a graph ("skipping cudagraphs due to mutated inputs"). It reads
+    the static-input indices Inductor reads (the tracing context's, after DTensor inputs are flattened
+    into their local tensors), so it shows on CPU what a GPU run would skip."""
+
+    def __init__(self) -> None:
+        from torch._dynamo.backends.common import aot_autograd
+
+        self.frame_count = 0
+        self.unmarked: List[List[int]] = []
+        self._aot = aot_autograd(fw_compiler=self._forward, keep_inference_input_mutations=True)
+
+    def __call__(self, gm, example_inputs):
+        self.frame_count += 1
+        return self._aot(gm, example_inputs)
+
+    def _forward(self, gm, example_inputs):
+        from functorch.compile import make_boxed_func
+
+        static = set(torch._guards.TracingContext.get().fw_metadata.static_input_indices)
+        index = {n: i for i, n in enumerate(gm.graph.find_nodes(op="placeholder"))}
+        mutated = {index[n.args[0]] for n in gm.graph.find_nodes(op="call_function", target=torch.ops.aten.copy_.default)
+                   if n.args[0] in index}
+        self.unmarked.append(sorted(mutated - static))
+        return make_boxed_func(gm)
+
+
 def check_compiled_step(rank: int, world: int, shared: str) -> dict:
     """The distributed functional step under torch.compile(fullgraph=True): one frame, no recompile over a
     20-step lr schedule (0-d lr tensor) in which step 5's NaN sits in the last rank's shard only (every
-    rank skips it, in the same graph as the clean calls), and the same params as eager."""
-    from torch._dynamo.testing import CompileCounterWithBackend
+    rank skips it, in the same graph as the clean calls), and the same params as eager. With the state
+    marked (``fpolar.compile.mark_static``: DTensor momentum, step, skip counter), every mutated input
+    is static, so ``mode="reduce-overhead"`` would keep its CUDA graph (the marks reach the momentum's
+    local tensors through AOTAutograd's flattening of DTensor inputs)."""
+    from fpolar.compile import mark_static
 
     names = ["a", "small", "qkv"]
     model, full, _ = sharded_model(world)
@@ -586,13 +631,14 @@ def check_compiled_step(rank: int, world: int, shared: str) -> dict:
     lr = torch.tensor(0.01)
     hp = fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, **FP32_POLAR)
     state = fpolar.init_state(params, hp)
+    mark_static(state, hp)
     g = full_grads(0)
     grads = [as_shard(g[k], model[k].weight) for k in names]
     bad_full = {k: v.clone() for k, v in g.items()}
     bad_full["a"][6, 0] = float("nan")  # row 6 of 7: the last rank's shard
     bad = [as_shard(bad_full[k], model[k].weight) for k in names]
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend("aot_eager")
+    counter = MutationProbe()
     step = torch.compile(fpolar.polargrad_step, backend=counter, fullgraph=True)
     ref = [full[k].clone() for k in names]
     ref_state = fpolar.init_state(ref, fpolar.PolarGradHParams(lr=lr, weight_decay=0.1, **FP32_POLAR))
@@ -606,10 +652,11 @@ def check_compiled_step(rank: int, world: int, shared: str) -> dict:
                 assert _same_bits(_bits(params + state.momentum + [state.step]), before), "compiled skip changed state"
             fpolar.polargrad_step(ref, [(bad_full if t == 5 else g)[k] for k in names], ref_state, hp)
     assert counter.frame_count == 1, f"{counter.frame_count} frames (recompiles)"
+    assert counter.unmarked == [[]], f"mutated inputs not static (CUDA graphs would skip): {counter.unmarked}"
     assert state.skipped.item() == 1 and ref_state.skipped.item() == 1 and state.step.item() == 19
     err = max((model[k].weight.full_tensor().cpu() - r).abs().max().item() for k, r in zip(names, ref))
     assert err <= TOL, f"compiled distributed step differs from one process by {err:.3g}"
-    return {"frames": counter.frame_count, "max_abs_error": err}
+    return {"frames": counter.frame_count, "max_abs_error": err, "unmarked_mutated_inputs": counter.unmarked}
 
 
 def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
@@ -670,6 +717,76 @@ def check_bad_input_changes_nothing(rank: int, world: int, shared: str) -> dict:
     assert all(torch.equal(b, p.to_local()) for b, p in zip(before, params)), "params changed before the error"
     assert all(m.to_local().abs().sum() == 0 for m in state.momentum), "momentum changed before the error"
     return {"messages": messages}
+
+
+def check_captured_grads_copy_on_dtensors(rank: int, world: int, shared: str) -> dict:
+    """A captured ``fpolar.optim`` program copies new grads into the ones its CUDA graph reads
+    (``copy_grads_into``); on fully_shard params those are DTensors, for which ``_foreach_copy_`` has
+    no sharding rule: the copy goes through the local shards (and through ``copy_`` where the two
+    layouts differ). Every kept grad must equal its fresh one, whole."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    from fpolar.optim.compiled_step import copy_grads_into
+
+    model, _, mesh = sharded_model(world)
+    params = [model[k].weight for k in SHAPES]
+    gen = torch.Generator().manual_seed(31)  # the same full grads on every rank
+    fresh_full = [torch.randn(p.shape, generator=gen) for p in params]
+    fresh = [as_shard(f, p) for f, p in zip(fresh_full, params)]
+    kept = [as_shard(torch.zeros(p.shape), p) for p in params]
+    # one kept grad replicated: a layout that differs from its fresh Shard(0) grad
+    kept[0] = DTensor.from_local(on_device(torch.zeros(params[0].shape)), mesh, [Replicate()], run_check=False)
+    kept_ids = [id(k) for k in kept]
+    copy_grads_into(kept, fresh)
+    assert [id(k) for k in kept] == kept_ids
+    err = max((k.full_tensor().cpu() - f).abs().max().item() for k, f in zip(kept, fresh_full))
+    assert err == 0.0, f"copied grads differ from the fresh ones by {err:.3g}"
+    return {"max_abs_error": err, "grads": len(kept)}
+
+
+check_captured_grads_copy_on_dtensors.worlds = (2,)
+CHECKS.append(("captured_grads_copy_on_dtensors", check_captured_grads_copy_on_dtensors))
+
+
+def check_one_rank_step_is_local(rank: int, world: int, shared: str) -> dict:
+    """On a one-rank mesh the planned step is the one-device math on local tensors: no collective, no
+    cast or cat of an exchange, no update copy, and (Nesterov) each blend written straight into its
+    group's stack, so no copy as large as a matrix (only the skip flag's few bytes). Counted by
+    ``benchmarks/op_ledger.py``; params equal the one-process step's."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"))
+    from op_ledger import COPY_OPS, OpLedger
+
+    names = ["a", "b", "small", "tall"]
+    model, full, _ = sharded_model(world)
+    params = [model[k].weight for k in names]
+    hp = fpolar.PolarGradHParams(lr=0.02, weight_decay=0.1, nesterov=True, **FP32_POLAR)
+    state = fpolar.init_state(params, hp)
+    ref = [full[k].clone() for k in names]
+    ref_state = fpolar.init_state(ref, hp)
+    g = full_grads(0)
+    with torch.no_grad():
+        for _ in range(2):
+            with OpLedger() as ledger:
+                fpolar.polargrad_step(params, [as_shard(g[k], model[k].weight) for k in names], state, hp)
+            fpolar.polargrad_step(ref, [g[k] for k in names], ref_state, hp)
+    ops = {r.name for r in ledger.records}
+    collectives = {n for n in ops if any(c in n for c in ("all_to_all", "all_reduce", "all_gather"))}
+    copies = {r.name for r in ledger.copies()}
+    stacked = sum(r.written for r in ledger.copies())
+    matrix_bytes = sum(full[k].numel() * full[k].element_size() for k in names)
+    assert {gr.kind for gr in state.plan.groups} == {"local"}, [gr.kind for gr in state.plan.groups]
+    smallest = min(full[k].numel() * full[k].element_size() for k in names)
+    big = [(r.name, r.shapes) for r in ledger.copies() if r.written >= smallest]
+    assert not collectives and not big, (collectives, big)
+    err = max((p.full_tensor().cpu() - r).abs().max().item() for p, r in zip(params, ref))
+    assert err <= TOL, f"one-rank step differs from one process by {err:.3g}"
+    return {"copies": sorted(copies), "copy_bytes": stacked, "matrix_bytes": matrix_bytes, "max_abs_error": err}
+
+
+check_one_rank_step_is_local.worlds = (1,)
+CHECKS.append(("one_rank_step_is_local", check_one_rank_step_is_local))
 
 
 check_compiled_step.worlds = (2,)  # compiling takes ~40 s per world on 2 busy cores: once is enough

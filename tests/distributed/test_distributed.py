@@ -1,4 +1,5 @@
-"""Distributed fpolar on gloo: one spawn per world size (2 and 4) runs every check in checks.py."""
+"""Distributed fpolar on gloo: one spawn per world size (2 and 4) runs every check in checks.py; a
+one-rank world runs the checks marked for it (``worlds`` holding 1)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ def world4():
 @pytest.fixture(scope="module")
 def world2(world4):  # after world 4: it loads what world 4 saved
     return run_world(2, SHARED)
+
+
+@pytest.fixture(scope="module")
+def world1():
+    return run_world(1, SHARED)
+
+
+@pytest.mark.parametrize("name", [n for n, f in checks.CHECKS if 1 in getattr(f, "worlds", (2, 4))])
+def test_world1(world1, name):
+    assert_check(world1, name, 1)
 
 
 @pytest.mark.parametrize("name", [n for n, f in checks.CHECKS if 4 in getattr(f, "worlds", (2, 4))])
