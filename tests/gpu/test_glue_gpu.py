@@ -17,7 +17,7 @@ import torch
 
 import fpolar.kernels as K
 from fpolar import PolarGradHParams, init_state, polargrad_step
-from fpolar.kernels._glue_common import matrix_offsets, matrix_view
+from fpolar.kernels._glue_common import clear_matrix_offsets, matrix_offsets, matrix_view
 from fpolar.kernels.momentum_polar_input import frobenius_scale_from_tiles, launch_scale_polar_input
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -155,6 +155,9 @@ def test_captured_graph_runs_one_launch_after_an_eager_call_and_falls_back_befor
     otherwise); tensors first seen inside the capture get one launch per tensor. Replays with new
     grads match eager runs of the same inputs."""
     m, n = shape
+    # Tables are keyed by address: a table left by an earlier test whose tensors' memory the "unseen"
+    # tensors now reuse would be found (rightly: same addresses, same offsets). Start from none.
+    clear_matrix_offsets()
     seen = _group_tensors(m, n, seed=60)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
