@@ -8,7 +8,10 @@ device, sets the pace. ``StepProgram`` runs it as one program instead:
 * ``"cuda_graph"`` (the CUDA default): the eager functional steps captured in one
   ``torch.cuda.CUDAGraph``. AdamW groups run torch's fused AdamW kernel (``fpolar.adamw_fused``).
   The first step of a layout runs eagerly on a side stream (cuBLAS and allocator warm-up must happen
-  outside a capture), the second is captured and replayed, later ones replay. The graph reads the lr
+  outside a capture), the second is captured and replayed, later ones replay. The capture reads
+  the warm-up step's grad tensors (the second step's grads copied into them, once), whose addresses
+  the fused glue's one-launch tables already know; so from the warm-up to the capture, and only then,
+  a second set of grads is alive. The graph reads the lr
   and weight-decay tensors that ``_prepare`` refills, so schedulers work without a recapture. It
   reads the gradients at the addresses it was captured with: it keeps those tensors, and before a
   replay copies in any ``p.grad`` that is another tensor. So that no second set of grads is ever
@@ -134,6 +137,14 @@ def copy_grads_into(kept: List[Tensor], fresh: List[Tensor]) -> None:
         k.copy_(f)
 
 
+def _alike(a: Tensor, b: Tensor) -> bool:
+    """Whether ``b`` can stand in for grad ``a``: same shape, dtype, device, strides and layout."""
+    return (
+        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and a.stride() == b.stride()
+        and is_dtensor(a) == is_dtensor(b) and (not is_dtensor(a) or a.placements == b.placements)
+    )
+
+
 class StepProgram:
     """Runs an optimizer's math (after its ``_prepare``) through ``backend``; see the module docstring.
 
@@ -158,6 +169,7 @@ class StepProgram:
         self._eager_layout: Optional[tuple] = None  # a layout whose capture failed: it runs eagerly
         # (param, its captured grad, the grad's version right after zero_grads zeroed it)
         self._zeroed: List[Tuple[Tensor, Tensor, int]] = []
+        self._warm_grads: List[List[Optional[Tensor]]] = []  # the warm-up step's grads, until the capture
 
     def holds_grads(self) -> bool:
         """Whether a captured graph reads grads at fixed addresses (kept by this program)."""
@@ -243,10 +255,37 @@ class StepProgram:
         fused = all(p.device.type == "cuda" for rt, _, _ in work for p in rt.params) and self._fused(work)
         self._compiled(work, fused, skipped)
 
+    def _onto_warm_grads(self, work: Work) -> Work:
+        """``work`` with each grad replaced by the warm-up step's grad of the same param (this step's
+        values copied in, and made the param's ``.grad``), where the two are alike. Why: the fused glue
+        ops read a list of tensors in one launch through a table of their addresses, built eagerly and
+        only looked up during a capture (``fpolar.kernels._glue_common.matrix_offsets``); capturing on
+        the addresses the warm-up already saw gives the graph that one launch. Costs one grad copy, once
+        per capture."""
+        warm = self._warm_grads
+        self._warm_grads = []
+        if len(warm) != len(work):
+            return work
+        out: Work = []
+        kept, fresh = [], []
+        for (rt, grads, decay), old in zip(work, warm):
+            new: List[Optional[Tensor]] = []
+            for p, g, w in zip(rt.params, grads, old):
+                if g is not None and w is not None and g is not w and _alike(g, w):
+                    kept.append(w)
+                    fresh.append(g)
+                    p.grad = w
+                    g = w
+                new.append(g)
+            out.append((rt, new, decay))
+        if kept:
+            copy_grads_into(kept, fresh)
+        return out
+
     def _run_graph(self, work: Work, layout: tuple, skipped: Optional[Tensor]) -> None:
         fused = self._fused(work)
         if layout != self.layout:  # drop the old graph (and the grads it kept alive)
-            self._warm, self._graph, self._graph_grads = False, None, []
+            self._warm, self._graph, self._graph_grads, self._warm_grads = False, None, [], []
         if not self._warm:  # this step, eagerly, is the warm-up
             device = work[0][0].params[0].device
             side = torch.cuda.Stream(device)
@@ -256,8 +295,10 @@ class StepProgram:
             torch.cuda.current_stream(device).wait_stream(side)
             self.warmups += 1
             self._warm = True
+            self._warm_grads = [list(grads) for _, grads, _ in work]
             return
         if self._graph is None:
+            work = self._onto_warm_grads(work)
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
@@ -269,6 +310,7 @@ class StepProgram:
                 run_math(work, fused, skipped)
                 return
             self._graph_grads = [list(grads) for _, grads, _ in work]  # kept: the graph reads these
+            self._warm_grads = []
             self._graph = graph
             self.captures += 1
         else:

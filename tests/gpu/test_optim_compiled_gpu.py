@@ -79,8 +79,13 @@ def test_cuda_graph_program_equals_eager(in_place):
         torch.cuda.synchronize()
         # AdamW goes through the fused kernel in the program, foreach ops eagerly: fp32 ulps apart
         torch.testing.assert_close(p_g, p_e, **TOL)
+        if k == 0:
+            warm_grads = [p.grad for p in p_g]
         if k == 1:
             captured_grads = [p.grad for p in p_g]
+            # the capture ran on the warm-up step's grad tensors (their one-launch tables exist)
+            assert all(a is b for a, b in zip(captured_grads, warm_grads))
+            assert all(a is b for a, b in zip(captured_grads[:4], prog._graph_grads[0]))
         if k == 3 and in_place:  # zeroed in place: the graph reads the user's own grad tensors
             assert all(a is b for a, b in zip(captured_grads, [p.grad for p in p_g]))
     # steps 0-3 one layout (warm-up, capture, 2 replays), 4-5 another (warm-up, capture)
