@@ -768,8 +768,10 @@ def check_one_rank_step_is_local(rank: int, world: int, shared: str) -> dict:
     g = full_grads(0)
     with torch.no_grad():
         for _ in range(2):
+            # made before the ledger: on CUDA, as_shard's host-to-device copy is not the step's
+            shards = [as_shard(g[k], model[k].weight) for k in names]
             with OpLedger() as ledger:
-                fpolar.polargrad_step(params, [as_shard(g[k], model[k].weight) for k in names], state, hp)
+                fpolar.polargrad_step(params, shards, state, hp)
             fpolar.polargrad_step(ref, [g[k] for k in names], ref_state, hp)
     ops = {r.name for r in ledger.records}
     collectives = {n for n in ops if any(c in n for c in ("all_to_all", "all_reduce", "all_gather"))}
