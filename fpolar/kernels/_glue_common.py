@@ -181,6 +181,10 @@ def matrix_offsets(views: Sequence[torch.Tensor]) -> Optional[MatrixOffsets]:
                 _TABLES.popitem(last=False)
         else:
             _TABLES.move_to_end(key)
+        if device.type == "cuda" and not capturing(device):
+            # The table may be read on another stream than the one it was made on; if the LRU drops it,
+            # the allocator must not hand its memory out before this stream's kernels have read it.
+            table.record_stream(torch.cuda.current_stream(device))
     return MatrixOffsets(base, table, strides[0], strides[1], all(o % 16 == 0 for o in offsets))
 
 
