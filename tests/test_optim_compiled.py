@@ -203,3 +203,32 @@ def test_zero_grad_keeps_captured_grads_as_the_params_grad():
             for p, q in zip(a["params"], b["params"]):
                 torch.testing.assert_close(p, q, rtol=0, atol=0)
         opt._program = program
+
+
+def test_capture_runs_on_the_warm_up_steps_grads():
+    """The CUDA-graph program captures on the grad tensors its warm-up step saw (whose one-launch glue
+    tables exist): this step's values are copied into them and they become the params' ``.grad``;
+    a param without a grad either time, or whose grad changed shape or dtype, keeps its own. The
+    bookkeeping runs on CPU (no graph is captured here)."""
+    from fpolar.optim.group_state import GroupRuntime
+
+    params = [torch.randn(4, 3, requires_grad=True) for _ in range(4)]
+    warm = [torch.randn(4, 3), None, torch.randn(4, 3), torch.randn(4, 3, dtype=torch.float64)]
+    fresh = [torch.randn(4, 3), torch.randn(4, 3), None, torch.randn(4, 3)]
+    for p, g in zip(params, fresh):
+        p.grad = g
+    rt = GroupRuntime("polargrad", params)
+    program = StepProgram("cuda_graph")
+    program._warm_grads = [list(warm)]
+    values = [None if g is None else g.clone() for g in fresh]
+    (out_rt, out_grads, decay), = program._onto_warm_grads([(rt, list(fresh), True)])
+    assert out_rt is rt and decay is True
+    assert out_grads[0] is warm[0] and params[0].grad is warm[0]  # copied into the warm-up's tensor
+    assert torch.equal(warm[0], values[0])
+    assert out_grads[1] is fresh[1] and params[1].grad is fresh[1]  # no grad at warm-up: its own
+    assert out_grads[2] is None  # no grad now
+    assert out_grads[3] is fresh[3] and params[3].grad is fresh[3]  # dtype differs: its own
+    assert program._warm_grads == []  # used once, then dropped
+    # a layout whose warm-up grads are gone (e.g. dropped with a new layout) passes work through
+    work = [(rt, list(fresh), True)]
+    assert program._onto_warm_grads(work) is work
