@@ -14,6 +14,8 @@
 # (tests/gpu first, about 1.5 min, then the CPU tests: past 4 min on the H200 now, so give it a call of its own) and "compile" (over 5 min since the GPT compile tests) each alone or side
 # by side in one call (two OUT folders), "polar peers", "train", "lmtext", "lm paper". "skip" (not in the
 # default list, about a minute): what nonfinite="skip" costs an eager step on the GPU, "skip" vs "propagate".
+# "cuda" (not in the default list): only the tests that need CUDA, tests/gpu and the compile_tests files
+# with CUDA-only tests, in one call: what to run after a change that CPU tests cannot see.
 # "dist" (benchmarks/distributed_gpu.py: the distributed checks on NCCL, the captured distributed step,
 # optimizer scaling beside dion, a GPT-2-medium train step) uses every visible GPU, one rank each; on a
 # one-GPU machine it gives the world-1 baseline rows. It is not in the default PARTS: PARTS=dist.
@@ -54,6 +56,7 @@ run_part() {
   case $1 in
     tests)   timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs tests/gpu tests ;;  # the GPU tests first
     compile) timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs compile_tests ;;
+    cuda)    timeout 540 python3 -m pytest -q -p no:cacheprovider -rfEs --durations=15 tests/gpu $(grep -l "needs a CUDA GPU" compile_tests/test_*.py) ;;
     polar)   timeout 300 python3 benchmarks/polar_step.py --json "$OUT/polar_step.json" ;;
     glue)    timeout 120 python3 benchmarks/glue.py --json "$OUT/glue.json" ;;
     nuclear) timeout 120 python3 benchmarks/nuclear.py --json "$OUT/nuclear.json" ;;
@@ -73,7 +76,7 @@ run_part() {
 # What of a part's output goes to the log: pytest's summary is at its end.
 shown() {
   case $1 in
-    tests|compile) tee "$OUT/pytest_$1.log" | tail -80 ;;  # whole output kept: tracebacks of failures
+    tests|compile|cuda) tee "$OUT/pytest_$1.log" | tail -80 ;;  # whole output kept: tracebacks of failures
     *)             cat ;;
   esac
 }
