@@ -15,9 +15,6 @@ of a chunk, a 64×64 tile's tree, the partials), so the a-priori bound is 31·2�
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +24,7 @@ if __name__ == "__main__":  # the interpreter subprocess runs this file: make th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fpolar.kernels as K  # noqa: E402
+from triton_interpreter import interpreter_main, run_interpreted_file  # noqa: E402
 
 REL_TOL = 2e-6  # of Σ|O_ij·X_ij|, see the module docstring
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -84,21 +82,8 @@ def _run_interpreted(case) -> dict:
     return {"case": _case_name(case), "err": err, "same_bits": torch.equal(out, again), "ok": err <= REL_TOL and torch.equal(out, again)}
 
 
-def _interpreter_main() -> int:
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    failed = 0
-    for case in INTERPRETER_CASES:
-        try:
-            result = _run_interpreted(case)
-        except Exception as exc:  # reported per case, so one failure does not hide the others
-            result = {"case": _case_name(case), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        failed += not result["ok"]
-        print(json.dumps(result), flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(_interpreter_main())
+    sys.exit(interpreter_main(INTERPRETER_CASES, _run_interpreted, _case_name))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,22 +97,7 @@ from fpolar.scale import nuclear_scale  # noqa: E402
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
-    triton = pytest.importorskip("triton")
-    pytest.importorskip("numpy")
-    if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9):
-        pytest.skip(f"the Triton {triton.__version__} interpreter fails on this numpy; kernels are tested on the GPU")
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())], env=env, cwd=repo, capture_output=True, text=True, timeout=600
-    )
-    results = {json.loads(line)["case"]: json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")}
-    if not results:
-        pytest.fail(f"interpreter subprocess produced no results (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    results["__returncode__"] = proc.returncode
-    results["__stderr__"] = proc.stderr[-4000:]
-    return results
+    return run_interpreted_file(__file__)
 
 
 @pytest.mark.parametrize("case", [_case_name(c) for c in INTERPRETER_CASES])

@@ -12,9 +12,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -25,6 +22,7 @@ if __name__ == "__main__":  # the interpreter subprocess runs this file: make th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fpolar.kernels as K  # noqa: E402
+from triton_interpreter import interpreter_main, run_interpreted_file  # noqa: E402
 
 SAFETY, EPS = 1.02, 1e-7
 # X against float64: two roundings to bf16 (V, then V·scale); the interpreter rounds toward zero
@@ -273,21 +271,8 @@ def _run_interpreted(case_name: str) -> dict:
     return result
 
 
-def _interpreter_main() -> int:
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    failed = 0
-    for case in _interpreter_cases():
-        try:
-            result = _run_interpreted(case)
-        except Exception as exc:  # reported per case, so one failure does not hide the others
-            result = {"case": case, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        failed += not result["ok"]
-        print(json.dumps(result), flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(_interpreter_main())
+    sys.exit(interpreter_main(_interpreter_cases(), _run_interpreted))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,26 +287,7 @@ from fpolar.polar import PolarSpec  # noqa: E402
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
-    triton = pytest.importorskip("triton")
-    pytest.importorskip("numpy")
-    if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9):
-        pytest.skip(f"the Triton {triton.__version__} interpreter fails on this numpy; kernels are tested on the GPU")
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())], env=env, cwd=repo, capture_output=True, text=True, timeout=600
-    )
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            results[record["case"]] = record
-    if not results:
-        pytest.fail(f"interpreter subprocess produced no results (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    results["__returncode__"] = proc.returncode
-    results["__stderr__"] = proc.stderr[-4000:]
-    return results
+    return run_interpreted_file(__file__)
 
 
 @pytest.mark.parametrize("case", _interpreter_cases())

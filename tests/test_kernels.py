@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -25,6 +22,7 @@ if __name__ == "__main__":  # the interpreter subprocess runs this file: make th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fpolar.kernels as K  # noqa: E402
+from triton_interpreter import interpreter_main, run_interpreted_file  # noqa: E402
 
 # Newton–Schulz coefficients ("muon" schedule): realistic magnitudes and signs for the scalars.
 NS_A, NS_B, NS_C = 3.4445, -4.7750, 2.0315
@@ -232,22 +230,12 @@ def _run_tile_map_case() -> dict:
     return {"case": "lower_tile_coords", "ok": bool(ok)}
 
 
-def _interpreter_main() -> int:
-    """Entry point of the subprocess: one JSON line per case, exit status 1 if any case failed."""
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    failed = 0
-    for case in _interpreter_cases():
-        try:
-            result = _run_tile_map_case() if case == "lower_tile_coords" else _run_kernel_case(case)
-        except Exception as exc:  # reported per case, so one failure does not hide the others
-            result = {"case": case, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        failed += not result["ok"]
-        print(json.dumps(result), flush=True)
-    return 1 if failed else 0
+def _run_case(case: str) -> dict:
+    return _run_tile_map_case() if case == "lower_tile_coords" else _run_kernel_case(case)
 
 
 if __name__ == "__main__":
-    sys.exit(_interpreter_main())
+    sys.exit(interpreter_main(_interpreter_cases(), _run_case))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,36 +322,7 @@ def test_cpu_ops_accept_non_contiguous_inputs():
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
-    triton = pytest.importorskip("triton")
-    pytest.importorskip("numpy")  # the Triton interpreter runs the kernels with numpy
-    if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9):
-        # Seen with triton 3.6 + numpy 2.5 (the H100 image): every interpreted launch fails with
-        # "only 0-dimensional arrays can be converted to Python scalars". There the GPU tests run the
-        # kernels for real; CI installs a current triton.
-        pytest.skip(f"the Triton {triton.__version__} interpreter fails on this numpy; kernels are tested on the GPU")
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())],
-        env=env,
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            results[record["case"]] = record
-    if not results:
-        pytest.fail(
-            f"interpreter subprocess produced no results (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-        )
-    results["__returncode__"] = proc.returncode
-    results["__stderr__"] = proc.stderr[-4000:]
-    return results
+    return run_interpreted_file(__file__)
 
 
 @pytest.mark.parametrize("case", _interpreter_cases())
