@@ -116,6 +116,34 @@ def skip_tile(found_ptr, rows_idx, cols_idx):
     return (zero + tl.load(found_ptr).to(tl.int32)) != 0
 
 
+@triton.jit
+def tile_of_program(pid, tiles, tiles_c, rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program ``pid`` of a flat grid of matrices × tiles (``tiles`` per matrix, ``tiles_c`` across):
+    its matrix b (int64), the tile's row and column indices, and which of its elements are inside
+    the rows × cols matrix."""
+    b = pid // tiles
+    t = pid % tiles
+    r = (t // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = (t % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    inside = (r[:, None] < rows) & (c[None, :] < cols)
+    return b.to(tl.int64), r, c, inside
+
+
+@triton.jit
+def matrix_base(ptr, offsets_ptr, b64, stride_b, GATHER: tl.constexpr, ALIGNED: tl.constexpr):
+    """Where matrix b of a launch's list starts: ``ptr + offsets[b]`` when the list is separate tensors
+    read through their offsets table (``matrix_offsets``; ALIGNED: every offset a multiple of 16, told
+    to the compiler so the loads stay vectorized), else ``ptr + b·stride_b`` (one tensor)."""
+    if GATHER:
+        off = tl.load(offsets_ptr + b64)
+        if ALIGNED:
+            off = tl.multiple_of(off, 16)
+        base = ptr + off
+    else:
+        base = ptr + b64 * stride_b
+    return base
+
+
 class MatrixOffsets(NamedTuple):
     """A tensor list's B matrices as offsets from its first tensor, for one launch over the list.
 

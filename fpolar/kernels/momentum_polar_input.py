@@ -40,8 +40,10 @@ from ._glue_common import (
     elementwise_tile_config,
     found_pointer,
     matrix_offsets,
+    matrix_base,
     matrix_view,
     skip_tile,
+    tile_of_program,
 )
 
 __all__ = [
@@ -122,20 +124,9 @@ def _momentum_polar_input_kernel(
     # One flat grid of matrices × tiles over the launch's matrices (the group's, or one param's with
     # the other pointers offset to its first matrix).
     pid = tl.program_id(0)
-    b = pid // tiles
-    t = pid % tiles
-    r = (t // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = (t % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
-    inside = (r[:, None] < rows) & (c[None, :] < cols)
-    b64 = b.to(tl.int64)
-    if GATHER:
-        # grad matrix b lives at g_ptr + offsets[b] (the grads are separate tensors, see _glue_common)
-        g_off = tl.load(g_offsets_ptr + b64)
-        if ALIGNED:
-            g_off = tl.multiple_of(g_off, 16)
-        g_base = g_ptr + g_off
-    else:
-        g_base = g_ptr + b64 * stride_gb
+    b64, r, c, inside = tile_of_program(pid, tiles, tiles_c, rows, cols, BLOCK_R, BLOCK_C)
+    # GATHER: the grads are separate tensors, read through their offsets table
+    g_base = matrix_base(g_ptr, g_offsets_ptr, b64, stride_gb, GATHER, ALIGNED)
     g = tl.load(g_base + r[:, None] * stride_gr + c[None, :] * stride_gc, mask=inside, other=0.0)
     m_ptrs = m_ptr + b64 * stride_mb + r[:, None] * stride_mr + c[None, :] * stride_mc
     m_old = tl.load(m_ptrs, mask=inside, other=0.0)
@@ -173,7 +164,7 @@ def _momentum_polar_input_kernel(
     # A zero tile divides by 1 (its entries are 0 either way).
     u = v * (1.0 / tl.where(tmax > 0, tmax, 1.0))
     tsum = tl.sum(tl.sum(u * u, axis=1), axis=0)
-    stat = b64 * tiles + t
+    stat = pid.to(tl.int64)  # = b·tiles + t: the statistics are laid out as the grid
     tl.store(tile_max_ptr + stat, tmax)
     tl.store(tile_sumsq_ptr + stat, tsum)
     xv = v.to(x_ptr.dtype.element_ty)

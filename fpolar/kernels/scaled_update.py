@@ -28,8 +28,10 @@ from ._glue_common import (
     found_pointer,
     matrix_count_and_shape,
     matrix_offsets,
+    matrix_base,
     matrix_view,
     skip_tile,
+    tile_of_program,
 )
 
 __all__ = ["scaled_update_", "scaled_update_reference", "launch_scaled_update"]
@@ -93,13 +95,7 @@ def _scaled_update_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // tiles
-    t = pid % tiles
-    r = (t // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = (t % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
-    inside = (r[:, None] < rows) & (c[None, :] < cols)
-    b64 = b.to(tl.int64)
+    b64, r, c, inside = tile_of_program(tl.program_id(0), tiles, tiles_c, rows, cols, BLOCK_R, BLOCK_C)
     o_base = o_ptr + b64 * stride_ob
     if TRANSPOSE:
         # O is stored (cols, rows): load the tile along O's rows, transpose it in registers.
@@ -108,18 +104,12 @@ def _scaled_update_kernel(
         o = tl.trans(o_t)
     else:
         o = tl.load(o_base + r[:, None] * stride_or + c[None, :] * stride_oc, mask=inside, other=0.0)
-    if GATHER:
-        # param matrix b lives at w_ptr + offsets[b] (the params are separate tensors, see _glue_common)
-        w_off = tl.load(w_offsets_ptr + b64)
-        if ALIGNED:
-            w_off = tl.multiple_of(w_off, 16)
-        w_base = w_ptr + w_off
-    else:
-        w_base = w_ptr + b64 * stride_wb
+    # GATHER: the params are separate tensors, read through their offsets table
+    w_base = matrix_base(w_ptr, w_offsets_ptr, b64, stride_wb, GATHER, ALIGNED)
     w_ptrs = w_base + r[:, None] * stride_wr + c[None, :] * stride_wc
     w = tl.load(w_ptrs, mask=inside, other=0.0)
     if STEP_PER_MATRIX:
-        s = tl.load(step_ptr + b)
+        s = tl.load(step_ptr + b64)
     else:
         s = tl.load(step_ptr)
     decay = tl.load(decay_ptr)
