@@ -23,19 +23,8 @@ from torch import Tensor
 from . import state_dict as checkpoint
 from .hparams import AdamWHParams, PolarGradHParams
 from .polar import PolarImpl, PolarSpec
+from .routing import matrix_view_shape
 from .validation import check_matrix_tensor, check_real_dense_float, check_tensor_list
-
-
-def matrix_view_shape(shape: torch.Size) -> Tuple[int, int, int]:
-    """(count, m, n): how many m×n matrices a parameter of ``shape`` holds (see module docstring)."""
-    if len(shape) == 2:
-        return 1, shape[0], shape[1]
-    if len(shape) == 3:
-        return shape[0], shape[1], shape[2]
-    rest = 1
-    for d in shape[1:]:
-        rest *= d
-    return 1, shape[0], rest
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Where each matrix of a parameter lives: on which rank, which rows, at which local offset.
 
-A parameter is seen as a stack of matrices (``fpolar.state.matrix_view_shape``): (k, m, n). Under
+A parameter is seen as a stack of matrices (``fpolar.routing.matrix_view_shape``): (k, m, n). Under
 FSDP2 / DTensor ``Shard(0)`` each rank holds a block of dim 0 cut by ``torch.chunk``'s rule (blocks
 of ⌈size/W⌉, the last ones shorter or empty). For a 2-D or ≥4-D parameter dim 0 is the matrix's
 rows, so every rank holds a row block of the one matrix; for a 3-D stack dim 0 is the stack, so every

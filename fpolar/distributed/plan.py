@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..dtensor import is_dtensor, local_tensor
-from ..state import matrix_view_shape
+from ..routing import matrix_view_shape
 from .layout import MatrixRef, chunk_spans, row_sharded_parts, whole_parts
 from .owners import assign_owners, newton_schulz_cost
 

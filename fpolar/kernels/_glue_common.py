@@ -16,22 +16,10 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
+from ..routing import matrix_view_shape
 from ._common import tl, triton
 
 GLUE_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
-
-
-def matrix_count_and_shape(shape: Sequence[int]) -> tuple[int, int, int]:
-    """(k, m, n) of a param of ``shape``, by ``fpolar.state.matrix_view_shape``'s rule: 2-D one matrix,
-    3-D k matrices, ≥4-D one matrix (dim 0, product of the rest)."""
-    if len(shape) == 2:
-        return 1, shape[0], shape[1]
-    if len(shape) == 3:
-        return shape[0], shape[1], shape[2]
-    rest = 1
-    for d in shape[1:]:
-        rest *= d
-    return 1, shape[0], rest
 
 
 def viewable(t: torch.Tensor) -> bool:
@@ -63,7 +51,7 @@ def check_matrix_list(
             raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() < 2:
             raise ValueError(f"{name}[{i}] must have at least 2 dims, got shape {tuple(t.shape)}")
-        k, tm, tn = matrix_count_and_shape(t.shape)
+        k, tm, tn = matrix_view_shape(t.shape)
         if (tm, tn) != (m, n):
             raise ValueError(f"{name}[{i}] of shape {tuple(t.shape)} holds {tm}×{tn} matrices, expected {m}×{n}")
         if t.dtype not in GLUE_DTYPES:

@@ -19,6 +19,7 @@ from typing import List, Optional
 
 import torch
 
+from ..routing import matrix_view_shape
 from ._common import launch_options, require_triton, tl, triton
 from ._glue_common import (
     GLUE_DTYPES,
@@ -26,7 +27,6 @@ from ._glue_common import (
     check_matrix_list,
     elementwise_tile_config,
     found_pointer,
-    matrix_count_and_shape,
     matrix_offsets,
     matrix_base,
     matrix_view,
@@ -66,7 +66,7 @@ def scaled_update_reference(
 
 
 def _param_shape(p: torch.Tensor) -> tuple[int, int, int]:
-    return matrix_count_and_shape(p.shape)
+    return matrix_view_shape(p.shape)
 
 
 @triton.jit
