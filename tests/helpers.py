@@ -46,3 +46,15 @@ def bitwise_equal(a: Tensor, b: Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def run_polargrad_steps(params, grad_seq, hp):
+    """``fpolar.polargrad_step`` on clones of ``params``, one call per grad list of ``grad_seq``, from a
+    fresh state; returns (the stepped clones, the state). The inputs are not modified."""
+    import fpolar
+
+    params = [p.clone() for p in params]
+    state = fpolar.init_state(params, hp)
+    for grads in grad_seq:
+        fpolar.polargrad_step(params, grads, state, hp)
+    return params, state

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fpolar
-from helpers import exact_polar
+from helpers import exact_polar, run_polargrad_steps
 
 # tall, wide, square, 1×n, n×1, a 3-D batch of matrices, and a 4-D conv weight (flattened to (8, 3·3·3))
 MIXED_SHAPES = [(12, 7), (7, 12), (9, 9), (1, 11), (11, 1), (3, 5, 6), (8, 3, 3, 3), (12, 7)]
@@ -74,18 +74,10 @@ def fresh(shapes, dtype=torch.float64, steps=3):
     return params, grads
 
 
-def run_fpolar(params, grad_seq, hp):
-    params = [p.clone() for p in params]
-    state = fpolar.init_state(params, hp)
-    for grads in grad_seq:
-        fpolar.polargrad_step(params, grads, state, hp)
-    return params, state
-
-
 def test_svd_float64_three_steps_equal_literal_reference():
     params, grads = fresh(MIXED_SHAPES)
     hp = fpolar.PolarGradHParams(lr=1e-2, polar="svd", polar_dtype=torch.float64)
-    out, state = run_fpolar(params, grads, hp)
+    out, state = run_polargrad_steps(params, grads, hp)
     ref = reference_steps(params, grads, lr=1e-2)
     for o, r in zip(out, ref):
         assert (o - r).abs().max().item() < 1e-10
@@ -97,7 +89,7 @@ def test_svd_float64_three_steps_equal_literal_reference():
 def test_orders_and_nesterov(order, nesterov):
     params, grads = fresh(MIXED_SHAPES)
     hp = fpolar.PolarGradHParams(lr=3e-3, order=order, nesterov=nesterov, polar="svd", polar_dtype=torch.float64)
-    out, _ = run_fpolar(params, grads, hp)
+    out, _ = run_polargrad_steps(params, grads, hp)
     ref = reference_steps(params, grads, lr=3e-3, order=order, nesterov=nesterov)
     for o, r in zip(out, ref):
         assert (o - r).abs().max().item() < 1e-10
@@ -116,7 +108,7 @@ def test_weight_decay_modes(mode, tensor_scalars):
         polar_dtype=torch.float64,
     )
     grads_before = [[g.clone() for g in gs] for gs in grads]
-    out, _ = run_fpolar(params, grads, hp)
+    out, _ = run_polargrad_steps(params, grads, hp)
     ref = reference_steps(params, grads, lr=lr, wd=wd, wd_mode=mode)
     for o, r in zip(out, ref):
         assert (o - r).abs().max().item() < 1e-10
@@ -130,7 +122,7 @@ def test_scale_rules(scale, order):
     params, grads = fresh(MIXED_SHAPES)
     lr = 1e-3 if scale == "nuclear" else 0.02
     hp = fpolar.PolarGradHParams(lr=lr, scale=scale, extra_scale=0.7, order=order, polar="svd", polar_dtype=torch.float64)
-    out, _ = run_fpolar(params, grads, hp)
+    out, _ = run_polargrad_steps(params, grads, hp)
     ref = reference_steps(params, grads, lr=lr, scale=scale, extra=0.7, order=order)
     for o, r in zip(out, ref):
         assert (o - r).abs().max().item() < 1e-10
@@ -140,7 +132,7 @@ def test_newton_schulz_fp32_step_close_to_exact():
     """Default backend (polar_express NS): the step direction is near the exact one, the scale near ‖M‖_*."""
     params, grads = fresh([(64, 32), (32, 96)], dtype=torch.float32, steps=1)
     hp = fpolar.PolarGradHParams(lr=1e-3)
-    out, _ = run_fpolar(params, grads, hp)
+    out, _ = run_polargrad_steps(params, grads, hp)
     ref = reference_steps(params, grads, lr=1e-3)
     for p, o, r in zip(params, out, ref):
         step, ref_step = (o.double() - p.double()), (r - p.double())
@@ -224,7 +216,7 @@ def test_phases_split_at_the_seam_equal_the_step(order):
     hp = fpolar.PolarGradHParams(
         lr=0.05, order=order, nesterov=True, weight_decay=0.1, polar_dtype=torch.float64
     )
-    expected, _ = run_fpolar(params, grad_seq, hp)
+    expected, _ = run_polargrad_steps(params, grad_seq, hp)
     out = [p.clone() for p in params]
     state = fpolar.init_state(out, hp)
     for grads in grad_seq:

@@ -12,6 +12,7 @@ import torch
 import fpolar
 import fpolar.polargrad as polargrad_module
 from fpolar.state import ShapeGroup
+from helpers import run_polargrad_steps
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 from op_ledger import COPY_OPS, OpLedger  # noqa: E402
@@ -32,14 +33,6 @@ def problem(seed: int, steps: int, drop: bool = False):
     return params, seq
 
 
-def run(params, seq, hp):
-    ps = [p.clone() for p in params]
-    state = fpolar.init_state(ps, hp)
-    for grads in seq:
-        fpolar.polargrad_step(ps, grads, state, hp)
-    return ps, state
-
-
 @pytest.mark.parametrize(
     "kw",
     [
@@ -54,9 +47,9 @@ def test_chunked_group_step_equals_whole_group_bitwise(monkeypatch, kw):
     give the whole group's params and momentum bit for bit (also with a param missing its grad)."""
     params, seq = problem(0, steps=3, drop=True)
     hp = fpolar.PolarGradHParams(**{"lr": 0.02, **kw})
-    whole, ws = run(params, seq, hp)
+    whole, ws = run_polargrad_steps(params, seq, hp)
     monkeypatch.setattr(polargrad_module, "CHUNK_ELEMENTS", 2 * 60)  # chunks of two 6×10 matrices
-    chunked, cs = run(params, seq, hp)
+    chunked, cs = run_polargrad_steps(params, seq, hp)
     for a, b in zip(chunked, whole):
         assert torch.equal(a, b)
     for a, b in zip(cs.buffers, ws.buffers):
