@@ -333,12 +333,6 @@ def step_size(o: Tensor, x: Tensor, hp: PolarGradHParams) -> Union[Tensor, float
     return hp.lr * (shape_scale(hp.scale, x.size(-2), x.size(-1)) * hp.extra_scale)
 
 
-def upcast(t: Tensor, param_dtype: torch.dtype) -> Tensor:
-    """``t`` in at least float32, so lr·s is not rounded to the polar dtype (bf16) before the update is
-    cast to the param dtype."""
-    return t.to(torch.promote_types(param_dtype, torch.float32))
-
-
 def subtract_scaled_(batch: GroupBatch, direction: Tensor, size: Union[Tensor, float]) -> None:
     """W ← W − size·D for the live params, D (B, m, n) in the parameters' orientation, any layout
     (a tall group's D is a transposed view) and dtype; ``size`` a float, a 0-d tensor or (B, 1, 1).
