@@ -11,6 +11,8 @@ the launchers fall back to one launch per tensor, each on its slice of the group
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections import OrderedDict
 from typing import NamedTuple, Optional, Sequence
 
@@ -163,6 +165,53 @@ def capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
+def cudagraph_trees_pool_active(device: torch.device) -> bool:
+    """Whether torch.compile's CUDA-graph trees (``mode="reduce-overhead"``) are warming up or recording
+    on ``device``: then every allocation of this thread goes to the graphs' private pool, and a tensor
+    from that pool that outlives the compiled call fails their check ("tensors in the cudagraph pool
+    not tracked as outputs"). Read off torch's tree manager, only if torch.compile loaded it."""
+    if device.type != "cuda":
+        return False
+    trees = sys.modules.get("torch._inductor.cudagraph_trees")
+    if trees is None:
+        return False
+    try:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        manager = trees.get_manager(index, create_if_none_exists=False)
+    except Exception:  # a torch without this internal: assume no pool (the old behaviour)
+        return False
+    return manager is not None and (manager.in_warmup or manager.in_recording)
+
+
+def _device_table(offsets: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``offsets`` as an int64 tensor on ``device``, in memory the table cache may keep.
+
+    Where the CUDA-graph trees route this thread's allocations into their pool, the table is made by a
+    helper thread (the routing is per thread), with a blocking copy, so it is in the ordinary pool and
+    complete when this returns; else a pinned, non-blocking copy queued on the current stream."""
+    host = torch.tensor(list(offsets), dtype=torch.int64)
+    if device.type != "cuda":
+        return host
+    if not cudagraph_trees_pool_active(device):
+        return host.pin_memory().to(device, non_blocking=True)
+    made: list = []
+
+    def make() -> None:
+        try:
+            with torch.cuda.device(device):
+                made.append(host.to(device))
+                torch.cuda.current_stream(device).synchronize()
+        except BaseException as error:  # re-raised on the calling thread
+            made.append(error)
+
+    helper = threading.Thread(target=make, name="fpolar-offsets-table")
+    helper.start()
+    helper.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
+
+
 def matrix_offsets(views: Sequence[torch.Tensor]) -> Optional[MatrixOffsets]:
     """The offsets table of ``views`` (each (k, m, n), one device), or None when one launch cannot read
     them: mixed dtypes or row/column strides, or a CUDA graph is being captured and the table for
@@ -189,9 +238,7 @@ def matrix_offsets(views: Sequence[torch.Tensor]) -> Optional[MatrixOffsets]:
                 return None
             _CAPTURED_TABLES[key] = _TABLES.pop(key)
         elif table is None:
-            host = torch.tensor(offsets, dtype=torch.int64)
-            # pinned and non-blocking: the copy is queued on the stream, the host does not wait for it
-            table = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+            table = _device_table(offsets, device)
             _TABLES[key] = table
             while len(_TABLES) > _TABLES_KEPT:
                 _TABLES.popitem(last=False)
