@@ -226,6 +226,31 @@ def fpolar_muon_grads_kept(run: Run) -> Step:
     return _loop(run, _fpolar_muon(run), set_to_none=False)
 
 
+def fpolar_muon_fresh_grads(run: Run) -> Step:
+    """The drop-in with every ``.grad`` set to None by hand after the step, so backward writes fresh
+    grads (no accumulate into zeroed ones) and the captured step copies them in before its replay:
+    the optimizer's own ``zero_grad`` keeps one set of grads instead (zeroed in place, accumulated
+    into). Side by side in one run, the two say what each way costs on the device."""
+    opt = _fpolar_muon(run)
+    params = list(run.model.parameters())
+
+    def step(idx: Tensor, targets: Tensor) -> Tensor:
+        loss = run.loss(idx, targets)
+        loss.backward()
+        opt.step()
+        for p in params:
+            p.grad = None
+        return loss.detach()
+
+    return step
+
+
+def adamw_grads_kept(run: Run) -> Step:
+    """AdamW-only with ``zero_grad(set_to_none=False)``: what zeroing the grads and accumulating into
+    them costs the floor itself (compare with the floor row of the same run)."""
+    return _loop(run, _adamw(list(run.model.parameters()), run.device), set_to_none=False)
+
+
 def _hparams(device: torch.device) -> Tuple[fpolar.PolarGradHParams, fpolar.AdamWHParams]:
     """torch.optim.Muon's math on fpolar's functional step; 0-d tensor lrs on the device."""
     polar = fpolar.PolarGradHParams(
@@ -323,6 +348,9 @@ def recipes() -> List[Recipe]:
         Recipe("fpolar.optim.Muon(param_groups(model))", "fpolar", fpolar_muon),
         Recipe("fpolar.optim.Muon, torch glue (FPOLAR_GLUE=torch)", "fpolar", fpolar_muon_torch_glue, cuda_only=True),
         Recipe("fpolar.optim.Muon, zero_grad(set_to_none=False)", "fpolar", fpolar_muon_grads_kept, cuda_only=True),
+        Recipe("fpolar.optim.Muon, .grad = None by hand (grads copied in)", "fpolar", fpolar_muon_fresh_grads,
+               cuda_only=True),
+        Recipe("AdamW fused, zero_grad(set_to_none=False)", "peer", adamw_grads_kept),
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),
         Recipe("fpolar step compiled apart (torch.compile)", "fpolar", _fpolar_optimizer_compiled(None), compiles=True),
@@ -333,6 +361,27 @@ def recipes() -> List[Recipe]:
         Recipe("heavyball Muon + fused AdamW", "peer", heavyball_muon, needs="heavyball", compiles=True),
         Recipe("fpolar step compiled apart (reduce-overhead)", "fpolar", _fpolar_optimizer_compiled("reduce-overhead"),
                cuda_only=True, compiles=True),
+    ]
+
+
+def select_recipes(only: Optional[str], no_compile: bool) -> List[Recipe]:
+    """The recipes to run, in order: those whose name contains one of the comma-separated ``only``
+    substrings (case-insensitive; all when None), minus those that compile when ``no_compile``, and
+    the floors they are measured against (fused AdamW always), all in the order ``recipes()`` lists them
+    (a floor is listed before the recipes measured against it)."""
+    # One list: the builders of some recipes are closures made by recipes(), so a second call's
+    # Recipe objects compare unequal to the first's.
+    listed = recipes()
+    wanted = [o.strip().lower() for o in only.split(",")] if only else None
+    chosen = [
+        r for r in listed
+        if r.kind != "floor" and (wanted is None or any(o in r.name.lower() for o in wanted))
+        and not (no_compile and r.compiles)
+    ]
+    needed = {Recipe.floor} | {r.floor for r in chosen}
+    return [
+        r for r in listed
+        if (r.kind == "floor" and r.name in needed and not (no_compile and r.compiles)) or r in chosen
     ]
 
 
@@ -483,19 +532,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if any(m not in ("eager", "compiled") for m in modes):
         print(f"unknown mode in {modes}; choose from eager, compiled")
         return 2
-    only = [s.strip().lower() for s in args.only.split(",")] if args.only else None
-    chosen = [
-        r for r in recipes()
-        if r.kind != "floor" and (only is None or any(o in r.name.lower() for o in only))
-        and not (args.no_compile and r.compiles)
-    ]
-    # Floors run first in their listed order: fused AdamW always, another floor when a chosen recipe
-    # is measured against it.
-    needed = {Recipe.floor} | {r.floor for r in chosen}
-    all_recipes = [
-        r for r in recipes()
-        if (r.kind == "floor" and r.name in needed and not (args.no_compile and r.compiles)) or r in chosen
-    ]
+    all_recipes = select_recipes(args.only, args.no_compile)
 
     env = environment(device)
     print_header(env)

@@ -77,3 +77,30 @@ def test_failure_keeps_type_and_cause():
     assert len(detail) == train.DETAIL_LINES
     assert detail[-1].endswith("the real cause: loop reordering after fusion")
     assert "frame 0" not in got["error_detail"]
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("train_bench", os.path.join(ROOT, "benchmarks", "train.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module of their class by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_only_selects_every_matching_recipe_and_its_floors():
+    """``--only`` keeps every recipe whose name matches, also those whose builder is a closure made
+    per ``recipes()`` call (compared by identity, they were once dropped), and the floors they need, in the listed order."""
+    train = _train_module()
+    names = [r.name for r in train.select_recipes("compiled apart,compile_train_step", no_compile=False)]
+    assert names == [
+        "AdamW fused, everything (the floor)",
+        "fpolar step compiled apart (torch.compile)",
+        train.WHOLE_STEP_FLOOR,
+        "fpolar make_train_step(func) + compile_train_step",
+        "fpolar step compiled apart (reduce-overhead)",
+    ]
+    assert [r.name for r in train.select_recipes("compiled apart", no_compile=True)] == [
+        "AdamW fused, everything (the floor)"
+    ]
+    every = train.select_recipes(None, no_compile=False)
+    assert [r.name for r in every] == [r.name for r in train.recipes()]
