@@ -511,3 +511,32 @@ def test_dispatch_chooses_the_fused_glue_on_cuda_only():
     assert auto.impl_for(768, 768, torch.float64, cuda).glue == "torch"
     assert PolarSpec.build("qdwh").impl_for(768, 768, torch.float32, cuda).glue == "torch"
     assert auto.impl_for(768, 768, torch.float32, cpu).glue == "torch"
+
+
+def test_tables_leave_the_cuda_graph_trees_pool_alone(monkeypatch):
+    """While torch.compile's CUDA-graph trees warm up or record, this thread's allocations land in
+    their pool, so a cached table must be made elsewhere: ``cudagraph_trees_pool_active`` says when,
+    from the trees' manager (a stand-in here: the trees need a GPU), and never for a CPU tensor."""
+    import types
+
+    from fpolar.kernels import _glue_common as G
+
+    class Manager:
+        in_warmup = False
+        in_recording = False
+
+    manager = Manager()
+    trees = types.SimpleNamespace(get_manager=lambda index, create_if_none_exists=True: manager)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delitem(sys.modules, "torch._inductor.cudagraph_trees", raising=False)
+    assert not G.cudagraph_trees_pool_active(cuda)  # torch.compile never loaded the trees
+    monkeypatch.setitem(sys.modules, "torch._inductor.cudagraph_trees", trees)
+    assert not G.cudagraph_trees_pool_active(cuda)  # loaded, idle
+    manager.in_warmup = True
+    assert G.cudagraph_trees_pool_active(cuda) and not G.cudagraph_trees_pool_active(torch.device("cpu"))
+    manager.in_warmup, manager.in_recording = False, True
+    assert G.cudagraph_trees_pool_active(cuda)
+    trees.get_manager = lambda index, create_if_none_exists=True: None  # no manager for this device yet
+    assert not G.cudagraph_trees_pool_active(cuda)
+    # the CPU table is the offsets themselves
+    assert G._device_table([0, 15, 30], torch.device("cpu")).tolist() == [0, 15, 30]
