@@ -3,6 +3,7 @@
     python benchmarks/train.py [--models gpt2-small,gpt2-medium] [--only SUBSTR,...] [--budget-s 420]
                                [--recipe-timeout-s 150] [--json PATH] [--md PATH]
     python benchmarks/train.py --quick --device cpu      # tiny model, eager model, the CPU recipes
+    python benchmarks/train.py --only 'compile_train_step' --profile 5   # + where each recipe's time goes
 
 A step is forward (bf16 autocast on CUDA) + ``loss.backward()`` + the optimizer(s), on a fixed batch of
 8 × 1024 random tokens. The hidden matrices of the blocks (attention qkv and out, MLP in and out) go to
@@ -465,7 +466,56 @@ def measure(recipe: Recipe, run: Run, batch: Tuple[Tensor, Tensor], args: argpar
     }
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if args.profile > 0:
+        row["profile"] = profile_steps(step, batch, args.profile, device)
     return row
+
+
+PROFILE_TOP = 12
+
+
+def profile_steps(step: Step, batch: Tuple[Tensor, Tensor], n: int, device: torch.device) -> Dict[str, object]:
+    """``n`` more steps under torch.profiler: wall ms per step (from the first launch to the end of the
+    last, synchronized; the profiler adds some host cost), the ms per step the device spent in kernels
+    and copies (summed, so overlapping streams count twice), and the ``PROFILE_TOP`` costliest kernels
+    (host ops, off CUDA) per step. Wall well above device-busy: the device waits on the host
+    (launches, syncs)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step(*batch)
+        sync(device)
+        wall_ms = (time.perf_counter() - t0) * 1e3 / n
+    averages = prof.key_averages()
+    if on_cuda:
+        timed = [(e.key, e.count, e.self_device_time_total) for e in averages if e.device_type == DeviceType.CUDA]
+    else:
+        timed = [(e.key, e.count, e.self_cpu_time_total) for e in averages]
+    timed.sort(key=lambda t: -t[2])
+    return {
+        "steps": n,
+        "wall_ms_per_step": wall_ms,
+        "device_busy_ms_per_step": sum(t[2] for t in timed) / 1e3 / n if on_cuda else None,
+        "top": [{"name": k[:120], "calls_per_step": c / n, "ms_per_step": us / 1e3 / n} for k, c, us in timed[:PROFILE_TOP]],
+    }
+
+
+def _print_profile(row: Dict[str, object]) -> None:
+    """The profile of a row (``--profile``), indented under its status line."""
+    prof = row.get("profile")
+    if not prof:
+        return
+    busy = prof["device_busy_ms_per_step"]
+    busy_text = f", device busy {busy:.2f} ms" if busy is not None else ""
+    print(f"    profile over {prof['steps']} steps: wall {prof['wall_ms_per_step']:.2f} ms/step{busy_text}", flush=True)
+    for t in prof["top"]:
+        print(f"    {t['ms_per_step']:8.3f} ms  {t['calls_per_step']:6.1f}×  {t['name'][:90]}", flush=True)
 
 
 def compile_model_warmup(run: Run, batch: Tuple[Tensor, Tensor]) -> float:
@@ -497,6 +547,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=None,
                     help="no recipe starts after this many seconds, and none runs past it (default 420 on CUDA)")
     ap.add_argument("--recipe-timeout-s", type=float, default=150.0, help="cut one recipe after this many seconds")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timed steps, profile N more per recipe: host and device-busy ms per step and "
+                         "the top kernels (tells a host-bound step from a device-bound one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write every number to this JSON file")
     ap.add_argument("--md", default=None, help="write the markdown tables to this file")
@@ -602,6 +655,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"[{time.perf_counter() - t_start:6.1f} s] {model_name} | model {mode} | {recipe.name}: {status}",
                       flush=True)
                 _print_detail(row)
+                _print_profile(row)
             floors = {r["name"]: r.get("ms") for r in column["rows"] if r["kind"] == "floor"}
             for r in column["rows"]:
                 floor = floors.get(r["floor"])

@@ -16,7 +16,7 @@ def test_quick_cpu_run(tmp_path):
     out, md = tmp_path / "train.json", tmp_path / "train.md"
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "benchmarks/train.py", "--quick", "--device", "cpu", "--steps", "2", "--warmup-steps", "0",
-           "--json", str(out), "--md", str(md)]
+           "--profile", "1", "--json", str(out), "--md", str(md)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -30,6 +30,11 @@ def test_quick_cpu_run(tmp_path):
         assert abs(r["overhead_ms"] - (r["ms"] - floor["ms"])) < 1e-9
     ran = [r for r in rows.values() if "ms" in r]
     assert len(ran) >= 3
+    for r in ran:  # --profile 1: one more step, profiled; its costliest host ops listed, costliest first
+        prof = r["profile"]
+        assert prof["steps"] == 1 and prof["wall_ms_per_step"] > 0 and prof["device_busy_ms_per_step"] is None
+        costs = [t["ms_per_step"] for t in prof["top"]]
+        assert costs and costs == sorted(costs, reverse=True) and all(t["calls_per_step"] >= 1 for t in prof["top"])
     for r in ran:  # a fixed batch: every optimizer that really steps lowers the loss
         assert r["loss_last"] < r["loss_first"] - 0.05, r
     # Same split, same Muon math (NS "muon" coefficients, 5 steps, fp32 on CPU), same AdamW: the two
