@@ -23,6 +23,7 @@ from torch import Tensor
 from ..hparams import AdamWHParams, PolarGradHParams
 from ..distributed.state import init_state
 from ..state import AdamWState, PolarGradState, init_adamw_state
+from .checked_inputs import CheckedInputs
 
 ALGORITHMS: Tuple[str, ...] = ("polargrad", "adamw")
 
@@ -62,6 +63,8 @@ class GroupRuntime:
         key: the static config ``hparams`` was built from; a different key rebuilds ``hparams``.
         state: the functional state, built at the group's first step with any grad (or by
             ``load_state_dict``); None before.
+        checked: the step inputs as the checks last read them when every group passed
+            (``fpolar.optim.checked_inputs``); inputs that read the same skip the checks.
     """
 
     algorithm: str
@@ -71,6 +74,7 @@ class GroupRuntime:
     hparams: Optional[HParams] = None
     key: Optional[tuple] = None
     state: Optional[FunctionalState] = field(default=None, repr=False)
+    checked: Optional[CheckedInputs] = field(default=None, repr=False)
 
     def matches(self, group_params: List[Tensor]) -> bool:
         """Whether ``group_params`` are still exactly this group's params (same objects, same order)."""
