@@ -17,7 +17,7 @@ type), a group without state yet (its first step plans the state from the params
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,12 +28,15 @@ _PLAIN = (Tensor, nn.Parameter)
 
 
 def _param_facts(t: Any) -> Optional[tuple]:
+    """What the param checks read: type, dtype, layout, device, shape, strides (stride 0), address
+    (two params over one memory) and the inference flag."""
     if type(t) not in _PLAIN:
         return None
     return (type(t), t.dtype, t.layout, t.device, t.shape, t.stride(), t.data_ptr(), t.is_inference())
 
 
 def _grad_facts(g: Any) -> Any:
+    """What the grad checks read (``()`` for a missing grad): type, dtype, layout, device, shape."""
     if g is None:
         return ()
     if type(g) not in _PLAIN:
@@ -42,14 +45,28 @@ def _grad_facts(g: Any) -> Any:
 
 
 def _state_facts(t: Any) -> Optional[tuple]:
+    """What the state checks read of a moment or counter: type, dtype, device and shape."""
     if type(t) not in _PLAIN:
         return None
-    return (t.dtype, t.layout, t.device, t.shape, t.stride(), t.data_ptr())
+    return (t.dtype, t.device, t.shape)
 
 
-def _all(facts: Sequence[Any]) -> Optional[tuple]:
-    out = tuple(facts)
-    return None if any(f is None for f in out) else out
+def _placed_facts(t: Any) -> Optional[tuple]:
+    """A momentum buffer or entry: the state facts and where it lies (an entry must view its buffer)."""
+    if type(t) not in _PLAIN:
+        return None
+    return (t.dtype, t.device, t.shape, t.stride(), t.data_ptr())
+
+
+def _all(fact: Callable[[Any], Any], items: Sequence[Any]) -> Optional[tuple]:
+    """``fact`` of each item, or None if any is None (an item the fingerprint cannot see)."""
+    out = []
+    for item in items:
+        f = fact(item)
+        if f is None:
+            return None
+        out.append(f)
+    return tuple(out)
 
 
 class CheckedInputs(NamedTuple):
@@ -78,18 +95,19 @@ def step_inputs_fingerprint(
     more. Two fingerprints ``same_as`` each other mean the checks pass or fail alike."""
     state_type = type(state)
     if state_type is PolarGradState:
-        tensors = [state.step, state.skipped, *state.buffers, *state.momentum]
+        shaped, placed = [state.step, state.skipped], [*state.buffers, *state.momentum]
         plan: tuple = (state.groups, state.shapes, state.polar_spec, state.polar_impls,
                        len(state.buffers), len(state.momentum))
     elif state_type is AdamWState:
-        tensors = [state.skipped, *state.step, *state.exp_avg, *state.exp_avg_sq]
+        shaped, placed = [state.skipped, *state.step, *state.exp_avg, *state.exp_avg_sq], []
         plan = (state.shapes, len(state.step), len(state.exp_avg), len(state.exp_avg_sq))
     else:
         return None
     facts = (
-        _all(_param_facts(p) for p in params),
-        _all(_grad_facts(g) for g in grads),
-        _all(_state_facts(t) for t in tensors),
+        _all(_param_facts, params),
+        _all(_grad_facts, grads),
+        _all(_state_facts, shaped),
+        _all(_placed_facts, placed),
     )
     if any(f is None for f in facts):
         return None
