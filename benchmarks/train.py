@@ -467,7 +467,10 @@ def measure(recipe: Recipe, run: Run, batch: Tuple[Tensor, Tensor], args: argpar
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if args.profile > 0:
-        row["profile"] = profile_steps(step, batch, args.profile, device)
+        try:
+            row["profile"] = profile_steps(step, batch, args.profile, device)
+        except Exception as e:  # noqa: BLE001 - the timed row stands without its profile
+            row["profile_error"] = f"{type(e).__name__}: {str(e).strip()[:200]}"
     return row
 
 
@@ -508,6 +511,8 @@ def profile_steps(step: Step, batch: Tuple[Tensor, Tensor], n: int, device: torc
 
 def _print_profile(row: Dict[str, object]) -> None:
     """The profile of a row (``--profile``), indented under its status line."""
+    if "profile_error" in row:
+        print(f"    profile failed: {row['profile_error']}", flush=True)
     prof = row.get("profile")
     if not prof:
         return
