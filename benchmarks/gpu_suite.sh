@@ -16,6 +16,9 @@
 # default list, about a minute): what nonfinite="skip" costs an eager step on the GPU, "skip" vs "propagate".
 # "cuda" (not in the default list): only the tests that need CUDA, tests/gpu and the compile_tests files
 # with CUDA-only tests, in one call: what to run after a change that CPU tests cannot see.
+# "trainprof" (not in the default list, one call): the whole-step compile recipe and its floor, with the
+# drop-in beside them, each with 3 profiled steps (wall vs device-busy ms, the top kernels): where the
+# whole-step graph's time goes.
 # "dist" (benchmarks/distributed_gpu.py: the distributed checks on NCCL, the captured distributed step,
 # optimizer scaling beside dion, a GPT-2-medium train step) uses every visible GPU, one rank each; on a
 # one-GPU machine it gives the world-1 baseline rows. It is not in the default PARTS: PARTS=dist.
@@ -64,6 +67,8 @@ run_part() {
     peers)   timeout 420 python3 benchmarks/peers.py --json "$OUT/peers.json" ;;
     lm)      timeout 420 python3 benchmarks/lm.py --json "$OUT/lm.json" --plot "$OUT/lm.png" ;;
     train)   timeout 450 python3 benchmarks/train.py --budget-s 400 --json "$OUT/train.json" --md "$OUT/train.md" ;;
+    trainprof) timeout 560 python3 benchmarks/train.py --models gpt2-small --modes eager --budget-s 520 --recipe-timeout-s 240 \
+               --only 'compile_train_step,fpolar.optim.muon(param' --profile 3 --json "$OUT/train_profile.json" --md "$OUT/train_profile.md" ;;
     lmtext)  timeout 570 python3 benchmarks/lm_text.py --out "$OUT" --run-dir .lm_text_runs --budget-s 480 ${LMTEXT_RESUME:+--resume-json "$LMTEXT_RESUME"} ;;
     skip)    timeout 240 python3 benchmarks/skip_overhead.py --device cuda --scale 8 ;;
     dist)    timeout 540 python3 benchmarks/distributed_gpu.py --out "$OUT/dist" ;;
