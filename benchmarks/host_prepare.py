@@ -8,7 +8,10 @@ the GPT-2-small parameter set (149 params: 48 Muon matrices, the rest AdamW):
 - "checked once": the default; inputs that read as the last ones that passed are not checked again
   (``fpolar.optim.checked_inputs``);
 - "checked every step": the same with the fingerprint disabled (every group's checks run every step),
-  the baseline of the same run.
+  the baseline of the same run;
+- the functional steps' own checks over every group (``check_step_inputs`` of ``polargrad_step`` and
+  ``adamw_step``): what the drop-in's eager math (``compiled=False``, and the warm-up and capture
+  steps of its CUDA graph) ran a second time before it called the steps' ``*_prechecked`` forms.
 
     python benchmarks/host_prepare.py [--steps 200]
 """
@@ -45,6 +48,21 @@ def prepare_ms(opt, params, steps: int) -> float:
     return statistics.median(times)
 
 
+def functional_checks_ms(opt, steps: int) -> float:
+    """Median host ms of ``check_step_inputs`` of every group's functional step (polargrad or adamw)."""
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        for rt in opt._runtime:
+            grads = [p.grad for p in rt.params]
+            if rt.algorithm == "polargrad":
+                base.check_polargrad_inputs(rt.params, grads, rt.state, rt.hparams)
+            else:
+                base.check_adamw_inputs(rt.params, grads, rt.state, rt.hparams)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
@@ -64,9 +82,11 @@ def main() -> None:
         every = prepare_ms(opt, params, args.steps)
     finally:
         base.step_inputs_fingerprint = real
+    functional = functional_checks_ms(opt, args.steps)
     print(f"GPT-2-small, {len(params)} params, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"_prepare, checked once:       {once:.3f} ms per step")
     print(f"_prepare, checked every step: {every:.3f} ms per step ({every / once:.1f}x)")
+    print(f"the functional steps' checks, every group: {functional:.3f} ms per step")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,21 @@ def adamw_step(
     return state
 
 
+def adamw_step_prechecked(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: AdamWState,
+    hparams: AdamWHParams,
+    *,
+    found_inf: Optional[Tensor] = None,
+) -> AdamWState:
+    """``adamw_step`` for inputs that already passed ``check_step_inputs`` (the same objects, unchanged
+    since), as ``fpolar.optim`` runs its groups after checking them all."""
+    with torch.no_grad():
+        _adamw_step(params, grads, state, hparams, None, found_inf)
+    return state
+
+
 def check_step_inputs(
     params: Sequence[Tensor],
     grads: Sequence[Optional[Tensor]],

@@ -74,13 +74,47 @@ def fused_adamw_step(
         raise TypeError(f"state must be an AdamWState from fpolar.init_adamw_state, got {type(state).__name__}")
     check_params_and_grads(params, grads, matrices=False)
     state.check_matches(params)
+    groups = _by_device_and_dtype(params, grads)
+    for device, dtype in groups:
+        if not fused_adamw_available(device, dtype):
+            raise ValueError(f"torch's fused AdamW kernel does not run on {device} for {dtype} params; use adamw_step")
+    return _fused_update(params, grads, state, hparams, groups, decay, found_inf)
+
+
+def fused_adamw_step_prechecked(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: AdamWState,
+    hparams: AdamWHParams,
+    *,
+    decay: bool = True,
+    found_inf: Optional[Tensor] = None,
+) -> AdamWState:
+    """``fused_adamw_step`` for inputs that already passed ``fpolar.adamw.check_step_inputs`` (the same
+    objects, unchanged since) on devices and dtypes ``fused_adamw_available`` accepts, as ``fpolar.optim``
+    runs its groups after checking them all."""
+    return _fused_update(params, grads, state, hparams, _by_device_and_dtype(params, grads), decay, found_inf)
+
+
+def _by_device_and_dtype(params: Sequence[Tensor], grads: Sequence[Optional[Tensor]]) -> Dict[Tuple[torch.device, torch.dtype], List[int]]:
+    """The indices of the params with a grad, by (device, dtype): one kernel call each."""
     groups: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
     for i, g in enumerate(grads):
         if g is not None:
             groups.setdefault((params[i].device, params[i].dtype), []).append(i)
-    for device, dtype in groups:
-        if not fused_adamw_available(device, dtype):
-            raise ValueError(f"torch's fused AdamW kernel does not run on {device} for {dtype} params; use adamw_step")
+    return groups
+
+
+def _fused_update(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: AdamWState,
+    hparams: AdamWHParams,
+    groups: Dict[Tuple[torch.device, torch.dtype], List[int]],
+    decay: bool,
+    found_inf: Optional[Tensor],
+) -> AdamWState:
+    """The decay, step counts and fused kernel per (device, dtype) group; inputs checked."""
     lr, wd = hparams.lr, hparams.weight_decay
     for (device, _), idx in groups.items():
         p = [params[i] for i in idx]

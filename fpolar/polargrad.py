@@ -105,7 +105,37 @@ def polargrad_step(
     if planned_step is not None:
         return planned_step(params, grads, state, hparams, grad_scale=grad_scale, found_inf=found_inf)
     impls = check_step_inputs(params, grads, state, hparams, grad_scale, found_inf)
+    return _step_groups(params, grads, state, hparams, impls, grad_scale, found_inf)
 
+
+def polargrad_step_prechecked(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: PolarGradState,
+    hparams: PolarGradHParams,
+    *,
+    found_inf: Optional[Tensor] = None,
+) -> PolarGradState:
+    """``polargrad_step`` for inputs that already passed ``check_step_inputs`` (the same params, grads,
+    state and hparams objects, unchanged since): ``fpolar.optim`` checks every group before any group
+    steps, and a second pass would only cost the host its time again. A distributed state runs its
+    own step, checks included."""
+    planned_step = getattr(state, "planned_step", None)
+    if planned_step is not None:
+        return planned_step(params, grads, state, hparams, found_inf=found_inf)
+    return _step_groups(params, grads, state, hparams, state.polar_impls_for(hparams.polar_spec), None, found_inf)
+
+
+def _step_groups(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: PolarGradState,
+    hparams: PolarGradHParams,
+    impls: Sequence[PolarImpl],
+    grad_scale: Optional[Tensor],
+    found_inf: Optional[Tensor],
+) -> PolarGradState:
+    """The step over every shape group (the three phases, or the fused glue), inputs checked."""
     with torch.no_grad():
         grads = unscale_grads(grads, grad_scale)
         if hparams.weight_decay_mode == "l2":

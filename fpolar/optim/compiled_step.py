@@ -40,13 +40,13 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..adamw import adamw_step
-from ..adamw_fused import fused_adamw_available, fused_adamw_step
+from ..adamw import adamw_step_prechecked
+from ..adamw_fused import fused_adamw_available, fused_adamw_step_prechecked
 from ..dtensor import is_dtensor, local_tensor
 from ..inductor_options import inductor_options
 from ..nonfinite import found_nonfinite
 from ..nonfinite_ranks import agree, shard_groups
-from ..polargrad import polargrad_step
+from ..polargrad import polargrad_step_prechecked
 from .group_state import GroupRuntime
 
 __all__ = ["BACKENDS", "Compiled", "StepProgram", "check_compiled", "copy_grads_into", "resolve_backend"]
@@ -112,13 +112,14 @@ def run_math(work: Work, fused_adamw: bool, skipped: Optional[Tensor] = None) ->
         found = found_nonfinite(every, skipped.device)
         found = agree(found, shard_groups([p for rt, _, _ in work for p in rt.params]))
         skipped.add_(found)
+    # Every group's inputs passed the optimizer's checks in ``_prepare``: the steps do not check again.
     for rt, grads, decay in work:
         if rt.algorithm == "polargrad":
-            polargrad_step(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
+            polargrad_step_prechecked(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
         elif fused_adamw:
-            fused_adamw_step(rt.params, grads, rt.state, rt.hparams, decay=decay, found_inf=found)  # type: ignore[arg-type]
+            fused_adamw_step_prechecked(rt.params, grads, rt.state, rt.hparams, decay=decay, found_inf=found)  # type: ignore[arg-type]
         else:
-            adamw_step(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
+            adamw_step_prechecked(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
 
 
 def copy_grads_into(kept: List[Tensor], fresh: List[Tensor]) -> None:
