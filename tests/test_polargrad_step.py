@@ -232,3 +232,44 @@ def test_phases_split_at_the_seam_equal_the_step(order):
             post_orthogonalize(batch, Orthogonalized(o, size), hp)
     for a, b in zip(out, expected):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_prechecked_steps_equal_the_checked_ones():
+    """``*_prechecked`` (what fpolar.optim runs after checking every group) are the same steps, bit for
+    bit, as ``polargrad_step`` / ``adamw_step`` / ``fused_adamw_step`` on the same inputs."""
+    from fpolar.adamw import adamw_step_prechecked
+    from fpolar.adamw_fused import fused_adamw_available, fused_adamw_step, fused_adamw_step_prechecked
+    from fpolar.polargrad import polargrad_step_prechecked
+
+    g = torch.Generator().manual_seed(11)
+    shapes = [(6, 9), (9, 6), (2, 5, 4), (6, 9)]
+    hp = fpolar.PolarGradHParams(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)
+    ahp = fpolar.AdamWHParams(lr=1e-2, weight_decay=0.01)
+    mats = [torch.randn(s, generator=g) for s in shapes]
+    vecs = [torch.randn(7, generator=g), torch.randn(3, 4, generator=g)]
+    twins = [[t.clone() for t in mats] for _ in range(2)]
+    vtwins = [[t.clone() for t in vecs] for _ in range(4)]
+    states = [fpolar.init_state(ps, hp) for ps in twins]
+    astates = [fpolar.init_adamw_state(ps, ahp) for ps in vtwins]
+    fused = fused_adamw_available(torch.device("cpu"), torch.float32)
+    for _ in range(3):
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        grads[3] = None  # a param without a grad this step
+        vgrads = [torch.randn(t.shape, generator=g) for t in vecs]
+        fpolar.polargrad_step(twins[0], grads, states[0], hp)
+        polargrad_step_prechecked(twins[1], grads, states[1], hp)
+        fpolar.adamw_step(vtwins[0], vgrads, astates[0], ahp)
+        adamw_step_prechecked(vtwins[1], vgrads, astates[1], ahp)
+        if fused:
+            fused_adamw_step(vtwins[2], vgrads, astates[2], ahp)
+            fused_adamw_step_prechecked(vtwins[3], vgrads, astates[3], ahp)
+    for a, b in zip(twins[0], twins[1]):
+        assert torch.equal(a, b)
+    for a, b in zip(states[0].buffers, states[1].buffers):
+        assert torch.equal(a, b)
+    assert torch.equal(states[0].step, states[1].step)
+    for a, b in zip(vtwins[0], vtwins[1]):
+        assert torch.equal(a, b)
+    for a, b in zip(vtwins[2], vtwins[3]):
+        assert torch.equal(a, b)
+    assert not torch.equal(vtwins[1][0], vecs[0]) and not torch.equal(twins[1][0], mats[0])  # they stepped
