@@ -45,30 +45,18 @@ def _snapshot(model: nn.Module, opt) -> list:
     return tensors
 
 
-def _expanded(p: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(1, p.shape[1]).expand(p.shape[0], p.shape[1])
-
-
-def _reshaped(p: torch.Tensor) -> torch.Tensor:
-    return torch.randn(p.shape[0] + 1, p.shape[1])
-
-
-def _inference(p: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.randn(p.shape)
-
-
 # Each change: what it does to the model or optimizer after two good steps, and the error it must bring.
 def _expand_weight(model, opt):
-    model[2].weight.data = _expanded(model[2].weight)
+    model[2].weight.data = torch.zeros(1, 16).expand(16, 16)
 
 
 def _reshape_weight(model, opt):
-    model[2].weight.data = _reshaped(model[2].weight)
+    model[2].weight.data = torch.randn(17, 16)
 
 
 def _inference_weight(model, opt):
-    model[2].weight.data = _inference(model[2].weight)
+    with torch.inference_mode():
+        model[2].weight.data = torch.randn(16, 16)
 
 
 def _alias_weights(model, opt):
