@@ -17,41 +17,17 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import cuda_graph_ms  # noqa: E402
 from fpolar.coefficients import schedule_for  # noqa: E402
 from fpolar.polar.gram_newton_schulz import gram_newton_schulz  # noqa: E402
 from fpolar.polar.newton_schulz import newton_schulz  # noqa: E402
 
-CALLS_PER_GRAPH = 10
 
-
-def replay_us(fn: Callable[[], object], rounds: int = 8) -> float:
-    """Median µs of one ``fn()`` from replays of a CUDA graph of ``CALLS_PER_GRAPH`` calls (warm-up on a
-    side stream first, as a capture needs)."""
-    for _ in range(3):
-        fn()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS_PER_GRAPH):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / CALLS_PER_GRAPH * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+def replay_us(fn: Callable[[], object]) -> float:
+    """Median µs of one ``fn()`` from CUDA-graph replays (``common.cuda_graph_ms``)."""
+    return cuda_graph_ms(fn, rep_ms=100) * 1e3
 
 
 def main() -> None:
