@@ -7,15 +7,23 @@ Per recipe, fp32 params with grads from a backward (loss Σ⟨W, R⟩, so every 
   * iteration peak: the peak over the last zero_grad + backward + step minus params + state + one
     set of grads (so a second set of grads kept alive shows here);
   * reserved growth: ``torch.cuda.memory_reserved()`` after minus before the 5 steps (a CUDA graph's
-    private pool is reserved, not allocated).
+    private pool is reserved, not allocated);
+  * step ms: median wall time of 20 more ``step()`` calls on the same grads, synchronized after each
+    (eagerly the host's time is the user's time).
 
-    python3 benchmarks/step_memory.py [--json out.json]
+``--chunk-sweep`` measures the eager fpolar Muon step again at several ``fpolar.polargrad.
+CHUNK_ELEMENTS`` bounds (how many elements of a shape group go through the eager step at once): the
+workspace it bounds against the speed the smaller batches cost.
+
+    python3 benchmarks/step_memory.py [--json out.json] [--chunk-sweep]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 from typing import Callable, Dict, List
 
 import torch
@@ -45,6 +53,22 @@ def recipes() -> Dict[str, Callable[[List[torch.Tensor]], torch.optim.Optimizer]
     if hasattr(torch.optim, "Muon"):
         out["torch.optim.Muon"] = lambda ps: torch.optim.Muon(ps, **muon)
     return out
+
+
+def chunked(bound: int) -> Callable[[List[torch.Tensor]], torch.optim.Optimizer]:
+    """The eager drop-in whose steps run with ``CHUNK_ELEMENTS = bound`` (set around each step)."""
+    import fpolar.polargrad as polargrad_module
+
+    class Chunked(fpolar.optim.Muon):
+        def step(self, closure=None):  # type: ignore[override]
+            saved = polargrad_module.CHUNK_ELEMENTS
+            polargrad_module.CHUNK_ELEMENTS = bound
+            try:
+                return super().step(closure)
+            finally:
+                polargrad_module.CHUNK_ELEMENTS = saved
+
+    return lambda ps: Chunked(ps, lr=0.02, weight_decay=0.0, compiled=False)
 
 
 def measure(build) -> Dict[str, float]:
@@ -78,6 +102,14 @@ def measure(build) -> Dict[str, float]:
         if k == 0:
             # after one step: params, one grad set, probes and the optimizer state
             state_bytes = torch.cuda.memory_allocated() - 3 * param_bytes
+    times = []
+    for _ in range(20):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.step()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    result["step_ms"] = statistics.median(times)
     result["state_mib"] = state_bytes / MIB
     result["iteration_extra_mib"] = (iteration_peak - 3 * param_bytes - state_bytes) / MIB
     result["reserved_growth_mib"] = (torch.cuda.memory_reserved() - reserved0) / MIB
@@ -88,12 +120,18 @@ def measure(build) -> Dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
+    ap.add_argument("--chunk-sweep", action="store_true", help="the eager Muon step at several CHUNK_ELEMENTS")
     args = ap.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; GPT-2-small matrix set, fp32 params, "
           f"{sum(b for _, b in GPT2_SMALL)} matrices; MiB")
-    print(f"{'recipe':<42} {'step workspace':>14} {'iteration extra':>15} {'state':>7} {'reserved growth':>15}")
+    print(f"{'recipe':<42} {'step workspace':>14} {'iteration extra':>15} {'state':>7} {'reserved growth':>15} "
+          f"{'step ms':>8}")
     rows = {}
-    for name, build in recipes().items():
+    builds = recipes()
+    if args.chunk_sweep:
+        for bound in (1 << 21, 1 << 22, 1 << 23, 1 << 24, 1 << 30):
+            builds[f"fpolar.optim.Muon (eager), chunks ≤ 2^{bound.bit_length() - 1}"] = chunked(bound)
+    for name, build in builds.items():
         try:
             r = measure(build)
         except Exception as e:  # noqa: BLE001 - report and continue
@@ -102,7 +140,7 @@ def main() -> None:
             continue
         rows[name] = r
         print(f"{name:<42} {r['step_workspace_mib']:>14.1f} {r['iteration_extra_mib']:>15.1f} {r['state_mib']:>7.1f} "
-              f"{r['reserved_growth_mib']:>15.1f}")
+              f"{r['reserved_growth_mib']:>15.1f} {r['step_ms']:>8.3f}")
     ref = rows.get("torch.optim.Muon", {}).get("step_workspace_mib")
     if ref:
         for name, r in rows.items():

@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -223,27 +223,9 @@ def fpolar_muon_eager(run: Run) -> Step:
 
 
 def fpolar_muon_grads_kept(run: Run) -> Step:
-    # .grad tensors zeroed in place keep their addresses: the captured step reads them, no copy
+    # .grad tensors zeroed in place keep their addresses (the captured step reads them), and backward
+    # adds into them: what accumulating costs against the default loop's fresh grads
     return _loop(run, _fpolar_muon(run), set_to_none=False)
-
-
-def fpolar_muon_fresh_grads(run: Run) -> Step:
-    """The drop-in with every ``.grad`` set to None by hand after the step, so backward writes fresh
-    grads (no accumulate into zeroed ones) and the captured step copies them in before its replay:
-    the optimizer's own ``zero_grad`` keeps one set of grads instead (zeroed in place, accumulated
-    into). Side by side in one run, the two say what each way costs on the device."""
-    opt = _fpolar_muon(run)
-    params = list(run.model.parameters())
-
-    def step(idx: Tensor, targets: Tensor) -> Tensor:
-        loss = run.loss(idx, targets)
-        loss.backward()
-        opt.step()
-        for p in params:
-            p.grad = None
-        return loss.detach()
-
-    return step
 
 
 def adamw_grads_kept(run: Run) -> Step:
@@ -349,8 +331,6 @@ def recipes() -> List[Recipe]:
         Recipe("fpolar.optim.Muon(param_groups(model))", "fpolar", fpolar_muon),
         Recipe("fpolar.optim.Muon, torch glue (FPOLAR_GLUE=torch)", "fpolar", fpolar_muon_torch_glue, cuda_only=True),
         Recipe("fpolar.optim.Muon, zero_grad(set_to_none=False)", "fpolar", fpolar_muon_grads_kept, cuda_only=True),
-        Recipe("fpolar.optim.Muon, .grad = None by hand (grads copied in)", "fpolar", fpolar_muon_fresh_grads,
-               cuda_only=True),
         Recipe("AdamW fused, zero_grad(set_to_none=False)", "peer", adamw_grads_kept),
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),

@@ -24,7 +24,7 @@ from .hparams import PolarGradHParams
 from .kernels._glue_common import viewable
 from .polar import PolarImpl, polar_wide
 from .scale import nuclear_scale, shape_scale
-from .state import ShapeGroup
+from .state import PolarGradState, ShapeGroup
 
 Scalar = Union[float, Tensor]
 
@@ -93,3 +93,25 @@ def _as_tensor(value: Scalar, device: torch.device) -> Tensor:
     if isinstance(value, Tensor):
         return value.to(device)
     return torch.ones((), dtype=torch.float64, device=device) * value
+
+
+def build_offsets_tables(
+    params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], state: PolarGradState, hp: PolarGradHParams
+) -> None:
+    """Builds now, eagerly, the offsets tables the one-launch glue ops will look up for this step's
+    lists: each fused group's grads (read by ``momentum_polar_input``) and params (written by
+    ``scaled_update_``). Call it right before capturing the step in a CUDA graph: a capture cannot copy
+    a table to the device, and an op that finds none falls back to one launch per tensor. Reads only
+    addresses and metadata; changes nothing but the table cache."""
+    from .kernels._glue_common import matrix_offsets, matrix_view
+
+    if getattr(state, "planned_step", None) is not None:  # a distributed state: its step has no fused glue
+        return
+    impls = state.polar_impls_for(hp.polar_spec)
+    for group, buffer, impl in zip(state.groups, state.buffers, impls):
+        group_params = [params[i] for i in group.indices]
+        group_grads = [grads[i] for i in group.indices]
+        if not fused_glue_applies(impl, hp, buffer, group_params, group_grads):
+            continue
+        matrix_offsets([matrix_view(g, group.m, group.n, writable=False) for g in group_grads])  # type: ignore[arg-type]
+        matrix_offsets([matrix_view(p, group.m, group.n, writable=True) for p in group_params])

@@ -19,7 +19,7 @@ Eagerly, a group larger than ``CHUNK_ELEMENTS`` runs the three phases on consecu
 params (``group_chunks``), which bounds the step's workspace; the result is the whole group's.
 
 A group whose ``PolarImpl.glue`` is "fused" (CUDA) runs the same math as two one-pass ops around the
-polar factor instead (``fpolar.fused_glue``), whole.
+polar factor instead (``fpolar.fused_glue``), chunked the same way.
 
 ``nonfinite="skip"`` (see ``fpolar.nonfinite``) threads one 0-d bool ``found`` through the phases: the
 momentum EMA keeps the old bits where found (one select in the same op), ``orthogonalize`` sees zeros
@@ -151,7 +151,10 @@ def _step_groups(
             group_params = [params[i] for i in group.indices]
             group_grads = [grads[i] for i in group.indices]
             if fused_glue_applies(impl, hparams, buffer, group_params, group_grads):
-                fused_group_step(group, buffer, group_params, group_grads, impl, hparams, found)  # type: ignore[arg-type]
+                for chunk, chunk_buffer in group_chunks(group, buffer):
+                    chunk_params = [params[i] for i in chunk.indices]
+                    chunk_grads = [grads[i] for i in chunk.indices]
+                    fused_group_step(chunk, chunk_buffer, chunk_params, chunk_grads, impl, hparams, found)  # type: ignore[arg-type]
                 continue
             for chunk, chunk_buffer in group_chunks(group, buffer):
                 batch = live_batch(chunk, chunk_buffer, params, grads, state)
@@ -401,7 +404,9 @@ def _scale_shape(shape: torch.Size) -> torch.Size:
 # (64 MiB of float32) per (B, m, n) stack, so the step's workspace (the polar input, its normalized
 # copy, the iterates, the Nesterov blend) is bounded by the chunk, not the group: GPT-2-small's
 # 12 × 768 × 3072 group runs as two chunks of 6. Under torch.compile a group stays one batch (its
-# momentum update runs on the whole stacked buffer, and Inductor plans the memory).
+# momentum update runs on the whole stacked buffer, and Inductor plans the memory); so it does while a
+# CUDA graph is captured, whose pool is allocated once and reused by every replay, and whose
+# launches cost little, so the larger batch's faster products are what counts there.
 CHUNK_ELEMENTS = 1 << 24
 
 
@@ -410,10 +415,12 @@ def group_chunks(group: ShapeGroup, buffer: Tensor) -> List[Tuple[ShapeGroup, Te
     with as few runs as keep each under ``CHUNK_ELEMENTS`` elements and matrix counts about equal.
 
     Every matrix's math is independent of the others in its batch, so the chunks give the result
-    of the whole group (bitwise on CPU: tested). One run (the group itself) under torch.compile."""
+    of the whole group (bitwise on CPU: tested). One run (the group itself) under torch.compile and
+    while a CUDA graph is captured."""
     total = sum(group.counts)
     per = group.m * group.n
-    if torch.compiler.is_compiling() or total * per <= CHUNK_ELEMENTS or len(group.indices) == 1:
+    whole = torch.compiler.is_compiling() or (buffer.is_cuda and torch.cuda.is_current_stream_capturing())
+    if whole or total * per <= CHUNK_ELEMENTS or len(group.indices) == 1:
         return [(group, buffer)]
     target = -(-total // -(-(total * per) // CHUNK_ELEMENTS))  # matrices per chunk
     runs: List[List[int]] = [[]]

@@ -206,8 +206,6 @@ class PolarOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._program is not None and not torch.compiler.is_compiling():
-            self._program.release_untouched()  # see zero_grad
         with torch.no_grad():
             program = self._step_program()
             self._prepare()
@@ -216,20 +214,6 @@ class PolarOptimizer(torch.optim.Optimizer):
             else:
                 program(self)
         return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset the params' gradients, as ``torch.optim.Optimizer.zero_grad``, with one exception that
-        keeps memory to one set of grads: while a captured CUDA-graph program (``compiled``
-        "cuda_graph") reads grads at fixed addresses, ``set_to_none=True`` zeroes those tensors in
-        place and leaves them as the params' ``.grad`` (every other grad becomes None). Backward then
-        accumulates into them (no copy before the replay); a param that backward does not reach
-        before the next ``step`` gets ``.grad = None`` there, so it does not step, as with
-        ``set_to_none=True``. Between those two calls such a param shows a zero grad, not None."""
-        program = self._program
-        if not set_to_none or program is None or not program.holds_grads():
-            super().zero_grad(set_to_none)
-            return
-        program.zero_grads([p for group in self.param_groups for p in group["params"]])
 
     def _step_program(self) -> Optional[StepProgram]:
         """The program that runs this step's math, or None for eager ``_apply``: never under

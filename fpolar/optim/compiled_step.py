@@ -8,19 +8,18 @@ device, sets the pace. ``StepProgram`` runs it as one program instead:
 * ``"cuda_graph"`` (the CUDA default): the eager functional steps captured in one
   ``torch.cuda.CUDAGraph``. AdamW groups run torch's fused AdamW kernel (``fpolar.adamw_fused``).
   The first step of a layout runs eagerly on a side stream (cuBLAS and allocator warm-up must happen
-  outside a capture), the second is captured and replayed, later ones replay. The capture reads
-  the warm-up step's grad tensors (the second step's grads copied into them, once), whose addresses
-  the fused glue's one-launch tables already know; so from the warm-up to the capture, and only then,
-  a second set of grads is alive. The graph reads the lr
-  and weight-decay tensors that ``_prepare`` refills, so schedulers work without a recapture. It
-  reads the gradients at the addresses it was captured with: it keeps those tensors, and before a
-  replay copies in any ``p.grad`` that is another tensor. So that no second set of grads is ever
-  alive, the optimizer's ``zero_grad`` (also with ``set_to_none=True``, the default) leaves the
-  captured tensors as the params' ``.grad``, zeroed in place (``zero_grads``): backward then adds
-  into them where the graph reads them, and nothing is copied. A param that backward did not reach
-  since (its grad's version counter unchanged) gets ``.grad = None`` at the next step
-  (``release_untouched``), as ``set_to_none=True`` would have left it, so which params step is the
-  same as with fresh grads.
+  outside a capture), the second is captured and replayed, later ones replay. The graph reads the lr
+  and weight-decay tensors that ``_prepare`` refills, so schedulers work without a recapture.
+  It reads the grads at the addresses it was captured with, and holds none of them: ``zero_grad()``
+  is torch.optim's, and a loop that frees its grads (``set_to_none=True``) gets the same blocks back
+  from PyTorch's caching allocator at the next backward, so the graph finds them where it reads them
+  (checked before every replay, ``grad_address``): no copy, and one set of grads alive. Why not keep
+  the grads and let backward add into them: that accumulate is an extra read and write of every grad
+  (≈ 1 ms per step on GPT-2-small on the H200, against ≈ 0.3 ms for a copy). When a step's grads
+  come back elsewhere the layout is captured again on them (the fused glue's one-launch tables are
+  built first, ``build_offsets_tables``: a capture cannot build them); after
+  ``RECAPTURES_BEFORE_COPYING`` such recaptures the program stops following and copies each step's
+  grads into tensors of its own before the replay.
 * ``"compile"`` (any device; what ``compiled=True`` means off CUDA): the same calls under
   ``torch.compile(fullgraph=True)``; dynamo's guards recompile for a new layout, and the lr tensors
   are graph inputs, so a schedule does not recompile.
@@ -46,6 +45,7 @@ from ..dtensor import is_dtensor, local_tensor
 from ..inductor_options import inductor_options
 from ..nonfinite import found_nonfinite
 from ..nonfinite_ranks import agree, shard_groups
+from ..fused_glue import build_offsets_tables
 from ..polargrad import polargrad_step_prechecked
 from .group_state import GroupRuntime
 
@@ -138,19 +138,36 @@ def copy_grads_into(kept: List[Tensor], fresh: List[Tensor]) -> None:
         k.copy_(f)
 
 
-def _alike(a: Tensor, b: Tensor) -> bool:
-    """Whether ``b`` can stand in for grad ``a``: same shape, dtype, device, strides and layout."""
-    return (
-        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and a.stride() == b.stride()
-        and is_dtensor(a) == is_dtensor(b) and (not is_dtensor(a) or a.placements == b.placements)
-    )
+# A captured graph reads the grads at the addresses it was captured with. It follows the grads: when a
+# step's grads come back elsewhere, the graph is captured again on them. After this many such
+# recaptures of one layout (an allocator that does not hand the same blocks back each step), the
+# program stops following and copies each step's grads into tensors of its own before the replay.
+RECAPTURES_BEFORE_COPYING = 2
+
+GradAddress = Optional[tuple]
+
+
+def grad_address(g: Optional[Tensor]) -> GradAddress:
+    """What a captured graph relies on about a grad it reads: where its (local) memory starts and how
+    it is laid out there. Two grads with equal addresses occupy the same bytes the same way."""
+    if g is None:
+        return None
+    local = local_tensor(g)
+    placements = tuple(g.placements) if is_dtensor(g) else None  # type: ignore[attr-defined]
+    return (local.data_ptr(), tuple(local.shape), local.stride(), local.dtype, local.device, placements)
+
+
+def _addresses(work: Work) -> List[List[GradAddress]]:
+    return [[grad_address(g) for g in grads] for _, grads, _ in work]
 
 
 class StepProgram:
     """Runs an optimizer's math (after its ``_prepare``) through ``backend``; see the module docstring.
 
     Attributes (read them): ``backend``; ``captures``: CUDA graphs captured so far; ``warmups``:
-    eager warm-up steps run for new layouts; ``layout``: the current layout key.
+    eager warm-up steps run for new layouts; ``recaptures``: captures of a layout again because its
+    grads came back at other addresses; ``copies_grads``: whether the current graph reads grads the
+    program copies in (after ``RECAPTURES_BEFORE_COPYING``); ``layout``: the current layout key.
     """
 
     def __init__(self, backend: str, *, compiler: Any = None) -> None:
@@ -161,53 +178,20 @@ class StepProgram:
         self.backend = backend
         self.captures = 0
         self.warmups = 0
+        self.recaptures = 0
         self.layout: Optional[tuple] = None
         self._warm = False  # the current layout has had its eager warm-up step
         self._graph: Optional["torch.cuda.CUDAGraph"] = None
-        self._graph_grads: List[List[Optional[Tensor]]] = []
+        self._graph_addresses: List[List[GradAddress]] = []  # the grads the graph reads, where they were
+        self._moves = 0  # recaptures of the current layout for grads that came back elsewhere
+        self._own_grads: Optional[List[List[Optional[Tensor]]]] = None  # grads copied in, once following stops
         self._compiled: Optional[Callable[[Work, bool, Optional[Tensor]], None]] = None
         self._compiler = compiler
         self._eager_layout: Optional[tuple] = None  # a layout whose capture failed: it runs eagerly
-        # (param, its captured grad, the grad's version right after zero_grads zeroed it)
-        self._zeroed: List[Tuple[Tensor, Tensor, int]] = []
-        self._warm_grads: List[List[Optional[Tensor]]] = []  # the warm-up step's grads, until the capture
 
-    def holds_grads(self) -> bool:
-        """Whether a captured graph reads grads at fixed addresses (kept by this program)."""
-        return self._graph is not None and any(g is not None for grads in self._graph_grads for g in grads)
-
-    def zero_grads(self, params: Sequence[Tensor]) -> None:
-        """``zero_grad(set_to_none=True)`` for a captured program: a param whose ``.grad`` is a tensor
-        the graph reads keeps it, zeroed in place (detached from any graph, like torch.optim's
-        ``set_to_none=False``); every other param's ``.grad`` becomes None. Backward adds into the
-        kept ones, so the graph finds the new grads where it reads them: one set of grads alive."""
-        kept = {id(g) for grads in self._graph_grads for g in grads if g is not None}
-        static: List[Tensor] = []
-        for p in params:
-            g = p.grad
-            if g is None:
-                continue
-            if id(g) in kept:
-                if g.grad_fn is not None:
-                    g.detach_()
-                else:
-                    g.requires_grad_(False)
-                static.append(p)
-            else:
-                p.grad = None
-        grads = [p.grad for p in static]
-        if grads:
-            torch._foreach_zero_(grads)  # type: ignore[arg-type]
-        self._zeroed = [(p, g, g._version) for p, g in zip(static, grads)]  # type: ignore[misc]
-
-    def release_untouched(self) -> None:
-        """Set ``.grad = None`` on each param kept by ``zero_grads`` whose grad nothing wrote since
-        (version counter unchanged): backward did not reach it, so with ``set_to_none=True`` it would
-        have no grad and must not step. Reads only host-side counters (no sync)."""
-        for p, g, version in self._zeroed:
-            if p.grad is g and g._version == version:
-                p.grad = None
-        self._zeroed = []
+    @property
+    def copies_grads(self) -> bool:
+        return self._own_grads is not None
 
     def __call__(self, optimizer: Any) -> None:
         """One step's math for ``optimizer`` (a ``PolarOptimizer`` whose ``_prepare`` just ran):
@@ -256,37 +240,10 @@ class StepProgram:
         fused = all(p.device.type == "cuda" for rt, _, _ in work for p in rt.params) and self._fused(work)
         self._compiled(work, fused, skipped)
 
-    def _onto_warm_grads(self, work: Work) -> Work:
-        """``work`` with each grad replaced by the warm-up step's grad of the same param (this step's
-        values copied in, and made the param's ``.grad``), where the two are alike. Why: the fused glue
-        ops read a list of tensors in one launch through a table of their addresses, built eagerly and
-        only looked up during a capture (``fpolar.kernels._glue_common.matrix_offsets``); capturing on
-        the addresses the warm-up already saw gives the graph that one launch. Costs one grad copy, once
-        per capture."""
-        warm = self._warm_grads
-        self._warm_grads = []
-        if len(warm) != len(work):
-            return work
-        out: Work = []
-        kept, fresh = [], []
-        for (rt, grads, decay), old in zip(work, warm):
-            new: List[Optional[Tensor]] = []
-            for p, g, w in zip(rt.params, grads, old):
-                if g is not None and w is not None and g is not w and _alike(g, w):
-                    kept.append(w)
-                    fresh.append(g)
-                    p.grad = w
-                    g = w
-                new.append(g)
-            out.append((rt, new, decay))
-        if kept:
-            copy_grads_into(kept, fresh)
-        return out
-
     def _run_graph(self, work: Work, layout: tuple, skipped: Optional[Tensor]) -> None:
         fused = self._fused(work)
-        if layout != self.layout:  # drop the old graph (and the grads it kept alive)
-            self._warm, self._graph, self._graph_grads, self._warm_grads = False, None, [], []
+        if layout != self.layout:  # drop the old graph (and any grads it kept)
+            self._warm, self._graph, self._graph_addresses, self._moves, self._own_grads = False, None, [], 0, None
         if not self._warm:  # this step, eagerly, is the warm-up
             device = work[0][0].params[0].device
             side = torch.cuda.Stream(device)
@@ -296,31 +253,57 @@ class StepProgram:
             torch.cuda.current_stream(device).wait_stream(side)
             self.warmups += 1
             self._warm = True
-            self._warm_grads = [list(grads) for _, grads, _ in work]
             return
-        if self._graph is None:
-            work = self._onto_warm_grads(work)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph):
-                    run_math(work, fused, skipped)
-            except RuntimeError as e:  # nothing ran during the failed capture: run this step eagerly
-                warnings.warn(f"fpolar.optim: capturing the step in a CUDA graph failed ({str(e).strip()[:200]}); "
-                              "this parameter layout runs eagerly (pass compiled=False to skip the attempt)")
-                self._eager_layout, self._warm = layout, False
-                run_math(work, fused, skipped)
+        if self._graph is not None:
+            if self._own_grads is not None:
+                self._copy_into_own(work)
+                self._graph.replay()
                 return
-            self._graph_grads = [list(grads) for _, grads, _ in work]  # kept: the graph reads these
-            self._warm_grads = []
-            self._graph = graph
-            self.captures += 1
-        else:
-            stale, fresh = [], []
-            for (_, grads, _), kept in zip(work, self._graph_grads):
-                for g, k in zip(grads, kept):
-                    if g is not None and g is not k:
-                        stale.append(k)
-                        fresh.append(g)
-            if stale:
-                copy_grads_into(stale, fresh)
-        self._graph.replay()
+            if _addresses(work) == self._graph_addresses:  # the grads are where the graph reads them
+                self._graph.replay()
+                return
+            # They came back elsewhere: replaying would read whatever now lies at the old addresses.
+            self._graph = None
+            self._moves += 1
+            self.recaptures += 1
+            if self._moves > RECAPTURES_BEFORE_COPYING:
+                self._own_grads = [[None if g is None else torch.empty_like(g) for g in grads] for _, grads, _ in work]
+        if self._own_grads is not None:
+            self._copy_into_own(work)
+            work = [(rt, own, decay) for (rt, _, decay), own in zip(work, self._own_grads)]
+        if self._capture(work, fused, skipped, layout):
+            self._graph.replay()  # type: ignore[union-attr]
+
+    def _capture(self, work: Work, fused: bool, skipped: Optional[Tensor], layout: tuple) -> bool:
+        """Captures the math on ``work``'s grads into ``self._graph`` (not run: the caller replays it).
+        On failure warns, marks the layout eager and runs this step eagerly; returns whether captured."""
+        for rt, grads, _ in work:  # the one-launch glue tables, which a capture cannot build
+            if rt.algorithm == "polargrad":
+                build_offsets_tables(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                run_math(work, fused, skipped)
+        except RuntimeError as e:  # nothing ran during the failed capture: run this step eagerly
+            warnings.warn(f"fpolar.optim: capturing the step in a CUDA graph failed ({str(e).strip()[:200]}); "
+                          "this parameter layout runs eagerly (pass compiled=False to skip the attempt)")
+            self._eager_layout, self._warm, self._own_grads = layout, False, None
+            run_math(work, fused, skipped)
+            return False
+        self._graph = graph
+        self._graph_addresses = _addresses(work)
+        self.captures += 1
+        return True
+
+    def _copy_into_own(self, work: Work) -> None:
+        """This step's grads into the program's own tensors, which the graph reads (same layout: the
+        None pattern is part of the layout key, and each grad matches its param's shape and dtype)."""
+        own, fresh = [], []
+        for (_, grads, _), kept in zip(work, self._own_grads or []):
+            for g, k in zip(grads, kept):
+                if g is not None and k is not None and g is not k:
+                    own.append(k)
+                    fresh.append(g)
+        if own:
+            copy_grads_into(own, fresh)
+

@@ -271,3 +271,59 @@ def test_muon_step_fused_glue_matches_torch_glue(mode):
         du_t, du_f = a - s, b - s
         rel = (du_f - du_t).norm() / du_t.norm()
         assert rel < 3e-2, rel
+
+
+def test_eager_fused_step_in_chunks_equals_the_whole_group(monkeypatch):
+    """Eagerly a group above ``CHUNK_ELEMENTS`` runs the fused glue chunk by chunk (bounding the
+    step's workspace): the momentum is the whole group's bit for bit (elementwise), the updates
+    agree to bf16 rounding (cuBLAS may pick other kernels for the smaller batches), and the chunks
+    are the ones asked for."""
+    import fpolar.fused_glue as fused_module
+    import fpolar.polargrad as polargrad_module
+
+    def run(bound: int):
+        monkeypatch.setattr(polargrad_module, "CHUNK_ELEMENTS", bound)
+        params, grads_per_step = _problem()
+        start = [p.clone() for p in params]
+        hp = _muon("auto")
+        state = init_state(params, hp)
+        sizes = []
+        real = fused_module.fused_group_step
+
+        def counting(group, *args, **kwargs):
+            sizes.append(sum(group.counts))
+            return real(group, *args, **kwargs)
+
+        monkeypatch.setattr(polargrad_module, "fused_group_step", counting)
+        for k in range(2):
+            polargrad_step(params, grads_per_step[k], state, hp)
+        torch.cuda.synchronize()
+        return [p - s for p, s in zip(params, start)], [b.clone() for b in state.buffers], sizes
+
+    whole_updates, whole_momentum, whole_sizes = run(1 << 30)
+    chunk_updates, chunk_momentum, chunk_sizes = run(768 * 3072)  # one 768×3072 matrix per chunk
+    assert whole_sizes == [2, 2, 2, 2] * 2
+    assert sorted(chunk_sizes) == [1] * 6 * 2 + [2] * 2  # 768² (2 of 590k elements) stays one chunk
+    for a, b in zip(whole_momentum, chunk_momentum):
+        assert torch.equal(a, b)
+    for a, b in zip(whole_updates, chunk_updates):
+        rel = (b - a).norm() / a.norm()
+        assert rel < 1e-2, rel
+
+
+def test_group_stays_whole_while_a_cuda_graph_is_captured(monkeypatch):
+    """A graph's pool is allocated once and reused, so a captured step batches whole groups."""
+    import fpolar.polargrad as polargrad_module
+    from fpolar.state import ShapeGroup
+
+    monkeypatch.setattr(polargrad_module, "CHUNK_ELEMENTS", 64 * 64)
+    group = ShapeGroup(indices=(0, 1, 2), offsets=(0, 1, 2), counts=(1, 1, 1), m=64, n=64,
+                       dtype=torch.float32, device=torch.device("cuda"))
+    buffer = torch.zeros(3, 64, 64, device="cuda")
+    assert len(polargrad_module.group_chunks(group, buffer)) == 3
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side), torch.cuda.graph(graph):
+        captured = polargrad_module.group_chunks(group, buffer)
+        buffer.add_(1)  # something to capture
+    assert len(captured) == 1 and captured[0][1].shape[0] == 3
