@@ -401,18 +401,23 @@ def _scale_shape(shape: torch.Size) -> torch.Size:
 
 
 # Eagerly, a shape group's matrices go through the polar step in chunks of at most this many elements
-# (64 MiB of float32) per (B, m, n) stack, so the step's workspace (the polar input, its normalized
-# copy, the iterates, the Nesterov blend) is bounded by the chunk, not the group: GPT-2-small's
-# 12 × 768 × 3072 group runs as two chunks of 6. Under torch.compile a group stays one batch (its
-# momentum update runs on the whole stacked buffer, and Inductor plans the memory); so it does while a
-# CUDA graph is captured, whose pool is allocated once and reused by every replay, and whose
-# launches cost little, so the larger batch's faster products are what counts there.
-CHUNK_ELEMENTS = 1 << 24
+# (256 MiB of float32) per (B, m, n) stack, so the step's workspace (the polar input, the iterates, the
+# Gram matrices) is bounded by the chunk, not the group: a 7B-class model's 32 × 4096 × 11008 group
+# runs one matrix at a time. Why not smaller: each chunk is one more run of the whole eager step's
+# launches, and on GPT-2-small (H200, ``benchmarks/step_memory.py --chunk-sweep``) the eager Muon step
+# took 4.6 ms with whole groups (202.5 MiB of workspace), 7.2 ms in chunks of 2^24 elements
+# (104.3 MiB) and 17.5 ms in chunks of 2^22 (33.8 MiB, torch.optim.Muon's 22 MiB × 1.5): bounding a
+# small model's workspace that tightly costs more time than it saves memory. Under torch.compile a
+# group stays one batch (its momentum update runs on the whole stacked buffer, and Inductor plans
+# the memory); so it does while a CUDA graph is captured, whose pool is allocated once and reused by
+# every replay, and whose launches cost little, so the larger batch's faster products count there.
+CHUNK_ELEMENTS = 1 << 26
 
 
 def group_chunks(group: ShapeGroup, buffer: Tensor) -> List[Tuple[ShapeGroup, Tensor]]:
     """The group as consecutive runs of its params, each with its slice of the momentum ``buffer``,
-    with as few runs as keep each under ``CHUNK_ELEMENTS`` elements and matrix counts about equal.
+    with as few runs as keep each under ``CHUNK_ELEMENTS`` elements and matrix counts about equal (a
+    param is never split: a run holding one (k, m, n) param, or one matrix, may exceed the bound).
 
     Every matrix's math is independent of the others in its batch, so the chunks give the result
     of the whole group (bitwise on CPU: tested). One run (the group itself) under torch.compile and
@@ -422,7 +427,8 @@ def group_chunks(group: ShapeGroup, buffer: Tensor) -> List[Tuple[ShapeGroup, Te
     whole = torch.compiler.is_compiling() or (buffer.is_cuda and torch.cuda.is_current_stream_capturing())
     if whole or total * per <= CHUNK_ELEMENTS or len(group.indices) == 1:
         return [(group, buffer)]
-    target = -(-total // -(-(total * per) // CHUNK_ELEMENTS))  # matrices per chunk
+    most = max(1, CHUNK_ELEMENTS // per)  # matrices a chunk may hold
+    target = -(-total // -(-total // most))  # as few chunks as that allows, their counts about equal
     runs: List[List[int]] = [[]]
     filled = 0
     for j, k in enumerate(group.counts):

@@ -58,16 +58,21 @@ def test_chunked_group_step_equals_whole_group_bitwise(monkeypatch, kw):
     assert moved == len(params)  # the comparison is of params that stepped
 
 
-def test_gpt2_small_groups_run_in_one_or_two_chunks():
+def test_small_models_groups_run_whole_and_large_ones_in_bounded_chunks():
+    """GPT-2-small's groups (≤ 28 M elements) run whole; a 7B-class model's run in chunks under the bound."""
     counts = {}
-    for m, n in [(768, 768), (768, 2304), (768, 3072), (3072, 768)]:
-        group = ShapeGroup(indices=tuple(range(12)), offsets=tuple(range(12)), counts=(1,) * 12, m=m, n=n,
+    shapes = [(12, 768, 768), (12, 768, 2304), (12, 768, 3072), (12, 3072, 768), (32, 4096, 11008), (32, 4096, 4096)]
+    for b, m, n in shapes:
+        group = ShapeGroup(indices=tuple(range(b)), offsets=tuple(range(b)), counts=(1,) * b, m=m, n=n,
                            dtype=torch.float32, device=torch.device("meta"))
-        chunks = polargrad_module.group_chunks(group, torch.empty(12, m, n, device="meta"))
-        counts[(m, n)] = [len(c.indices) for c, _ in chunks]
+        chunks = polargrad_module.group_chunks(group, torch.empty(b, m, n, device="meta"))
+        counts[(b, m, n)] = [len(c.indices) for c, _ in chunks]
         for c, buf in chunks:
             assert buf.shape[0] == sum(c.counts) and buf.numel() <= polargrad_module.CHUNK_ELEMENTS
-    assert counts == {(768, 768): [12], (768, 2304): [6, 6], (768, 3072): [6, 6], (3072, 768): [6, 6]}
+    assert counts == {
+        (12, 768, 768): [12], (12, 768, 2304): [12], (12, 768, 3072): [12], (12, 3072, 768): [12],
+        (32, 4096, 11008): [1] * 32, (32, 4096, 4096): [4] * 8,
+    }
 
 
 def ledger_of_step(hp, shapes, polar_dtype=torch.bfloat16):
