@@ -477,7 +477,10 @@ def profile_steps(step: Step, batch: Tuple[Tensor, Tensor], n: int, device: torc
         wall_ms = (time.perf_counter() - t0) * 1e3 / n
     averages = prof.key_averages()
     if on_cuda:
-        timed = [(e.key, e.count, e.self_device_time_total) for e in averages if e.device_type == DeviceType.CUDA]
+        # record_function ranges (e.g. "Optimizer.step#Muon.step") also show as device-side rows, their
+        # span of the kernels inside them: not kernels, so left out of the busy sum and the top list
+        timed = [(e.key, e.count, e.self_device_time_total) for e in averages
+                 if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     else:
         timed = [(e.key, e.count, e.self_cpu_time_total) for e in averages]
     timed.sort(key=lambda t: -t[2])

@@ -177,7 +177,11 @@ def test_cuda_graph_whole_train_step_replays_the_eager_loop(backward):
     model = gpu_model()
     step = make_train_step(model, loss_fn, *hparams(), backward=backward)
     xs, ys = gpu_batches(STEPS)
+    buffers = list(step.grads)
     graphed = capture_cuda_graph(step, xs[0], ys[0])
+    if backward == "autograd":  # the captured backward hands over its own grads: no zeroing, no accumulate
+        assert all(p.grad is g for p, g in zip(step.polar_params + step.adamw_params, step.grads))
+        assert not any(g is b for g, b in zip(step.grads, buffers))
     losses = []
     for i in range(STEPS):
         set_lrs(step, i)  # fill_ on the device tensors the graph reads

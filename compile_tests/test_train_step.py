@@ -67,8 +67,9 @@ def test_split_groups_and_frozen_params():
 
 
 def test_autograd_grads_keep_their_addresses():
-    """CUDA-graph replays read .grad where it was at capture: the step zeroes it in place, and re-attaches
-    it if user code set it to None."""
+    """The eager step (and so a torch.compile'd one, whose reduce-overhead graphs read static
+    addresses) keeps .grad where it was: it zeroes it in place, and re-attaches it if user code set it
+    to None."""
     model = tiny_model()
     step = make_train_step(model, cross_entropy_loss, polar_hparams(), adamw_hparams())
     ptrs = [g.data_ptr() for g in step.grads]
@@ -77,6 +78,26 @@ def test_autograd_grads_keep_their_addresses():
     model.zero_grad(set_to_none=True)
     step(xs[1], ys[1])
     assert [p.grad.data_ptr() for p in step.polar_params + step.adamw_params] == ptrs
+
+
+def test_a_captured_step_takes_backwards_grads_and_zeroes_the_unreached():
+    """What a captured step does after backward (``_grads_after_backward``; the capture itself needs a
+    GPU): each param's grad is backward's own tensor, and a param backward did not reach gets its
+    buffer, zeroed (the eager step's zero grad); they become ``step.grads``."""
+    model = tiny_model()
+    step = make_train_step(model, cross_entropy_loss, polar_hparams(), adamw_hparams())
+    params = step.polar_params + step.adamw_params
+    buffers = list(step.grads)
+    for b in buffers:
+        b.fill_(7.0)
+    fresh = [torch.randn_like(p) for p in params]
+    for p, g in zip(params, fresh):
+        p.grad = g
+    params[1].grad = None  # not reached by backward
+    grads = step._grads_after_backward(params)
+    assert grads[1] is buffers[1] and not grads[1].any()
+    assert all(g is f for i, (g, f) in enumerate(zip(grads, fresh)) if i != 1)
+    assert all(p.grad is g for p, g in zip(params, grads))
 
 
 def test_mutated_tensors_are_marked_static_address():
