@@ -292,7 +292,9 @@ class TrainStep:
         for p, g in zip(params, self.grads):
             # Captured: None, so backward hands over its own grad tensors (see _grads_after_backward).
             # Else the static buffer, zeroed in place: backward accumulates into the same addresses.
-            p.grad = None if captured else g
+            want = None if captured else g
+            if p.grad is not want:  # the .grad setter checks shape and device: only when it changes
+                p.grad = want
         if self.grads and not captured:
             torch._foreach_zero_(self.grads)
         with torch.enable_grad():
