@@ -17,10 +17,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .adamw import check_step_inputs
 from .nonfinite import select_scalar
 from .hparams import AdamWHParams, foreach_scalar
 from .state import AdamWState
-from .validation import check_params_and_grads
 
 __all__ = ["fused_adamw_available", "fused_adamw_step"]
 
@@ -72,8 +72,7 @@ def fused_adamw_step(
         raise TypeError(f"hparams must be AdamWHParams, got {type(hparams).__name__}")
     if not isinstance(state, AdamWState):
         raise TypeError(f"state must be an AdamWState from fpolar.init_adamw_state, got {type(state).__name__}")
-    check_params_and_grads(params, grads, matrices=False)
-    state.check_matches(params)
+    check_step_inputs(params, grads, state, hparams)  # adamw_step's checks (found_inf's form is the kernel's)
     groups = _by_device_and_dtype(params, grads)
     for device, dtype in groups:
         if not fused_adamw_available(device, dtype):
