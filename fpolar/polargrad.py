@@ -406,7 +406,8 @@ def _scale_shape(shape: torch.Size) -> torch.Size:
 # runs one matrix at a time. Why not smaller: each chunk is one more run of the whole eager step's
 # launches, and on GPT-2-small (H200, ``benchmarks/step_memory.py --chunk-sweep``) the eager Muon step
 # took 4.6 ms with whole groups (202.5 MiB of workspace), 7.2 ms in chunks of 2^24 elements
-# (104.3 MiB) and 17.5 ms in chunks of 2^22 (33.8 MiB, torch.optim.Muon's 22 MiB × 1.5): bounding a
+# (104.3 MiB) and 17.5 ms in chunks of 2^22 (33.8 MiB, torch.optim.Muon's 22 MiB × 1.5; measured
+# when that bound still let some chunks hold two matrices above it, see BENCHMARKS.md): bounding a
 # small model's workspace that tightly costs more time than it saves memory. Under torch.compile a
 # group stays one batch (its momentum update runs on the whole stacked buffer, and Inductor plans
 # the memory); so it does while a CUDA graph is captured, whose pool is allocated once and reused by
