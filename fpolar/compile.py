@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+from functools import partial
 from typing import Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import torch
@@ -50,6 +51,7 @@ from .inductor_options import inductor_options
 from .nonfinite import found_nonfinite
 from .polargrad import polargrad_step
 from .routing import is_matrix
+from .side_streams import side_by_side
 from .state import AdamWState, PolarGradState, init_adamw_state, init_state
 from .validation import check_real_dense_float
 
@@ -357,13 +359,22 @@ class TrainStep:
         if self._skip and (self.polar_params or self.adamw_params):
             device = (self.polar_params or self.adamw_params)[0].device
             found = found_nonfinite(list(polar_grads) + list(adamw_grads), device)
-        if self.polar_params:
-            with _named(self.polar_names):
-                polargrad_step(self.polar_params, polar_grads, self.polar_state, self._polar_call, found_inf=found)
+        # Captured in a CUDA graph, the AdamW step (memory-bound) is a branch beside the polar step
+        # (fpolar.side_streams); elsewhere the two run in order.
+        jobs = [partial(self._polar_apply, polar_grads, found)] if self.polar_params else []
         if self.adamw_params:
-            adamw = fused_adamw_step if self.fused_adamw and not torch.compiler.is_compiling() else adamw_step
-            with _named(self.adamw_names):
-                adamw(self.adamw_params, adamw_grads, self.adamw_state, self._adamw_call, found_inf=found)
+            jobs.append(partial(self._adamw_apply, adamw_grads, found))
+        if jobs:
+            side_by_side((self.polar_params or self.adamw_params)[0].device, jobs)
+
+    def _polar_apply(self, polar_grads: List[Tensor], found: Optional[Tensor]) -> None:
+        with _named(self.polar_names):
+            polargrad_step(self.polar_params, polar_grads, self.polar_state, self._polar_call, found_inf=found)
+
+    def _adamw_apply(self, adamw_grads: List[Tensor], found: Optional[Tensor]) -> None:
+        adamw = fused_adamw_step if self.fused_adamw and not torch.compiler.is_compiling() else adamw_step
+        with _named(self.adamw_names):
+            adamw(self.adamw_params, adamw_grads, self.adamw_state, self._adamw_call, found_inf=found)
 
 
 def _being_captured(params: Sequence[Tensor]) -> bool:

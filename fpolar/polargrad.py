@@ -35,6 +35,7 @@ estimate, not a measurement: GPT-2-small's ≈ 85 M matrix entries in fp32 are 3
 
 from __future__ import annotations
 
+from functools import partial
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -54,6 +55,7 @@ from .nonfinite import (
 from .polar import PolarImpl, polar_in_orientation
 from .polar.dispatch import check_kernels_device
 from .scale import nuclear_scale, shape_scale
+from .side_streams import side_by_side
 from .state import PolarGradState, ShapeGroup, group_views, plan_polar_impls, plan_shape_groups
 from .validation import check_amp_tensors, check_params_and_grads
 
@@ -145,25 +147,55 @@ def _step_groups(
             state.step.add_(1)
         else:
             count_step(state.step, state.skipped, found)  # type: ignore[arg-type]
-        for group, buffer, impl in zip(state.groups, state.buffers, impls):
-            if all(grads[i] is None for i in group.indices):
-                continue
-            group_params = [params[i] for i in group.indices]
-            group_grads = [grads[i] for i in group.indices]
-            if fused_glue_applies(impl, hparams, buffer, group_params, group_grads):
-                for chunk, chunk_buffer in group_chunks(group, buffer):
-                    chunk_params = [params[i] for i in chunk.indices]
-                    chunk_grads = [grads[i] for i in chunk.indices]
-                    fused_group_step(chunk, chunk_buffer, chunk_params, chunk_grads, impl, hparams, found)  # type: ignore[arg-type]
-                continue
-            for chunk, chunk_buffer in group_chunks(group, buffer):
-                batch = live_batch(chunk, chunk_buffer, params, grads, state)
-                if batch is None:
-                    continue
-                x = pre_orthogonalize(batch, hparams, found)
-                orthogonalized = orthogonalize(x, impl, hparams, found)
-                post_orthogonalize(batch, orthogonalized, hparams, found)
+        # The groups are independent: while a CUDA graph is captured each is a branch of its own
+        # (fpolar.side_streams); elsewhere they run in order.
+        stepping = [
+            (group, buffer, impl)
+            for group, buffer, impl in zip(state.groups, state.buffers, impls)
+            if any(grads[i] is not None for i in group.indices)
+        ]
+        side_by_side(
+            state.step.device,
+            [partial(_group_step, group, buffer, impl, params, grads, state, hparams, found) for group, buffer, impl in stepping],
+            [group_workspace_bytes(group, buffer, impl) for group, buffer, impl in stepping],
+        )
     return state
+
+
+def group_workspace_bytes(group: ShapeGroup, buffer: Tensor, impl: PolarImpl) -> int:
+    """An upper estimate of what one group's step allocates: four (B, m, n) tensors in the wider of
+    the momentum and polar dtypes (the polar input, two Newton–Schulz iterates, the factor; the m×m
+    products of the Gram form are smaller than one of them)."""
+    itemsize = max(buffer.element_size(), impl.polar_dtype.itemsize)
+    return 4 * group.batch * group.m * group.n * itemsize
+
+
+def _group_step(
+    group: ShapeGroup,
+    buffer: Tensor,
+    impl: PolarImpl,
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    state: PolarGradState,
+    hparams: PolarGradHParams,
+    found: Optional[Tensor],
+) -> None:
+    """One shape group's step, chunk by chunk: the fused glue where it applies, else the three phases."""
+    group_params = [params[i] for i in group.indices]
+    group_grads = [grads[i] for i in group.indices]
+    if fused_glue_applies(impl, hparams, buffer, group_params, group_grads):
+        for chunk, chunk_buffer in group_chunks(group, buffer):
+            chunk_params = [params[i] for i in chunk.indices]
+            chunk_grads = [grads[i] for i in chunk.indices]
+            fused_group_step(chunk, chunk_buffer, chunk_params, chunk_grads, impl, hparams, found)  # type: ignore[arg-type]
+        return
+    for chunk, chunk_buffer in group_chunks(group, buffer):
+        batch = live_batch(chunk, chunk_buffer, params, grads, state)
+        if batch is None:
+            continue
+        x = pre_orthogonalize(batch, hparams, found)
+        orthogonalized = orthogonalize(x, impl, hparams, found)
+        post_orthogonalize(batch, orthogonalized, hparams, found)
 
 
 def check_step_inputs(

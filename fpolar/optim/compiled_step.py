@@ -35,6 +35,7 @@ captured again, and the old graph is dropped.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -48,6 +49,7 @@ from ..nonfinite import found_nonfinite
 from ..nonfinite_ranks import agree, shard_groups
 from ..fused_glue import build_offsets_tables
 from ..polargrad import polargrad_step_prechecked
+from ..side_streams import side_by_side
 from .group_state import GroupRuntime
 
 __all__ = ["BACKENDS", "Compiled", "StepProgram", "check_compiled", "copy_grads_into", "resolve_backend"]
@@ -114,10 +116,23 @@ def run_math(work: Work, fused_adamw: bool, skipped: Optional[Tensor] = None) ->
         found = agree(found, shard_groups([p for rt, _, _ in work for p in rt.params]))
         skipped.add_(found)
     # Every group's inputs passed the optimizer's checks in ``_prepare``: the steps do not check again.
+    # Captured, the AdamW groups (memory-bound) are a branch beside the polar groups (fpolar.side_streams).
+    polar = [item for item in work if item[0].algorithm == "polargrad"]
+    adamw = [item for item in work if item[0].algorithm != "polargrad"]
+    jobs = [partial(_polar_groups, polar, found)] if polar else []
+    if adamw:
+        jobs.append(partial(_adamw_groups, adamw, fused_adamw, found))
+    side_by_side(work[0][0].params[0].device, jobs)
+
+
+def _polar_groups(work: Work, found: Optional[Tensor]) -> None:
+    for rt, grads, _ in work:
+        polargrad_step_prechecked(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
+
+
+def _adamw_groups(work: Work, fused_adamw: bool, found: Optional[Tensor]) -> None:
     for rt, grads, decay in work:
-        if rt.algorithm == "polargrad":
-            polargrad_step_prechecked(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
-        elif fused_adamw:
+        if fused_adamw:
             fused_adamw_step_prechecked(rt.params, grads, rt.state, rt.hparams, decay=decay, found_inf=found)  # type: ignore[arg-type]
         else:
             adamw_step_prechecked(rt.params, grads, rt.state, rt.hparams, found_inf=found)  # type: ignore[arg-type]
@@ -156,6 +171,30 @@ def grad_address(g: Optional[Tensor]) -> GradAddress:
     local = local_tensor(g)
     placements = tuple(g.placements) if is_dtensor(g) else None  # type: ignore[attr-defined]
     return (local.data_ptr(), tuple(local.shape), local.stride(), local.dtype, local.device, placements)
+
+
+def capture_keeping_cache(graph: "torch.cuda.CUDAGraph", record: Callable[[], None], device: torch.device) -> None:
+    """Records ``record()`` into ``graph`` on a side stream of ``device``, as ``torch.cuda.graph``
+    does, but without its ``empty_cache()`` first. The graph follows the grads backward leaves in
+    blocks the caching allocator hands back each step; emptying the cache hands the freed segments
+    back to the driver, the next step's activations and grads land in new ones, and the graph would
+    have to be captured again (and again: each capture emptied the cache anew). Raises what the
+    capture raised, after ending it."""
+    origin = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(origin)
+    with torch.cuda.stream(side):
+        graph.capture_begin()
+        try:
+            record()
+        except BaseException:
+            try:
+                graph.capture_end()
+            except RuntimeError:
+                pass  # the capture was invalidated by the failure: the failure is the error to raise
+            raise
+        graph.capture_end()
+    origin.wait_stream(side)
 
 
 def _addresses(work: Work) -> List[List[GradAddress]]:
@@ -283,8 +322,7 @@ class StepProgram:
                 build_offsets_tables(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                run_math(work, fused, skipped)
+            capture_keeping_cache(graph, lambda: run_math(work, fused, skipped), work[0][0].params[0].device)
         except RuntimeError as e:  # nothing ran during the failed capture: run this step eagerly
             warnings.warn(f"fpolar.optim: capturing the step in a CUDA graph failed ({str(e).strip()[:200]}); "
                           "this parameter layout runs eagerly (pass compiled=False to skip the attempt)")

@@ -144,3 +144,56 @@ def test_train_loop_with_zero_grad_replays_on_the_grads_backward_left():
         torch.testing.assert_close(list(model_g.parameters()), list(model_e.parameters()), **TOL)
     prog = opt_g._program
     assert (prog.warmups, prog.captures, prog.recaptures, prog.copies_grads) == (1, 1, 0, False)
+
+
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_one_model_loop_keeps_its_grads_where_the_graph_reads_them(monkeypatch, lanes):
+    """The capture keeps the allocator's cache (``capture_keeping_cache``): with ``torch.cuda.graph``,
+    whose entry empties the cache, this loop's grads came back elsewhere after the capture (with the
+    groups in order: recaptured twice, then copied in, on the H200). Groups in order or side by side."""
+    import fpolar.side_streams as side_streams
+
+    monkeypatch.setattr(side_streams, "MAX_LANES", lanes)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256)).cuda()
+    model_e = copy.deepcopy(model)
+    x = torch.randn(64, 256, device="cuda")
+    opt = fo.Muon(model.parameters(), lr=0.02, weight_decay=0.05, polar_dtype=torch.float32)
+    opt_e = fo.Muon(model_e.parameters(), lr=0.02, weight_decay=0.05, polar_dtype=torch.float32, compiled=False)
+    for _ in range(6):
+        for m, o in ((model, opt), (model_e, opt_e)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(list(model.parameters()), list(model_e.parameters()), **TOL)
+    prog = opt._program
+    assert (prog.captures, prog.recaptures, prog.copies_grads) == (1, 0, False)
+
+
+def test_a_failed_capture_warns_ends_the_capture_and_steps_eagerly(monkeypatch):
+    """A step whose recording fails (here: a host sync inside the capture) warns, ends the capture,
+    and runs that layout eagerly from then on, equal to the eager drop-in."""
+    import fpolar.optim.compiled_step as compiled_step
+
+    real = compiled_step.run_math
+
+    def syncs_while_captured(*args, **kwargs):
+        if torch.cuda.is_current_stream_capturing():
+            torch.cuda.synchronize()  # not permitted during a capture
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_step, "run_math", syncs_while_captured)
+    p_e, p_g = make_params(), make_params()
+    kw = dict(lr=0.02, weight_decay=0.05, polar_dtype=torch.float32)
+    opt_e, opt_g = fo.Muon(p_e, compiled=False, **kw), fo.Muon(p_g, **kw)
+    with pytest.warns(UserWarning, match="capturing the step in a CUDA graph failed"):
+        for k in range(4):
+            write_grads(p_e, k, in_place=False)
+            write_grads(p_g, k, in_place=False)
+            opt_e.step()
+            opt_g.step()
+    torch.cuda.synchronize()
+    assert not torch.cuda.is_current_stream_capturing()
+    assert opt_g._program.captures == 0
+    torch.testing.assert_close(p_g, p_e, **TOL)

@@ -1,0 +1,96 @@
+"""Independent pieces of a captured step recorded side by side: one CUDA stream each, forked from the
+capturing stream and joined back to it.
+
+Why: a step is a row of independent pieces — each shape group's polar step, the AdamW groups. Run one
+after another, each piece ends in a tail where most of the device idles (the last wave of a batched
+768³ product fills a fraction of the SMs), and the memory-bound pieces (the glue, AdamW) run while
+the tensor cores wait. Recorded on separate streams, the CUDA graph holds them as parallel branches
+and the device overlaps them.
+
+Only while a CUDA graph is captured. There the branches and the memory of each are fixed once: every
+allocation of a branch comes from the graph's pool, and a block is reused only on the stream that
+freed it, so the graph's pool holds each concurrent branch's workspace at once. That is the price:
+on GPT-2-small's parameters the drop-in's graph pool grows from about 4 to about 450 MiB with 4 lanes
+(``benchmarks/side_streams.py``, H200). So a call whose jobs' estimated workspace adds up to more than
+``MEMORY_FRACTION`` of the device's memory runs them in order, as does every call while ``MAX_LANES``
+is 1: large models keep the one-branch-at-a-time workspace. Eagerly, a tensor that crosses streams
+would need ``record_stream`` and each fork host time per step; a torch.compile trace does not see
+Python streams. So everywhere else ``side_by_side`` calls the jobs in place, in order.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = ["MAX_LANES", "MEMORY_FRACTION", "side_by_side"]
+
+# At most this many pieces of one scope run at once; more jobs share the lanes round-robin (in order
+# on a lane). 1 turns side-by-side running off everywhere.
+MAX_LANES = int(os.environ.get("FPOLAR_LANES", "4"))
+
+# Side by side only while the jobs' estimated workspace adds up to at most this share of the device's
+# memory (2.2 GB of an H200's 141 GB).
+MEMORY_FRACTION = 1 / 64
+
+_pools: Dict[torch.device, List["torch.cuda.Stream"]] = {}
+_taken: Dict[torch.device, int] = {}  # lanes held by enclosing scopes: a nested call takes the next ones
+
+
+def side_by_side(
+    device: torch.device, jobs: Sequence[Callable[[], None]], workspace_bytes: Optional[Sequence[int]] = None
+) -> None:
+    """Runs each of ``jobs`` (independent: no job reads what another writes) — on a lane of its own
+    while a CUDA graph is being captured on ``device``'s current stream, else in place, in order.
+
+    ``workspace_bytes``: an estimate of what each job allocates; when they add up to more than
+    ``MEMORY_FRACTION`` of the device's memory the jobs run in order (None: no estimate, no limit).
+    Forked lanes start after everything the current stream recorded so far, and the current stream
+    waits for all of them before this returns. A job returns nothing: what it allocates lives on its
+    lane; what it reads was made before the call and lives on past the join."""
+    if (
+        not _capturing(device)
+        or MAX_LANES <= 1
+        or len(jobs) <= 1
+        or (workspace_bytes is not None and sum(workspace_bytes) > MEMORY_FRACTION * _device_memory(device))
+    ):
+        for job in jobs:
+            job()
+        return
+    count = min(MAX_LANES, len(jobs))
+    start = _taken.get(device, 0)
+    pool = _pools.setdefault(device, [])
+    while len(pool) < start + count:
+        pool.append(torch.cuda.Stream(device))
+    lanes = pool[start : start + count]
+    origin = torch.cuda.current_stream(device)
+    _taken[device] = start + count
+    try:
+        for lane in lanes:
+            lane.wait_stream(origin)
+        for k, job in enumerate(jobs):
+            with torch.cuda.stream(lanes[k % count]):
+                job()
+    finally:
+        for lane in lanes:
+            origin.wait_stream(lane)
+        _taken[device] = start
+
+
+def _capturing(device: torch.device) -> bool:
+    return (
+        device.type == "cuda"
+        and not torch.compiler.is_compiling()
+        and torch.cuda.is_current_stream_capturing()
+    )
+
+
+_memory: Dict[torch.device, int] = {}
+
+
+def _device_memory(device: torch.device) -> int:
+    if device not in _memory:
+        _memory[device] = torch.cuda.get_device_properties(device).total_memory
+    return _memory[device]

@@ -1,0 +1,37 @@
+"""``fpolar.side_streams.side_by_side`` off a CUDA capture (CPU here): the jobs run in place, in the
+order given, each once, nested calls too; an exception propagates. The lanes themselves need a
+CUDA graph capture: tests/gpu/test_side_streams_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fpolar.side_streams import side_by_side
+
+
+def test_jobs_run_in_order_in_place_when_not_capturing():
+    ran = []
+    x = torch.zeros(3)
+
+    def job(k):
+        def run():
+            ran.append(k)
+            x[k] += k + 1
+
+        return run
+
+    side_by_side(torch.device("cpu"), [job(0), lambda: side_by_side(torch.device("cpu"), [job(1), job(2)])])
+    assert ran == [0, 1, 2]
+    assert x.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_failing_job_raises_and_stops_the_rest():
+    ran = []
+
+    def boom():
+        raise ValueError("bad job")
+
+    with pytest.raises(ValueError, match="bad job"):
+        side_by_side(torch.device("cpu"), [lambda: ran.append(0), boom, lambda: ran.append(2)])
+    assert ran == [0]
