@@ -120,6 +120,7 @@ def _loop(run: Run, *opts: torch.optim.Optimizer, set_to_none: bool = True) -> S
             o.zero_grad(set_to_none=set_to_none)
         return loss.detach()
 
+    step.optimizers = opts  # type: ignore[attr-defined]  (measure reads their CUDA-graph programs)
     return step
 
 
@@ -446,6 +447,12 @@ def measure(recipe: Recipe, run: Run, batch: Tuple[Tensor, Tensor], args: argpar
     }
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    programs = [getattr(o, "_program", None) for o in getattr(step, "optimizers", ())]
+    programs = [p for p in programs if p is not None and hasattr(p, "recaptures")]
+    if programs:  # fpolar's drop-in: did its graph follow the grads backward left, or copy them in?
+        row["cuda_graph"] = {"captures": sum(p.captures for p in programs),
+                             "recaptures": sum(p.recaptures for p in programs),
+                             "copies_grads": any(p.copies_grads for p in programs)}
     if args.profile > 0:
         try:
             row["profile"] = profile_steps(step, batch, args.profile, device)
@@ -682,7 +689,10 @@ def _failure(e: BaseException) -> Dict[str, object]:
 
 
 def _print_detail(entry: Dict[str, object]) -> None:
-    """The kept last lines of a failure, indented under its status line (nothing for a run that worked)."""
+    """The kept last lines of a failure, indented under its status line; for fpolar's drop-in, its
+    CUDA graph's captures, recaptures and whether it copies the grads in."""
+    if "cuda_graph" in entry:
+        print(f"    CUDA graph: {entry['cuda_graph']}", flush=True)
     if "error_detail" in entry:
         print(f"    {entry['error_type']}, last lines:", flush=True)
         for ln in str(entry["error_detail"]).splitlines():

@@ -59,14 +59,12 @@ def side_by_side(
         for job in jobs:
             job()
         return
-    count = min(MAX_LANES, len(jobs))
+    wanted = min(MAX_LANES, len(jobs))
     start = _taken.get(device, 0)
-    pool = _pools.setdefault(device, [])
-    while len(pool) < start + count:
-        pool.append(torch.cuda.Stream(device))
-    lanes = pool[start : start + count]
     origin = torch.cuda.current_stream(device)
-    _taken[device] = start + count
+    lanes = _lanes(device, start, wanted, origin)
+    count = len(lanes)
+    _taken[device] = start + wanted
     try:
         for lane in lanes:
             lane.wait_stream(origin)
@@ -77,6 +75,21 @@ def side_by_side(
         for lane in lanes:
             origin.wait_stream(lane)
         _taken[device] = start
+
+
+def _lanes(device: torch.device, start: int, count: int, origin: "torch.cuda.Stream") -> List["torch.cuda.Stream"]:
+    """Lanes ``start`` to ``start + count`` of the device's pool, made on first use. PyTorch hands
+    out streams round-robin from a fixed pool, so a new one can be a stream already in use: each lane
+    is kept distinct from the others (the pool stops growing when no distinct one comes) and from
+    ``origin``, which a lane equal to it would just run on (correct, not side by side)."""
+    pool = _pools.setdefault(device, [])
+    for _ in range(64):
+        if len(pool) >= start + count:
+            break
+        stream = torch.cuda.Stream(device)
+        if stream not in pool:
+            pool.append(stream)
+    return [lane for lane in pool[start : start + count] if lane != origin] or [origin]
 
 
 def _capturing(device: torch.device) -> bool:

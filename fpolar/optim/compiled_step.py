@@ -7,8 +7,8 @@ device, sets the pace. ``StepProgram`` runs it as one program instead:
 
 * ``"cuda_graph"`` (the CUDA default): the eager functional steps captured in one
   ``torch.cuda.CUDAGraph``. AdamW groups run torch's fused AdamW kernel (``fpolar.adamw_fused``).
-  The first step of a layout runs eagerly on a side stream (cuBLAS and allocator warm-up must happen
-  outside a capture), the second is captured and replayed, later ones replay. The graph reads the lr
+  The first step of a layout runs eagerly (cuBLAS and allocator warm-up must happen outside a
+  capture), the second is captured (``capture_keeping_cache``) and replayed, later ones replay. The graph reads the lr
   and weight-decay tensors that ``_prepare`` refills, so schedulers work without a recapture.
   It reads the grads at the addresses it was captured with, and holds none of them: ``zero_grad()``
   is torch.optim's, and a loop that frees its grads (``set_to_none=True``) gets the same blocks back
@@ -173,6 +173,10 @@ def grad_address(g: Optional[Tensor]) -> GradAddress:
     return (local.data_ptr(), tuple(local.shape), local.stride(), local.dtype, local.device, placements)
 
 
+# One capture stream per device, as torch.cuda.graph keeps one: cuBLAS keeps a workspace per stream.
+_capture_streams: dict = {}
+
+
 def capture_keeping_cache(graph: "torch.cuda.CUDAGraph", record: Callable[[], None], device: torch.device) -> None:
     """Records ``record()`` into ``graph`` on a side stream of ``device``, as ``torch.cuda.graph``
     does, but without its ``empty_cache()`` first. The graph follows the grads backward leaves in
@@ -181,7 +185,9 @@ def capture_keeping_cache(graph: "torch.cuda.CUDAGraph", record: Callable[[], No
     have to be captured again (and again: each capture emptied the cache anew). Raises what the
     capture raised, after ending it."""
     origin = torch.cuda.current_stream(device)
-    side = torch.cuda.Stream(device)
+    if device not in _capture_streams:
+        _capture_streams[device] = torch.cuda.Stream(device)
+    side = _capture_streams[device]
     side.wait_stream(origin)
     with torch.cuda.stream(side):
         graph.capture_begin()
@@ -285,12 +291,9 @@ class StepProgram:
         if layout != self.layout:  # drop the old graph (and any grads it kept)
             self._warm, self._graph, self._graph_addresses, self._moves, self._own_grads = False, None, [], 0, None
         if not self._warm:  # this step, eagerly, is the warm-up
-            device = work[0][0].params[0].device
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                run_math(work, fused, skipped)
-            torch.cuda.current_stream(device).wait_stream(side)
+            # On the current stream: its workspace goes back to the blocks the train loop's own
+            # forward and backward reuse (blocks freed on a side stream stay cached for that stream).
+            run_math(work, fused, skipped)
             self.warmups += 1
             self._warm = True
             return
