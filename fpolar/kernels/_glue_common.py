@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -183,23 +183,42 @@ def cudagraph_trees_pool_active(device: torch.device) -> bool:
     return manager is not None and (manager.in_warmup or manager.in_recording)
 
 
+# The tables' own memory pool per device. A table made from the ordinary pool takes a small block
+# that the train loop's next small tensors (LayerNorm and bias grads) would have taken: they land
+# elsewhere, and a CUDA graph that reads the grads where it captured them has to be captured again,
+# whose new tables move them again. In a pool of their own the tables leave the loop's layout alone.
+_TABLE_POOLS: "dict[torch.device, object]" = {}
+
+
+def _in_table_pool(device: torch.device, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``make()`` with this thread's allocations on ``device`` in the tables' pool (as is on a torch
+    without ``torch.cuda.MemPool``)."""
+    if not hasattr(torch.cuda, "MemPool") or not hasattr(torch.cuda, "use_mem_pool"):
+        return make()
+    if device not in _TABLE_POOLS:
+        _TABLE_POOLS[device] = torch.cuda.MemPool()
+    with torch.cuda.use_mem_pool(_TABLE_POOLS[device], device):  # type: ignore[arg-type]
+        return make()
+
+
 def _device_table(offsets: Sequence[int], device: torch.device) -> torch.Tensor:
-    """``offsets`` as an int64 tensor on ``device``, in memory the table cache may keep.
+    """``offsets`` as an int64 tensor on ``device``, in memory the table cache may keep: the tables'
+    own pool (``_TABLE_POOLS``).
 
     Where the CUDA-graph trees route this thread's allocations into their pool, the table is made by a
-    helper thread (the routing is per thread), with a blocking copy, so it is in the ordinary pool and
-    complete when this returns; else a pinned, non-blocking copy queued on the current stream."""
+    helper thread (the routing is per thread), with a blocking copy, so it is outside the trees' pool
+    and complete when this returns; else a pinned, non-blocking copy queued on the current stream."""
     host = torch.tensor(list(offsets), dtype=torch.int64)
     if device.type != "cuda":
         return host
     if not cudagraph_trees_pool_active(device):
-        return host.pin_memory().to(device, non_blocking=True)
+        return _in_table_pool(device, lambda: host.pin_memory().to(device, non_blocking=True))
     made: list = []
 
     def make() -> None:
         try:
             with torch.cuda.device(device):
-                made.append(host.to(device))
+                made.append(_in_table_pool(device, lambda: host.to(device)))
                 torch.cuda.current_stream(device).synchronize()
         except BaseException as error:  # re-raised on the calling thread
             made.append(error)
