@@ -219,22 +219,22 @@ def fpolar_muon_torch_glue(run: Run) -> Step:
     return first_with_torch_glue
 
 
-def fpolar_muon_in_order(run: Run) -> Step:
-    """The drop-in with its captured groups in order, not side by side (``fpolar.side_streams.MAX_LANES
-    = 1`` during its steps): what the lanes give end to end, in the same run."""
+def fpolar_muon_side_by_side(run: Run) -> Step:
+    """The drop-in with its captured groups side by side (``fpolar.side_streams.MAX_LANES = 4`` during
+    its steps; the default is 1, in order): what the lanes give end to end, in the same run."""
     import fpolar.side_streams as side_streams
 
     step = _loop(run, _fpolar_muon(run))
 
-    def in_order(idx: Tensor, targets: Tensor) -> Tensor:
-        before, side_streams.MAX_LANES = side_streams.MAX_LANES, 1
+    def side_by_side(idx: Tensor, targets: Tensor) -> Tensor:
+        before, side_streams.MAX_LANES = side_streams.MAX_LANES, 4
         try:
             return step(idx, targets)
         finally:
             side_streams.MAX_LANES = before
 
-    in_order.optimizers = step.optimizers  # type: ignore[attr-defined]
-    return in_order
+    side_by_side.optimizers = step.optimizers  # type: ignore[attr-defined]
+    return side_by_side
 
 
 def fpolar_muon_eager(run: Run) -> Step:
@@ -349,7 +349,7 @@ def recipes() -> List[Recipe]:
         Recipe("dion Muon + its CudaGraphOptimizer", "peer", dion_muon_cuda_graph, needs="dion", cuda_only=True, compiles=True),
         Recipe("fpolar.optim.Muon(param_groups(model))", "fpolar", fpolar_muon),
         Recipe("fpolar.optim.Muon, torch glue (FPOLAR_GLUE=torch)", "fpolar", fpolar_muon_torch_glue, cuda_only=True),
-        Recipe("fpolar.optim.Muon, groups in order (MAX_LANES=1)", "fpolar", fpolar_muon_in_order, cuda_only=True),
+        Recipe("fpolar.optim.Muon, groups side by side (MAX_LANES=4)", "fpolar", fpolar_muon_side_by_side, cuda_only=True),
         Recipe("fpolar.optim.Muon, zero_grad(set_to_none=False)", "fpolar", fpolar_muon_grads_kept, cuda_only=True),
         Recipe("AdamW fused, zero_grad(set_to_none=False)", "peer", adamw_grads_kept),
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),

@@ -10,8 +10,9 @@ and the device overlaps them.
 Only while a CUDA graph is captured. There the branches and the memory of each are fixed once: every
 allocation of a branch comes from the graph's pool, and a block is reused only on the stream that
 freed it, so the graph's pool holds each concurrent branch's workspace at once. That is the price:
-on GPT-2-small's parameters the drop-in's graph pool grows from about 4 to about 450 MiB with 4 lanes
-(``benchmarks/side_streams.py``, H200). So a call whose jobs' estimated workspace adds up to more than
+on GPT-2-small's parameters the drop-in's graph pool grows from about 390 to about 810–870 MiB with 4
+lanes (``benchmarks/side_streams.py``, H200). Off by default (``MAX_LANES``): the step alone is
+faster, the measured train step is not. So a call whose jobs' estimated workspace adds up to more than
 ``MEMORY_FRACTION`` of the device's memory runs them in order, as does every call while ``MAX_LANES``
 is 1: large models keep the one-branch-at-a-time workspace. Eagerly, a tensor that crosses streams
 would need ``record_stream`` and each fork host time per step; a torch.compile trace does not see
@@ -28,8 +29,11 @@ import torch
 __all__ = ["MAX_LANES", "MEMORY_FRACTION", "side_by_side"]
 
 # At most this many pieces of one scope run at once; more jobs share the lanes round-robin (in order
-# on a lane). 1 turns side-by-side running off everywhere.
-MAX_LANES = int(os.environ.get("FPOLAR_LANES", "4"))
+# on a lane). 1, the default, turns side-by-side running off everywhere: on the H200 4 lanes took the
+# drop-in's step alone on GPT-2-small's parameters from 2.95 to 2.77 ms, yet its whole train step
+# came out 0.26–0.42 ms slower than with its groups in order, in three of four same-run comparisons
+# (benchmarks/side_streams.py, benchmarks/train.py; BENCHMARKS.md). ``FPOLAR_LANES=4`` turns it on.
+MAX_LANES = int(os.environ.get("FPOLAR_LANES", "1"))
 
 # Side by side only while the jobs' estimated workspace adds up to at most this share of the device's
 # memory (2.2 GB of an H200's 141 GB).
