@@ -278,6 +278,27 @@ def fpolar_cuda_graph(run: Run) -> Step:
     return replay
 
 
+def fpolar_cuda_graph_side_by_side(run: Run) -> Step:
+    """``fpolar_cuda_graph`` captured with its groups side by side (``fpolar.side_streams.MAX_LANES =
+    4`` during the capture; the default is 1): the lanes end to end in the one-graph recipe."""
+    import fpolar.side_streams as side_streams
+
+    replay = fpolar_cuda_graph(run)
+    captured: List[bool] = []
+
+    def first_side_by_side(idx: Tensor, targets: Tensor) -> Tensor:
+        if captured:
+            return replay(idx, targets)
+        before, side_streams.MAX_LANES = side_streams.MAX_LANES, 4
+        try:
+            return replay(idx, targets)
+        finally:
+            captured.append(True)
+            side_streams.MAX_LANES = before
+
+    return first_side_by_side
+
+
 def _fpolar_whole_step_compiled(mode: Optional[str]) -> Callable[[Run], Step]:
     def build(run: Run) -> Step:
         from fpolar.compile import make_train_step
@@ -354,6 +375,7 @@ def recipes() -> List[Recipe]:
         Recipe("AdamW fused, zero_grad(set_to_none=False)", "peer", adamw_grads_kept),
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),
+        Recipe("fpolar capture_cuda_graph, groups side by side (MAX_LANES=4)", "fpolar", fpolar_cuda_graph_side_by_side, cuda_only=True),
         Recipe("fpolar step compiled apart (torch.compile)", "fpolar", _fpolar_optimizer_compiled(None), compiles=True),
         Recipe(WHOLE_STEP_FLOOR, "floor", adamw_whole_step_compiled, modes=("eager",), compiles=True),
         Recipe("fpolar make_train_step(func) + compile_train_step", "fpolar",
