@@ -202,12 +202,13 @@ def _in_table_pool(device: torch.device, make: Callable[[], torch.Tensor]) -> to
 
 
 def _device_table(offsets: Sequence[int], device: torch.device) -> torch.Tensor:
-    """``offsets`` as an int64 tensor on ``device``, in memory the table cache may keep: the tables'
-    own pool (``_TABLE_POOLS``).
+    """``offsets`` as an int64 tensor on ``device``, in memory the table cache may keep.
 
     Where the CUDA-graph trees route this thread's allocations into their pool, the table is made by a
-    helper thread (the routing is per thread), with a blocking copy, so it is outside the trees' pool
-    and complete when this returns; else a pinned, non-blocking copy queued on the current stream."""
+    helper thread (the routing is per thread), with a blocking copy, so it is in the ordinary pool and
+    complete when this returns (torch.compile's graphs do not follow grads by address, so the tables'
+    own pool is not needed there); else a pinned, non-blocking copy queued on the current stream, in
+    the tables' own pool (``_TABLE_POOLS``)."""
     host = torch.tensor(list(offsets), dtype=torch.int64)
     if device.type != "cuda":
         return host
@@ -218,7 +219,7 @@ def _device_table(offsets: Sequence[int], device: torch.device) -> torch.Tensor:
     def make() -> None:
         try:
             with torch.cuda.device(device):
-                made.append(_in_table_pool(device, lambda: host.to(device)))
+                made.append(host.to(device))
                 torch.cuda.current_stream(device).synchronize()
         except BaseException as error:  # re-raised on the calling thread
             made.append(error)
