@@ -407,6 +407,27 @@ def test_matrix_offsets_cached_and_found_again_while_a_graph_is_captured(monkeyp
     assert G.matrix_offsets(views).offsets is first.offsets  # the captured graph's table is never dropped
 
 
+def test_tables_are_freed_at_exit_before_their_pools(monkeypatch):
+    """The exit hook frees every table, eager and captured, so none outlives the tables' MemPool when
+    the interpreter clears the modules; the pools themselves are left to the interpreter."""
+    from fpolar.kernels import _glue_common as G
+
+    monkeypatch.setattr(G, "_TABLES", G.OrderedDict())
+    monkeypatch.setattr(G, "_CAPTURED_TABLES", {})
+    pools = {"cuda:0": object()}
+    monkeypatch.setattr(G, "_TABLE_POOLS", pools)
+    views = [_random((1, 4, 4), torch.float32, k) for k in range(3)]
+    G.matrix_offsets(views)
+    monkeypatch.setattr(G, "capturing", lambda device: True)
+    G.matrix_offsets(views)  # now a captured graph's table
+    G.matrix_offsets([_random((1, 4, 4), torch.float32, 9)])
+    monkeypatch.setattr(G, "capturing", lambda device: False)
+    G.matrix_offsets([_random((2, 4, 4), torch.float32, 7)])
+    assert G._CAPTURED_TABLES and G._TABLES
+    G._free_tables_before_their_pools()
+    assert not G._CAPTURED_TABLES and not G._TABLES and G._TABLE_POOLS is pools and len(pools) == 1
+
+
 def test_elementwise_tile_is_32_by_64_narrowed_for_small_matrices():
     pytest.importorskip("triton")
     from fpolar.kernels._glue_common import elementwise_tile_config

@@ -11,6 +11,7 @@ the launchers fall back to one launch per tensor, each on its slice of the group
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 from collections import OrderedDict
@@ -196,9 +197,20 @@ def _in_table_pool(device: torch.device, make: Callable[[], torch.Tensor]) -> to
     if not hasattr(torch.cuda, "MemPool") or not hasattr(torch.cuda, "use_mem_pool"):
         return make()
     if device not in _TABLE_POOLS:
-        _TABLE_POOLS[device] = torch.cuda.MemPool()
+        if not _TABLE_POOLS:
+            atexit.register(_free_tables_before_their_pools)
+        with torch.cuda.device(device):  # a pool belongs to the device current when it is made
+            _TABLE_POOLS[device] = torch.cuda.MemPool()
     with torch.cuda.use_mem_pool(_TABLE_POOLS[device], device):  # type: ignore[arg-type]
         return make()
+
+
+def _free_tables_before_their_pools() -> None:
+    """At exit, before the interpreter clears the modules in an order of its own: every table is freed
+    while its pool still lives (a tensor freed after its MemPool is released wrongly, and can abort
+    the process as it ends)."""
+    _TABLES.clear()
+    _CAPTURED_TABLES.clear()
 
 
 def _device_table(offsets: Sequence[int], device: torch.device) -> torch.Tensor:
