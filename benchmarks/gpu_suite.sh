@@ -20,7 +20,9 @@
 # drop-in beside them, each with 3 profiled steps (wall vs device-busy ms, the top kernels): where the
 # whole-step graph's time goes.
 # "lanes" (not in the default list, about a minute): the drop-in's captured step with its groups in
-# order or side by side (benchmarks/side_streams.py).
+# order or side by side (benchmarks/side_streams.py). "addresses" (not in the default list, about two
+# minutes): GPT-2-small's loop with the drop-in, model eager then compiled, which grads moved at which
+# step and the drop-in graph's captures (benchmarks/grad_addresses.py).
 # "dist" (benchmarks/distributed_gpu.py: the distributed checks on NCCL, the captured distributed step,
 # optimizer scaling beside dion, a GPT-2-medium train step) uses every visible GPU, one rank each; on a
 # one-GPU machine it gives the world-1 baseline rows. It is not in the default PARTS: PARTS=dist.
@@ -76,6 +78,7 @@ run_part() {
     dist)    timeout 540 python3 benchmarks/distributed_gpu.py --out "$OUT/dist" ;;
     memory)  timeout 120 python3 benchmarks/step_memory.py --json "$OUT/step_memory.json" ;;
     lanes)   timeout 150 python3 benchmarks/side_streams.py --json "$OUT/side_streams.json" ;;
+    addresses) timeout 60 python3 benchmarks/grad_addresses.py --steps 8 && timeout 120 python3 benchmarks/grad_addresses.py --steps 8 --compile-model ;;
     paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
     *)       echo "unknown part $1; parts: $ALL_PARTS"; return 2 ;;
   esac
