@@ -66,7 +66,8 @@ def fused_group_step(
     x, scale = ops.momentum_polar_input(
         buffer, list(grads), hp.momentum, hp.nesterov, impl.polar_dtype, spec.safety, spec.eps, found
     )
-    o = polar_wide(x, spec, impl, normalized=True)
+    # X is read again only by the nuclear scale: otherwise the polar step may reuse its memory.
+    o = polar_wide(x, spec, impl, normalized=True, consume_input=hp.scale != "nuclear")
     device = buffer.device
     if hp.scale == "nuclear":
         # ⟨O, V⟩ = ⟨O, X⟩ / scale; X is V·scale rounded to the polar dtype.

@@ -198,13 +198,23 @@ class PolarSpec:
         return impl
 
 
-def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None, *, normalized: bool = False) -> Tensor:
+def polar_wide(
+    x: Tensor,
+    spec: PolarSpec,
+    impl: Optional[PolarImpl] = None,
+    *,
+    normalized: bool = False,
+    consume_input: bool = False,
+) -> Tensor:
     """Polar factor of each matrix of a wide batch ``x`` (B, m, n), m ≤ n, in ``impl.polar_dtype``.
 
     ``impl`` is the decision ``spec.impl_for`` made for ``x``'s shape group (taken here from ``x`` when
-    None). ``x`` is not modified. No host sync for the Newton–Schulz family and QDWH.
+    None). ``x`` is not modified unless ``consume_input``. No host sync for the Newton–Schulz family
+    and QDWH.
     ``normalized``: ``x`` is already Frobenius-normalized (``fpolar::momentum_polar_input``'s X), so
     the Newton–Schulz family skips that pass.
+    ``consume_input``: the caller does not read ``x`` after this call; Gram Newton–Schulz may then
+    reuse its memory for a later iterate (less workspace; ``x``'s values are then undefined).
     """
     if impl is None:
         impl = spec.impl_for(x.size(-2), x.size(-1), x.dtype, x.device)
@@ -231,6 +241,7 @@ def polar_wide(x: Tensor, spec: PolarSpec, impl: Optional[PolarImpl] = None, *, 
             ops=ns_ops(impl.kernels, x.device),
             normalized=normalized,
             gram_ops=triton_gram_ops() if impl.kernels == "triton" else None,
+            consume_input=consume_input,
         )
     if impl.method == "qdwh":
         return qdwh_polar(
