@@ -11,12 +11,14 @@ Only while a CUDA graph is captured. There the branches and the memory of each a
 allocation of a branch comes from the graph's pool, and a block is reused only on the stream that
 freed it, so the graph's pool holds each concurrent branch's workspace at once. That is the price:
 on GPT-2-small's parameters the drop-in's graph pool grows from about 390 to about 810–870 MiB with 4
-lanes (``benchmarks/side_streams.py``, H200). Off by default (``MAX_LANES``): the step alone is
-faster, the measured train step is not. So a call whose jobs' estimated workspace adds up to more than
-``MEMORY_FRACTION`` of the device's memory runs them in order, as does every call while ``MAX_LANES``
-is 1: large models keep the one-branch-at-a-time workspace. Eagerly, a tensor that crosses streams
-would need ``record_stream`` and each fork host time per step; a torch.compile trace does not see
-Python streams. So everywhere else ``side_by_side`` calls the jobs in place, in order.
+lanes (``benchmarks/side_streams.py``, H200). So a call whose jobs' estimated workspace adds up to
+more than ``MEMORY_FRACTION`` of the device's memory runs them in order: large models keep the
+one-branch-at-a-time workspace. Eagerly, a tensor that crosses streams would need ``record_stream``
+and each fork host time per step; a torch.compile trace does not see Python streams. So everywhere
+else ``side_by_side`` calls the jobs in place, in order.
+
+Off by default (``MAX_LANES`` = 1): on the H200 the step alone was faster with 4 lanes, the measured
+whole train step was not.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ __all__ = ["MAX_LANES", "MEMORY_FRACTION", "side_by_side"]
 # drop-in's step alone on GPT-2-small's parameters from 2.95 to 2.77 ms, yet its whole train step
 # came out 0.26–0.42 ms slower than with its groups in order, in three of four same-run comparisons
 # (benchmarks/side_streams.py, benchmarks/train.py; BENCHMARKS.md). ``FPOLAR_LANES=4`` turns it on.
-MAX_LANES = int(os.environ.get("FPOLAR_LANES", "1"))
+def _lanes_from_environment() -> int:
+    text = os.environ.get("FPOLAR_LANES", "1")
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"FPOLAR_LANES must be an integer ≥ 1 (1: groups in order), got {text!r}")
+    return int(text)
+
+
+MAX_LANES = _lanes_from_environment()
 
 # Side by side only while the jobs' estimated workspace adds up to at most this share of the device's
 # memory (2.2 GB of an H200's 141 GB).

@@ -35,3 +35,21 @@ def test_a_failing_job_raises_and_stops_the_rest():
     with pytest.raises(ValueError, match="bad job"):
         side_by_side(torch.device("cpu"), [lambda: ran.append(0), boom, lambda: ran.append(2)])
     assert ran == [0]
+
+
+@pytest.mark.parametrize("value, lanes", [("1", 1), ("4", 4), (" 2 ", 2)])
+def test_lanes_from_the_environment(monkeypatch, value, lanes):
+    from fpolar import side_streams
+
+    monkeypatch.setenv("FPOLAR_LANES", value)
+    assert side_streams._lanes_from_environment() == lanes
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "four", "2.5", ""])
+def test_a_bad_lane_count_names_the_value(monkeypatch, value):
+    from fpolar import side_streams
+
+    monkeypatch.setenv("FPOLAR_LANES", value)
+    with pytest.raises(ValueError, match="FPOLAR_LANES must be an integer ≥ 1") as err:
+        side_streams._lanes_from_environment()
+    assert repr(value) in str(err.value)
