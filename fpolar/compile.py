@@ -51,7 +51,7 @@ from .inductor_options import inductor_options
 from .nonfinite import found_nonfinite
 from .polargrad import polargrad_step
 from .routing import is_matrix
-from .side_streams import side_by_side
+from .side_streams import being_captured, side_by_side
 from .state import AdamWState, PolarGradState, init_adamw_state, init_state
 from .validation import check_real_dense_float
 
@@ -378,14 +378,8 @@ class TrainStep:
 
 
 def _being_captured(params: Sequence[Tensor]) -> bool:
-    """Whether this eager call is being recorded into a CUDA graph (``capture_cuda_graph``); never
-    while torch.compile traces (its graphs are not captured this way)."""
-    return (
-        not torch.compiler.is_compiling()
-        and bool(params)
-        and params[0].is_cuda
-        and torch.cuda.is_current_stream_capturing()
-    )
+    """Whether this eager call is being recorded into a CUDA graph (``capture_cuda_graph``)."""
+    return bool(params) and being_captured(params[0].device)
 
 
 def make_train_step(

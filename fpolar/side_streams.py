@@ -28,13 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["MAX_LANES", "MEMORY_FRACTION", "side_by_side"]
+__all__ = ["MAX_LANES", "MEMORY_FRACTION", "being_captured", "side_by_side"]
 
-# At most this many pieces of one scope run at once; more jobs share the lanes round-robin (in order
-# on a lane). 1, the default, turns side-by-side running off everywhere: on the H200 4 lanes took the
-# drop-in's step alone on GPT-2-small's parameters from 2.95 to 2.77 ms, yet its whole train step
-# came out 0.26–0.42 ms slower than with its groups in order, in three of four same-run comparisons
-# (benchmarks/side_streams.py, benchmarks/train.py; BENCHMARKS.md). ``FPOLAR_LANES=4`` turns it on.
 def _lanes_from_environment() -> int:
     text = os.environ.get("FPOLAR_LANES", "1")
     if not text.strip().isdigit() or int(text) < 1:
@@ -42,6 +37,11 @@ def _lanes_from_environment() -> int:
     return int(text)
 
 
+# At most this many pieces of one scope run at once; more jobs share the lanes round-robin (in order
+# on a lane). 1, the default, turns side-by-side running off everywhere: on the H200 4 lanes took the
+# drop-in's step alone on GPT-2-small's parameters from 2.95 to 2.77 ms, yet its whole train step
+# came out 0.26–0.42 ms slower than with its groups in order, in three of four same-run comparisons
+# (benchmarks/side_streams.py, benchmarks/train.py; BENCHMARKS.md). ``FPOLAR_LANES=4`` turns it on.
 MAX_LANES = _lanes_from_environment()
 
 # Side by side only while the jobs' estimated workspace adds up to at most this share of the device's
@@ -64,7 +64,7 @@ def side_by_side(
     waits for all of them before this returns. A job returns nothing: what it allocates lives on its
     lane; what it reads was made before the call and lives on past the join."""
     if (
-        not _capturing(device)
+        not being_captured(device)
         or MAX_LANES <= 1
         or len(jobs) <= 1
         or (workspace_bytes is not None and sum(workspace_bytes) > MEMORY_FRACTION * _device_memory(device))
@@ -105,7 +105,9 @@ def _lanes(device: torch.device, start: int, count: int, origin: "torch.cuda.Str
     return [lane for lane in pool[start : start + count] if lane != origin] or [origin]
 
 
-def _capturing(device: torch.device) -> bool:
+def being_captured(device: torch.device) -> bool:
+    """Whether this eager call is being recorded into a CUDA graph on ``device``'s current stream;
+    never while torch.compile traces (its graphs are not captured this way)."""
     return (
         device.type == "cuda"
         and not torch.compiler.is_compiling()
