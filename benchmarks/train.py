@@ -36,7 +36,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -219,19 +219,26 @@ def fpolar_muon_torch_glue(run: Run) -> Step:
     return first_with_torch_glue
 
 
-def fpolar_muon_side_by_side(run: Run) -> Step:
-    """The drop-in with its captured groups side by side (``fpolar.side_streams.MAX_LANES = 4`` during
-    its steps; the default is 1, in order): what the lanes give end to end, in the same run."""
+@contextlib.contextmanager
+def _four_lanes() -> Iterator[None]:
+    """``fpolar.side_streams.MAX_LANES = 4`` inside (the default is 1: captured groups in order)."""
     import fpolar.side_streams as side_streams
 
+    before, side_streams.MAX_LANES = side_streams.MAX_LANES, 4
+    try:
+        yield
+    finally:
+        side_streams.MAX_LANES = before
+
+
+def fpolar_muon_side_by_side(run: Run) -> Step:
+    """The drop-in with its captured groups side by side (4 lanes during its steps; the default is 1,
+    in order): what the lanes give end to end, in the same run."""
     step = _loop(run, _fpolar_muon(run))
 
     def side_by_side(idx: Tensor, targets: Tensor) -> Tensor:
-        before, side_streams.MAX_LANES = side_streams.MAX_LANES, 4
-        try:
+        with _four_lanes():
             return step(idx, targets)
-        finally:
-            side_streams.MAX_LANES = before
 
     side_by_side.optimizers = step.optimizers  # type: ignore[attr-defined]
     return side_by_side
@@ -279,22 +286,19 @@ def fpolar_cuda_graph(run: Run) -> Step:
 
 
 def fpolar_cuda_graph_side_by_side(run: Run) -> Step:
-    """``fpolar_cuda_graph`` captured with its groups side by side (``fpolar.side_streams.MAX_LANES =
-    4`` during the capture; the default is 1): the lanes end to end in the one-graph recipe."""
-    import fpolar.side_streams as side_streams
-
+    """``fpolar_cuda_graph`` captured with its groups side by side (4 lanes during the capture; the
+    default is 1): the lanes end to end in the one-graph recipe."""
     replay = fpolar_cuda_graph(run)
     captured: List[bool] = []
 
     def first_side_by_side(idx: Tensor, targets: Tensor) -> Tensor:
         if captured:
             return replay(idx, targets)
-        before, side_streams.MAX_LANES = side_streams.MAX_LANES, 4
         try:
-            return replay(idx, targets)
+            with _four_lanes():
+                return replay(idx, targets)
         finally:
             captured.append(True)
-            side_streams.MAX_LANES = before
 
     return first_side_by_side
 

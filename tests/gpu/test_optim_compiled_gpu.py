@@ -146,6 +146,20 @@ def test_train_loop_with_zero_grad_replays_on_the_grads_backward_left():
     assert (prog.warmups, prog.captures, prog.recaptures, prog.copies_grads) == (1, 1, 0, False)
 
 
+def _train_beside_eager(model, opt, model_e, opt_e, x, steps=8):
+    """``steps`` iterations of the usual loop (zero_grad, backward, step) on both models in turn;
+    returns the graph program's capture count after each."""
+    captures = []
+    for _ in range(steps):
+        for m, o in ((model, opt), (model_e, opt_e)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+        captures.append(opt._program.captures)
+    torch.cuda.synchronize()
+    return captures
+
+
 @pytest.mark.parametrize("lanes", [1, 4])
 def test_one_model_loop_settles_on_replays_of_one_graph(monkeypatch, lanes):
     """The capture keeps the allocator's cache (``capture_keeping_cache``): with ``torch.cuda.graph``,
@@ -163,14 +177,7 @@ def test_one_model_loop_settles_on_replays_of_one_graph(monkeypatch, lanes):
     x = torch.randn(64, 256, device="cuda")
     opt = fo.Muon(model.parameters(), lr=0.02, weight_decay=0.05, polar_dtype=torch.float32)
     opt_e = fo.Muon(model_e.parameters(), lr=0.02, weight_decay=0.05, polar_dtype=torch.float32, compiled=False)
-    captures = []
-    for _ in range(8):
-        for m, o in ((model, opt), (model_e, opt_e)):
-            o.zero_grad()
-            m(x).square().mean().backward()
-            o.step()
-        captures.append(opt._program.captures)
-    torch.cuda.synchronize()
+    captures = _train_beside_eager(model, opt, model_e, opt_e, x)
     torch.testing.assert_close(list(model.parameters()), list(model_e.parameters()), **TOL)
     prog = opt._program
     assert prog.recaptures <= 1 and not prog.copies_grads
@@ -212,26 +219,15 @@ def test_loop_with_fused_glue_and_small_grads_settles_on_one_graph():
     copying the grads (GPT-2-small's train loop on the H200: 3 recaptures, then copies). Default
     settings (bf16 Newton–Schulz, the fused glue), a model with 1-D params beside its matrices."""
     torch.manual_seed(0)
-
-    def model_():
-        return torch.nn.Sequential(
-            torch.nn.Linear(256, 768), torch.nn.LayerNorm(768), torch.nn.GELU(),
-            torch.nn.Linear(768, 768), torch.nn.LayerNorm(768), torch.nn.GELU(), torch.nn.Linear(768, 256),
-        ).cuda()
-
-    model = model_()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, 768), torch.nn.LayerNorm(768), torch.nn.GELU(),
+        torch.nn.Linear(768, 768), torch.nn.LayerNorm(768), torch.nn.GELU(), torch.nn.Linear(768, 256),
+    ).cuda()
     model_e = copy.deepcopy(model)
     x = torch.randn(128, 256, device="cuda")
     opt = fo.Muon(fo.param_groups(model), lr=0.02, weight_decay=0.05)
     opt_e = fo.Muon(fo.param_groups(model_e), lr=0.02, weight_decay=0.05, compiled=False)
-    captures = []
-    for _ in range(8):
-        for m, o in ((model, opt), (model_e, opt_e)):
-            o.zero_grad()
-            m(x).square().mean().backward()
-            o.step()
-        captures.append(opt._program.captures)
-    torch.cuda.synchronize()
+    captures = _train_beside_eager(model, opt, model_e, opt_e, x)
     polar = next(rt for rt in opt._runtime if rt.algorithm == "polargrad")
     assert all(impl.glue == "fused" for impl in polar.state.polar_impls_for(polar.hparams.polar_spec))
     prog = opt._program

@@ -29,6 +29,19 @@ def _jobs(inputs, outputs, streams):
     return [job(k) for k in range(len(inputs))]
 
 
+def _assert_replay_equals_jobs_in_order(graph, xs, outs):
+    """The graph's replay writes into ``outs`` exactly what the jobs on ``xs`` write run in order."""
+    for o in outs:
+        o.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = [torch.zeros_like(o) for o in outs]
+    for job in _jobs(xs, expected, []):
+        job()
+    for o, e in zip(outs, expected):
+        torch.testing.assert_close(o, e, rtol=0, atol=0)
+
+
 def _inputs(count, seed):
     gen = torch.Generator(device="cuda").manual_seed(seed)
     return [torch.randn(256 + 64 * k, 512, device="cuda", generator=gen) for k in range(count)]
@@ -50,15 +63,7 @@ def test_captured_jobs_run_on_lanes_of_their_own_and_replay_equals_in_order(monk
     assert lanes[0] == lanes[4] and capture_stream not in lanes
     for x in xs:  # fresh inputs at the captured addresses
         x.copy_(torch.randn_like(x))
-    for o in outs:
-        o.zero_()
-    graph.replay()
-    torch.cuda.synchronize()
-    expected = [torch.zeros_like(o) for o in outs]
-    for job in _jobs(xs, expected, []):
-        job()
-    for o, e in zip(outs, expected):
-        torch.testing.assert_close(o, e, rtol=0, atol=0)
+    _assert_replay_equals_jobs_in_order(graph, xs, outs)
 
 
 def test_nested_calls_take_lanes_of_their_own(monkeypatch):
@@ -80,15 +85,7 @@ def test_nested_calls_take_lanes_of_their_own(monkeypatch):
         side_by_side(torch.device("cuda"), [outer_first, last])
     assert not {s.stream_id for _, s in inner_streams} & {s.stream_id for _, s in outer_streams}
     assert side_streams._taken[torch.device("cuda")] == 0  # every scope gave its lanes back
-    for o in outs:
-        o.zero_()
-    graph.replay()
-    torch.cuda.synchronize()
-    expected = [torch.zeros_like(o) for o in outs]
-    for job in _jobs(xs, expected, []):
-        job()
-    for o, e in zip(outs, expected):
-        torch.testing.assert_close(o, e, rtol=0, atol=0)
+    _assert_replay_equals_jobs_in_order(graph, xs, outs)
 
 
 @pytest.mark.parametrize("capturing", [False, True])
