@@ -6,7 +6,8 @@ elsewhere it captures again, and after ``RECAPTURES_BEFORE_COPYING`` such moves 
 grads in (``fpolar/optim/compiled_step.py``). This runs GPT-2-small's usual loop (forward with bf16
 autocast, ``loss.backward()``, ``step()``, ``zero_grad()``) with ``fpolar.optim.Muon(param_groups
 (model))`` and prints, per step, the program's captures / recaptures / copies and the names of the
-params whose grad address changed since the step before (first few names, and how many).
+params whose grad address changed since the step before (first few names, and how many), and
+whether all of them are back where an earlier step had them (a cycle the graphs can follow).
 
     python3 benchmarks/grad_addresses.py [--steps 8] [--compile-model] [--device cuda]
     python3 benchmarks/grad_addresses.py --device cpu --small     # a smoke run (no graph off CUDA)
@@ -50,7 +51,8 @@ def main(argv: List[str] | None = None) -> int:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
     names = [n for n, _ in model.named_parameters()]
     last: Dict[str, int] = {}
-    print(f"{'step':>4} {'captures':>8} {'recaptures':>10} {'copies':>6}  grads moved since the step before")
+    history: List[Dict[str, int]] = []
+    print(f"{'step':>4} {'captures':>8} {'recaptures':>10} {'graphs':>6} {'copies':>6}  grads moved since the step before")
     for k in range(args.steps):
         with autocast:
             loss = lm_loss(forward, idx, targets)
@@ -61,10 +63,13 @@ def main(argv: List[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         prog = opt._program
-        counts = (prog.captures, prog.recaptures, prog.copies_grads) if prog is not None and hasattr(prog, "recaptures") else ("—", "—", "—")
+        graph = prog is not None and hasattr(prog, "recaptures")
+        counts = (prog.captures, prog.recaptures, prog.graphs, prog.copies_grads) if graph else ("—",) * 4
         gone = moved(last, now) if last else []
         shown = ", ".join(gone[:4]) + (f", … ({len(gone)} in all)" if len(gone) > 4 else "")
-        print(f"{k:>4} {counts[0]!s:>8} {counts[1]!s:>10} {counts[2]!s:>6}  {shown or '—'}", flush=True)
+        seen = f" (back where step {history.index(now)} had them)" if gone and now in history else ""
+        print(f"{k:>4} {counts[0]!s:>8} {counts[1]!s:>10} {counts[2]!s:>6} {counts[3]!s:>6}  {shown or '—'}{seen}", flush=True)
+        history.append(now)
         last = now
     return 0
 

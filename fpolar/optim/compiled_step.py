@@ -18,9 +18,12 @@ device, sets the pace. ``StepProgram`` runs it as one program instead:
   (1.02 ms of add kernels per step in a profile of GPT-2-small's train step on the H200; a copy
   would move 2 × 0.65 GB, ≈ 0.3 ms at the bandwidth, an estimate). When a step's grads
   come back elsewhere the layout is captured again on them (the fused glue's one-launch tables are
-  built first, ``build_offsets_tables``: a capture cannot build them); after
-  ``RECAPTURES_BEFORE_COPYING`` such recaptures the program stops following and copies each step's
-  grads into tensors of its own before the replay.
+  built first, ``build_offsets_tables``: a capture cannot build them), and the earlier graphs are
+  kept: a loop whose grads cycle between a few places (a grad allocated while the last one is alive
+  takes the other of two blocks) replays the graph captured for where they are now. The graphs of
+  a layout share one memory pool, since they run one at a time and their workspace is scratch.
+  After ``RECAPTURES_BEFORE_COPYING`` captures for places not seen before, the program stops
+  following and copies each step's grads into tensors of its own before the replay.
 * ``"compile"`` (any device; what ``compiled=True`` means off CUDA): the same calls under
   ``torch.compile(fullgraph=True)``; dynamo's guards recompile for a new layout, and the lr tensors
   are graph inputs, so a schedule does not recompile.
@@ -155,19 +158,27 @@ def copy_grads_into(kept: List[Tensor], fresh: List[Tensor]) -> None:
 
 
 # A captured graph reads the grads at the addresses it was captured with. It follows the grads: when a
-# step's grads come back elsewhere, the graph is captured again on them. After this many such
-# recaptures of one layout (an allocator that does not hand the same blocks back each step), the
-# program stops following and copies each step's grads into tensors of its own before the replay.
-RECAPTURES_BEFORE_COPYING = 2
+# step's grads come back at addresses none of the layout's graphs reads, the layout is captured again
+# on them, and the graphs captured before are kept for when the grads come back there. After this
+# many such recaptures of one layout (an allocator that keeps handing out new blocks), the program
+# stops following and copies each step's grads into tensors of its own before the replay. So a layout
+# holds at most this many graphs plus one; all share one memory pool.
+RECAPTURES_BEFORE_COPYING = 3
 
 GradAddress = Optional[tuple]
 
 
 def grad_address(g: Optional[Tensor]) -> GradAddress:
     """What a captured graph relies on about a grad it reads: where its (local) memory starts and how
-    it is laid out there. Two grads with equal addresses occupy the same bytes the same way."""
+    it is laid out there. Two grads of one param with equal addresses occupy the same bytes the same
+    way. A plain tensor's shape is its param's (torch refuses a ``.grad`` of another shape), so its
+    address is its pointer, strides and dtype (checked once per grad every step: the cheap fields
+    only); a tensor subclass's, a DTensor's included, also names its local shape, device and
+    placements, which follow the sharding rather than the param."""
     if g is None:
         return None
+    if type(g) is Tensor:
+        return (g.data_ptr(), g.stride(), g.dtype)
     local = local_tensor(g)
     placements = tuple(g.placements) if is_dtensor(g) else None  # type: ignore[attr-defined]
     return (local.data_ptr(), tuple(local.shape), local.stride(), local.dtype, local.device, placements)
@@ -177,20 +188,24 @@ def grad_address(g: Optional[Tensor]) -> GradAddress:
 _capture_streams: dict = {}
 
 
-def capture_keeping_cache(graph: "torch.cuda.CUDAGraph", record: Callable[[], None], device: torch.device) -> None:
+def capture_keeping_cache(
+    graph: "torch.cuda.CUDAGraph", record: Callable[[], None], device: torch.device, pool: Any = None
+) -> None:
     """Records ``record()`` into ``graph`` on a side stream of ``device``, as ``torch.cuda.graph``
     does, but without its ``empty_cache()`` first. The graph follows the grads backward leaves in
     blocks the caching allocator hands back each step; emptying the cache hands the freed segments
     back to the driver, the next step's activations and grads land in new ones, and the graph would
-    have to be captured again (and again: each capture emptied the cache anew). Raises what the
-    capture raised, after ending it."""
+    have to be captured again (and again: each capture emptied the cache anew). ``pool``: a memory
+    pool handle (``torch.cuda.graph_pool_handle()`` or another graph's ``pool()``) to record into,
+    shared with graphs that never run at the same time; None gives the graph a pool of its own.
+    Raises what the capture raised, after ending it."""
     origin = torch.cuda.current_stream(device)
     if device not in _capture_streams:
         _capture_streams[device] = torch.cuda.Stream(device)
     side = _capture_streams[device]
     side.wait_stream(origin)
     with torch.cuda.stream(side):
-        graph.capture_begin()
+        graph.capture_begin(pool=pool)
         try:
             record()
         except BaseException:
@@ -212,8 +227,10 @@ class StepProgram:
 
     Attributes (read them): ``backend``; ``captures``: CUDA graphs captured so far; ``warmups``:
     eager warm-up steps run for new layouts; ``recaptures``: captures of a layout again because its
-    grads came back at other addresses; ``copies_grads``: whether the current graph reads grads the
-    program copies in (after ``RECAPTURES_BEFORE_COPYING``); ``layout``: the current layout key.
+    grads came back at addresses none of its graphs reads; ``replays``: graph replays so far;
+    ``graphs``: how many graphs the current layout holds; ``copies_grads``: whether the current graph
+    reads grads the program copies in (after ``RECAPTURES_BEFORE_COPYING``); ``layout``: the current
+    layout key.
     """
 
     def __init__(self, backend: str, *, compiler: Any = None) -> None:
@@ -225,11 +242,12 @@ class StepProgram:
         self.captures = 0
         self.warmups = 0
         self.recaptures = 0
+        self.replays = 0
         self.layout: Optional[tuple] = None
         self._warm = False  # the current layout has had its eager warm-up step
-        self._graph: Optional["torch.cuda.CUDAGraph"] = None
-        self._graph_addresses: List[List[GradAddress]] = []  # the grads the graph reads, where they were
-        self._moves = 0  # recaptures of the current layout for grads that came back elsewhere
+        # The current layout's graphs, each with the grads it reads, where they were at its capture.
+        self._graphs: List[Tuple[List[List[GradAddress]], "torch.cuda.CUDAGraph"]] = []
+        self._pool: Any = None  # the memory pool the current layout's graphs share
         self._own_grads: Optional[List[List[Optional[Tensor]]]] = None  # grads copied in, once following stops
         self._compiled: Optional[Callable[[Work, bool, Optional[Tensor]], None]] = None
         self._compiler = compiler
@@ -238,6 +256,10 @@ class StepProgram:
     @property
     def copies_grads(self) -> bool:
         return self._own_grads is not None
+
+    @property
+    def graphs(self) -> int:
+        return len(self._graphs)
 
     def __call__(self, optimizer: Any) -> None:
         """One step's math for ``optimizer`` (a ``PolarOptimizer`` whose ``_prepare`` just ran):
@@ -288,8 +310,8 @@ class StepProgram:
 
     def _run_graph(self, work: Work, layout: tuple, skipped: Optional[Tensor]) -> None:
         fused = self._fused(work)
-        if layout != self.layout:  # drop the old graph (and any grads it kept)
-            self._warm, self._graph, self._graph_addresses, self._moves, self._own_grads = False, None, [], 0, None
+        if layout != self.layout:  # drop the old graphs (and any grads they kept)
+            self._warm, self._graphs, self._pool, self._own_grads = False, [], None, None
         if not self._warm:  # this step, eagerly, is the warm-up
             # On the current stream: its workspace goes back to the blocks the train loop's own
             # forward and backward reuse (blocks freed on a side stream stay cached for that stream).
@@ -297,45 +319,52 @@ class StepProgram:
             self.warmups += 1
             self._warm = True
             return
-        if self._graph is not None:
-            if self._own_grads is not None:
-                self._copy_into_own(work)
-                self._graph.replay()
-                return
-            if _addresses(work) == self._graph_addresses:  # the grads are where the graph reads them
-                self._graph.replay()
-                return
-            # They came back elsewhere: replaying would read whatever now lies at the old addresses.
-            self._graph = None
-            self._moves += 1
-            self.recaptures += 1
-            if self._moves > RECAPTURES_BEFORE_COPYING:
-                self._own_grads = [[None if g is None else torch.empty_like(g) for g in grads] for _, grads, _ in work]
-        if self._own_grads is not None:
+        if self._own_grads is not None:  # following stopped: one graph, on the program's own grads
             self._copy_into_own(work)
-            work = [(rt, own, decay) for (rt, _, decay), own in zip(work, self._own_grads)]
-        if self._capture(work, fused, skipped, layout):
-            self._graph.replay()  # type: ignore[union-attr]
+            self._replay(self._graphs[0][1])
+            return
+        if self._graphs:
+            where = _addresses(work)
+            graph = next((g for addresses, g in self._graphs if addresses == where), None)
+            if graph is not None:  # the grads are where one of the graphs reads them
+                self._replay(graph)
+                return
+            # Somewhere no graph reads them: replaying would read whatever now lies at the old addresses.
+            self.recaptures += 1
+            if len(self._graphs) > RECAPTURES_BEFORE_COPYING:  # this would be one recapture too many
+                self._graphs = []
+                self._own_grads = [[None if g is None else torch.empty_like(g) for g in grads] for _, grads, _ in work]
+                self._copy_into_own(work)
+                work = [(rt, own, decay) for (rt, _, decay), own in zip(work, self._own_grads)]
+        graph = self._capture(work, fused, skipped, layout)
+        if graph is not None:
+            self._replay(graph)
 
-    def _capture(self, work: Work, fused: bool, skipped: Optional[Tensor], layout: tuple) -> bool:
-        """Captures the math on ``work``'s grads into ``self._graph`` (not run: the caller replays it).
-        On failure warns, marks the layout eager and runs this step eagerly; returns whether captured."""
+    def _replay(self, graph: "torch.cuda.CUDAGraph") -> None:
+        graph.replay()
+        self.replays += 1
+
+    def _capture(self, work: Work, fused: bool, skipped: Optional[Tensor], layout: tuple) -> Optional["torch.cuda.CUDAGraph"]:
+        """Captures the math on ``work``'s grads into a new graph of the layout (not run: the caller
+        replays it) and returns it. On failure warns, marks the layout eager, runs this step eagerly
+        and returns None."""
         for rt, grads, _ in work:  # the one-launch glue tables, which a capture cannot build
             if rt.algorithm == "polargrad":
                 build_offsets_tables(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
-            capture_keeping_cache(graph, lambda: run_math(work, fused, skipped), work[0][0].params[0].device)
+            capture_keeping_cache(graph, lambda: run_math(work, fused, skipped), work[0][0].params[0].device, self._pool)
         except RuntimeError as e:  # nothing ran during the failed capture: run this step eagerly
             warnings.warn(f"fpolar.optim: capturing the step in a CUDA graph failed ({str(e).strip()[:200]}); "
                           "this parameter layout runs eagerly (pass compiled=False to skip the attempt)")
-            self._eager_layout, self._warm, self._own_grads = layout, False, None
+            self._eager_layout, self._warm, self._graphs, self._pool, self._own_grads = layout, False, [], None, None
             run_math(work, fused, skipped)
-            return False
-        self._graph = graph
-        self._graph_addresses = _addresses(work)
+            return None
+        self._graphs.append((_addresses(work), graph))
         self.captures += 1
-        return True
+        return graph
 
     def _copy_into_own(self, work: Work) -> None:
         """This step's grads into the program's own tensors, which the graph reads (same layout: the

@@ -1,6 +1,6 @@
 """The drop-in's CUDA-graph program (``fpolar.optim.compiled_step``, backend "cuda_graph") on a GPU
 (skipped without one): replays equal the eager drop-in step by step, with grads written in place or
-fresh each step (followed by recaptures, then copied in), under an LR schedule (no recapture), and
+fresh each step (a graph per place they come back at, then copied in), under an LR schedule (no recapture), and
 a param losing its grad re-warms and recaptures; a train loop's grads stay where the graph reads them. fp32 with TF32 off, so eager and
 replay run the same kernels: equal up to the fused AdamW kernel's own rounding.
 """
@@ -14,7 +14,7 @@ import torch
 
 import fpolar.optim as fo
 from fpolar.adamw_fused import fused_adamw_step
-from fpolar.optim.compiled_step import StepProgram
+from fpolar.optim.compiled_step import RECAPTURES_BEFORE_COPYING, StepProgram
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -65,8 +65,9 @@ def run(opt, program):
 def test_cuda_graph_program_equals_eager(in_place):
     """Replays equal the eager drop-in step by step under an LR schedule. Grads written in place stay
     where the graph reads them: one capture per layout. Fresh grad tensors, each allocated while the
-    last is alive, come back elsewhere every step: the layout is captured again on them twice, then
-    the program copies them into its own tensors. A param losing its grad (step 6) is a new layout."""
+    last is alive, cycle between a few blocks: one graph per place they were seen (at most
+    ``RECAPTURES_BEFORE_COPYING`` + 1), then replays of the matching one, or, past that, copies into
+    the program's own grads. A param losing its grad (step 6) is a new layout."""
     p_e, p_g = make_params(), make_params()
     opt_e, opt_g = build(p_e), build(p_g)
     prog = StepProgram("cuda_graph")
@@ -82,15 +83,34 @@ def test_cuda_graph_program_equals_eager(in_place):
         torch.cuda.synchronize()
         # AdamW goes through the fused kernel in the program, foreach ops eagerly: fp32 ulps apart
         torch.testing.assert_close(p_g, p_e, **TOL)
-        if k == 5:
-            assert prog.copies_grads is (not in_place)
+        if k == 5 and in_place:
+            assert (prog.captures, prog.recaptures, prog.graphs, prog.copies_grads) == (1, 0, 1, False)
+        if k == 5 and not in_place:
+            assert prog.recaptures <= RECAPTURES_BEFORE_COPYING + 1 and prog.captures == prog.recaptures + 1
+            assert prog.replays == 5  # steps 1-5 each ran a graph
     # one layout for steps 0-5 (warm-up, capture, then replays or recaptures), another for 6-7
+    assert prog.warmups == 2 and prog.graphs == 1 and not prog.copies_grads
     if in_place:
-        assert (prog.warmups, prog.captures, prog.recaptures) == (2, 2, 0)
-    else:  # recaptured at steps 2 and 3; from step 4 on, copied into the program's own tensors
-        assert (prog.warmups, prog.captures, prog.recaptures) == (2, 5, 3)
-    assert not prog.copies_grads  # the new layout follows its grads again
+        assert (prog.captures, prog.recaptures, prog.replays) == (2, 0, 6)
     assert max(float((a - b).detach().abs().max()) for a, b in zip(p_g, make_params())) > 1e-3
+
+
+def test_grads_cycling_between_two_places_replay_two_graphs_on_the_gpu():
+    """Grads written each step into one of two sets of buffers in turn: two captures (one pool),
+    then replays of the graph whose addresses match, equal to the eager step; no copy."""
+    p_e, p_g = make_params(), make_params()
+    opt_e, opt_g = build(p_e), build(p_g)
+    prog = StepProgram("cuda_graph")
+    buffers = [[torch.empty_like(p) for p in p_g] for _ in range(2)]
+    for k in range(8):
+        write_grads(p_e, k, in_place=False)
+        for p, e, b in zip(p_g, p_e, buffers[k % 2]):
+            p.grad = b.copy_(e.grad)
+        run(opt_e, None)
+        run(opt_g, prog)
+        torch.cuda.synchronize()
+        torch.testing.assert_close(p_g, p_e, **TOL)
+    assert (prog.warmups, prog.captures, prog.recaptures, prog.graphs, prog.replays, prog.copies_grads) == (1, 2, 1, 2, 7, False)
 
 
 def test_fused_adamw_matches_foreach_on_cuda():
