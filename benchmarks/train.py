@@ -36,7 +36,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -231,17 +231,46 @@ def _four_lanes() -> Iterator[None]:
         side_streams.MAX_LANES = before
 
 
-def fpolar_muon_side_by_side(run: Run) -> Step:
-    """The drop-in with its captured groups side by side (4 lanes during its steps; the default is 1,
-    in order): what the lanes give end to end, in the same run."""
-    step = _loop(run, _fpolar_muon(run))
+def _tuning_on() -> Callable[[], ContextManager[None]]:
+    """A context factory: inside, the process-wide kernel tuner is one that tunes (``FPOLAR_TUNE=1``),
+    the same one each time, so what it measured at the first step holds for the rest."""
+    from fpolar.kernels import tuning
 
-    def side_by_side(idx: Tensor, targets: Tensor) -> Tensor:
-        with _four_lanes():
-            return step(idx, targets)
+    tuner = tuning.KernelTuner(enabled=True)
 
-    side_by_side.optimizers = step.optimizers  # type: ignore[attr-defined]
-    return side_by_side
+    @contextlib.contextmanager
+    def inside() -> Iterator[None]:
+        before, tuning._TUNER = tuning._TUNER, tuner
+        try:
+            yield
+        finally:
+            tuning._TUNER = before
+
+    return inside
+
+
+def _inside(setting: Callable[[], ContextManager[None]], build: Callable[[Run], Step]) -> Callable[[Run], Step]:
+    """``build``'s recipe with its building and every step run inside ``setting()`` (a context
+    factory), so the setting holds for the plan, the capture and each replay, and nowhere else."""
+
+    def built(run: Run) -> Step:
+        with setting():
+            step = build(run)
+
+        def inside(idx: Tensor, targets: Tensor) -> Tensor:
+            with setting():
+                return step(idx, targets)
+
+        inside.optimizers = getattr(step, "optimizers", ())  # type: ignore[attr-defined]
+        return inside
+
+    return built
+
+
+def _tuned(build: Callable[[Run], Step]) -> Callable[[Run], Step]:
+    """``build``'s recipe with the kernel tuner on: the ``auto`` choices and Triton configs measured on
+    this device at the first step (tuning time lands in the first step's seconds)."""
+    return lambda run: _inside(_tuning_on(), build)(run)
 
 
 def fpolar_muon_eager(run: Run) -> Step:
@@ -285,22 +314,10 @@ def fpolar_cuda_graph(run: Run) -> Step:
     return replay
 
 
-def fpolar_cuda_graph_side_by_side(run: Run) -> Step:
-    """``fpolar_cuda_graph`` captured with its groups side by side (4 lanes during the capture; the
-    default is 1): the lanes end to end in the one-graph recipe."""
-    replay = fpolar_cuda_graph(run)
-    captured: List[bool] = []
-
-    def first_side_by_side(idx: Tensor, targets: Tensor) -> Tensor:
-        if captured:
-            return replay(idx, targets)
-        try:
-            with _four_lanes():
-                return replay(idx, targets)
-        finally:
-            captured.append(True)
-
-    return first_side_by_side
+# The lanes during each step (the default is 1, groups in order): what they give end to end, in the
+# same run. The one-graph recipe needs them only at its capture, but holding them at replays is free.
+fpolar_muon_side_by_side = _inside(_four_lanes, fpolar_muon)
+fpolar_cuda_graph_side_by_side = _inside(_four_lanes, fpolar_cuda_graph)
 
 
 def _fpolar_whole_step_compiled(mode: Optional[str]) -> Callable[[Run], Step]:
@@ -380,6 +397,8 @@ def recipes() -> List[Recipe]:
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),
         Recipe("fpolar capture_cuda_graph, groups side by side (MAX_LANES=4)", "fpolar", fpolar_cuda_graph_side_by_side, cuda_only=True),
+        Recipe("fpolar capture_cuda_graph, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_cuda_graph), cuda_only=True),
+        Recipe("fpolar.optim.Muon, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_muon), cuda_only=True),
         Recipe("fpolar step compiled apart (torch.compile)", "fpolar", _fpolar_optimizer_compiled(None), compiles=True),
         Recipe(WHOLE_STEP_FLOOR, "floor", adamw_whole_step_compiled, modes=("eager",), compiles=True),
         Recipe("fpolar make_train_step(func) + compile_train_step", "fpolar",
