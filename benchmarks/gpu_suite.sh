@@ -78,7 +78,7 @@ run_part() {
     dist)    timeout 540 python3 benchmarks/distributed_gpu.py --out "$OUT/dist" ;;
     memory)  timeout 120 python3 benchmarks/step_memory.py --json "$OUT/step_memory.json" ;;
     lanes)   timeout 150 python3 benchmarks/side_streams.py --json "$OUT/side_streams.json" ;;
-    addresses) timeout 60 python3 benchmarks/grad_addresses.py --steps 8 && timeout 120 python3 benchmarks/grad_addresses.py --steps 8 --compile-model ;;
+    addresses) timeout 60 python3 benchmarks/grad_addresses.py --steps 12 && timeout 120 python3 benchmarks/grad_addresses.py --steps 12 --compile-model ;;
     paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
     *)       echo "unknown part $1; parts: $ALL_PARTS"; return 2 ;;
   esac
