@@ -398,6 +398,8 @@ def recipes() -> List[Recipe]:
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),
         Recipe("fpolar capture_cuda_graph, groups side by side (MAX_LANES=4)", "fpolar", fpolar_cuda_graph_side_by_side, cuda_only=True),
         Recipe("fpolar capture_cuda_graph, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_cuda_graph), cuda_only=True),
+        Recipe("fpolar capture_cuda_graph, side by side and tuned", "fpolar", _tuned(fpolar_cuda_graph_side_by_side),
+               cuda_only=True),
         Recipe("fpolar.optim.Muon, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_muon), cuda_only=True),
         Recipe("fpolar step compiled apart (torch.compile)", "fpolar", _fpolar_optimizer_compiled(None), compiles=True),
         Recipe(WHOLE_STEP_FLOOR, "floor", adamw_whole_step_compiled, modes=("eager",), compiles=True),
