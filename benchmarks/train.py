@@ -519,6 +519,7 @@ def measure(recipe: Recipe, run: Run, batch: Tuple[Tensor, Tensor], args: argpar
         row["cuda_graph"] = {"captures": sum(p.captures for p in programs),
                              "recaptures": sum(p.recaptures for p in programs),
                              "graphs": sum(p.graphs for p in programs),
+                             "copied_grads": sum(p.copied_grads for p in programs),
                              "copies_grads": any(p.copies_grads for p in programs)}
     if args.profile > 0:
         try:

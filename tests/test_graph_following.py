@@ -37,8 +37,10 @@ class RecordedCall:
 
 @pytest.fixture
 def pools(monkeypatch) -> List[Any]:
-    """Replaces the CUDA capture with ``RecordedCall``; returns the pool each capture was given."""
+    """Replaces the CUDA capture with ``RecordedCall``; returns the pool each capture was given. No
+    grad counts as small (every one is followed) unless a test sets ``SMALL_GRAD_BYTES`` itself."""
     seen: List[Any] = []
+    monkeypatch.setattr(compiled_step, "SMALL_GRAD_BYTES", 0)
 
     def capture(graph: RecordedCall, record: Callable[[], None], device: torch.device, pool: Any = None) -> None:
         graph.record, graph.pool = record, pool
@@ -101,8 +103,9 @@ def test_grads_cycling_between_two_places_replay_two_graphs(pools):
 
 def test_grads_somewhere_new_every_step_end_copied_in(pools):
     """Grads in new memory every step (the old ones kept alive): the layout is captured again on
-    them ``RECAPTURES_BEFORE_COPYING`` times, keeping every graph; the next move drops them and
-    captures one graph on tensors of the program's own, into which each step's grads are copied.
+    them ``RECAPTURES_BEFORE_COPYING`` times, keeping every graph; the next move drops them with
+    their pool and captures one graph, in a new pool, on tensors of the program's own, into which
+    each step's grads are copied.
     Never a replay on stale grads: the eager twin's params at every step."""
     p_e, p_g = make_params(), make_params()
     opt_e, opt_g = build(p_e), build(p_g)
@@ -120,11 +123,13 @@ def test_grads_somewhere_new_every_step_end_copied_in(pools):
         torch.testing.assert_close(p_g, p_e, **TOL)
         if k == RECAPTURES_BEFORE_COPYING + 1:  # step 0 was the warm-up
             assert not prog.copies_grads and prog.graphs == RECAPTURES_BEFORE_COPYING + 1
-    assert prog.copies_grads and prog.graphs == 1
+    assert prog.copies_grads and prog.graphs == 1 and prog.copied_grads == len(p_g)
     assert prog.captures == RECAPTURES_BEFORE_COPYING + 2  # one per place seen, then one on its own grads
     assert prog.recaptures == RECAPTURES_BEFORE_COPYING + 1
     assert prog.replays == steps - 1
-    assert len(set(map(id, pools))) == 1
+    # the graphs for the places seen shared one pool; the graph on the program's own grads, captured
+    # after they were dropped (and their pool released with them), has a new one
+    assert len(set(map(id, pools[:-1]))) == 1 and pools[-1] is not pools[0]
 
 
 def test_a_new_layout_drops_the_graphs_and_their_pool(pools):
@@ -144,3 +149,29 @@ def test_a_new_layout_drops_the_graphs_and_their_pool(pools):
         torch.testing.assert_close(p_g, p_e, **TOL)
     assert (prog.warmups, prog.captures, prog.graphs) == (2, 3, 1)
     assert pools[0] is pools[1] and pools[2] is not pools[0]
+
+
+def test_small_grads_are_copied_in_and_large_ones_followed(pools, monkeypatch):
+    """Grads of at most ``SMALL_GRAD_BYTES`` (here the two vectors, 48 and 32 bytes; the matrices
+    have 384 and more) are copied into the program's own tensors each step, so their moving (a new
+    tensor every step, the old ones kept alive) costs no capture: the matrices' grads stay in their
+    buffers, and the one graph replays every step, equal to the eager twin."""
+    monkeypatch.setattr(compiled_step, "SMALL_GRAD_BYTES", 64)
+    p_e, p_g = make_params(), make_params()
+    opt_e, opt_g = build(p_e), build(p_g)
+    prog = StepProgram("cuda_graph")
+    large = [torch.empty_like(p) for p in p_g[:3]]
+    kept = []
+    for k in range(6):
+        values = fresh_grads(p_e, k)
+        for p, v in zip(p_e, values):
+            p.grad = v.clone()
+        for p, b, v in zip(p_g[:3], large, values[:3]):
+            p.grad = b.copy_(v)
+        for p, v in zip(p_g[3:], values[3:]):
+            p.grad = v.clone()
+        kept.append([p.grad for p in p_g[3:]])
+        step_both(opt_e, opt_g, prog)
+        torch.testing.assert_close(p_g, p_e, **TOL)
+    assert (prog.warmups, prog.captures, prog.recaptures, prog.replays) == (1, 1, 0, 5)
+    assert prog.copied_grads == 2 and not prog.copies_grads

@@ -23,7 +23,12 @@ device, sets the pace. ``StepProgram`` runs it as one program instead:
   takes the other of two blocks) replays the graph captured for where they are now. The graphs of
   a layout share one memory pool, since they run one at a time and their workspace is scratch.
   After ``RECAPTURES_BEFORE_COPYING`` captures for places not seen before, the program stops
-  following and copies each step's grads into tensors of its own before the replay.
+  following and copies each step's grads into tensors of its own before the replay. Small grads
+  (biases, norm weights: at most ``SMALL_GRAD_BYTES``) are always copied in, one foreach copy of a
+  few hundred KiB: the allocator serves them from segments shared with every small temporary of
+  the step, where they land somewhere else from step to step (GPT-2-small's loop on the H200, model
+  eager: 5 to 50 of them moved every step, in a cycle of six steps), while the large ones keep their
+  blocks.
 * ``"compile"`` (any device; what ``compiled=True`` means off CUDA): the same calls under
   ``torch.compile(fullgraph=True)``; dynamo's guards recompile for a new layout, and the lr tensors
   are graph inputs, so a schedule does not recompile.
@@ -165,6 +170,12 @@ def copy_grads_into(kept: List[Tensor], fresh: List[Tensor]) -> None:
 # holds at most this many graphs plus one; all share one memory pool.
 RECAPTURES_BEFORE_COPYING = 3
 
+# Grads of at most this many bytes (per local tensor) are copied into the program's own tensors every
+# step instead of followed: PyTorch's caching allocator serves requests up to 1 MiB from 2 MiB
+# segments that all small tensors share, so where a small grad lands depends on every small
+# temporary before it, and it moves between steps that a large grad survives in place.
+SMALL_GRAD_BYTES = 1 << 20
+
 GradAddress = Optional[tuple]
 
 
@@ -229,8 +240,9 @@ class StepProgram:
     eager warm-up steps run for new layouts; ``recaptures``: captures of a layout again because its
     grads came back at addresses none of its graphs reads; ``replays``: graph replays so far;
     ``graphs``: how many graphs the current layout holds; ``copies_grads``: whether the current graph
-    reads grads the program copies in (after ``RECAPTURES_BEFORE_COPYING``); ``layout``: the current
-    layout key.
+    reads every grad from tensors the program copies it into (after ``RECAPTURES_BEFORE_COPYING``);
+    ``copied_grads``: how many grads it copies in each step (the small ones, or all); ``layout``: the
+    current layout key.
     """
 
     def __init__(self, backend: str, *, compiler: Any = None) -> None:
@@ -248,14 +260,21 @@ class StepProgram:
         # The current layout's graphs, each with the grads it reads, where they were at its capture.
         self._graphs: List[Tuple[List[List[GradAddress]], "torch.cuda.CUDAGraph"]] = []
         self._pool: Any = None  # the memory pool the current layout's graphs share
-        self._own_grads: Optional[List[List[Optional[Tensor]]]] = None  # grads copied in, once following stops
+        # Per group, per grad: the program's own tensor the grad is copied into before each replay
+        # (the small ones; every one once following stopped), or None (read where backward left it).
+        self._own_grads: Optional[List[List[Optional[Tensor]]]] = None
+        self._copies_all = False
         self._compiled: Optional[Callable[[Work, bool, Optional[Tensor]], None]] = None
         self._compiler = compiler
         self._eager_layout: Optional[tuple] = None  # a layout whose capture failed: it runs eagerly
 
     @property
     def copies_grads(self) -> bool:
-        return self._own_grads is not None
+        return self._copies_all
+
+    @property
+    def copied_grads(self) -> int:
+        return sum(t is not None for own in self._own_grads or [] for t in own)
 
     @property
     def graphs(self) -> int:
@@ -311,7 +330,7 @@ class StepProgram:
     def _run_graph(self, work: Work, layout: tuple, skipped: Optional[Tensor]) -> None:
         fused = self._fused(work)
         if layout != self.layout:  # drop the old graphs (and any grads they kept)
-            self._warm, self._graphs, self._pool, self._own_grads = False, [], None, None
+            self._warm, self._graphs, self._pool, self._own_grads, self._copies_all = False, [], None, None, False
         if not self._warm:  # this step, eagerly, is the warm-up
             # On the current stream: its workspace goes back to the blocks the train loop's own
             # forward and backward reuse (blocks freed on a side stream stay cached for that stream).
@@ -319,12 +338,11 @@ class StepProgram:
             self.warmups += 1
             self._warm = True
             return
-        if self._own_grads is not None:  # following stopped: one graph, on the program's own grads
-            self._copy_into_own(work)
-            self._replay(self._graphs[0][1])
-            return
+        if self._own_grads is None:
+            self._own_grads = _own_tensors(work, lambda g: _nbytes(g) <= SMALL_GRAD_BYTES)
+        read = self._copied_in(work)  # what the graph reads: copied-in grads, the rest in place
         if self._graphs:
-            where = _addresses(work)
+            where = _addresses(read)
             graph = next((g for addresses, g in self._graphs if addresses == where), None)
             if graph is not None:  # the grads are where one of the graphs reads them
                 self._replay(graph)
@@ -332,11 +350,11 @@ class StepProgram:
             # Somewhere no graph reads them: replaying would read whatever now lies at the old addresses.
             self.recaptures += 1
             if len(self._graphs) > RECAPTURES_BEFORE_COPYING:  # this would be one recapture too many
-                self._graphs = []
-                self._own_grads = [[None if g is None else torch.empty_like(g) for g in grads] for _, grads, _ in work]
-                self._copy_into_own(work)
-                work = [(rt, own, decay) for (rt, _, decay), own in zip(work, self._own_grads)]
-        graph = self._capture(work, fused, skipped, layout)
+                # Drop the graphs and their pool (a pool no graph holds any more is released).
+                self._graphs, self._pool, self._copies_all = [], None, True
+                self._own_grads = _own_tensors(work, lambda g: True)
+                read = self._copied_in(work)
+        graph = self._capture(read, fused, skipped, layout)
         if graph is not None:
             self._replay(graph)
 
@@ -359,16 +377,17 @@ class StepProgram:
         except RuntimeError as e:  # nothing ran during the failed capture: run this step eagerly
             warnings.warn(f"fpolar.optim: capturing the step in a CUDA graph failed ({str(e).strip()[:200]}); "
                           "this parameter layout runs eagerly (pass compiled=False to skip the attempt)")
-            self._eager_layout, self._warm, self._graphs, self._pool, self._own_grads = layout, False, [], None, None
+            self._eager_layout, self._warm, self._graphs, self._pool = layout, False, [], None
+            self._own_grads, self._copies_all = None, False
             run_math(work, fused, skipped)
             return None
         self._graphs.append((_addresses(work), graph))
         self.captures += 1
         return graph
 
-    def _copy_into_own(self, work: Work) -> None:
-        """This step's grads into the program's own tensors, which the graph reads (same layout: the
-        None pattern is part of the layout key, and each grad matches its param's shape and dtype)."""
+    def _copied_in(self, work: Work) -> Work:
+        """This step's grads copied into the program's own tensors where it keeps one (one foreach
+        copy), and ``work`` with those tensors in their place: what the graph reads."""
         own, fresh = [], []
         for (_, grads, _), kept in zip(work, self._own_grads or []):
             for g, k in zip(grads, kept):
@@ -377,4 +396,18 @@ class StepProgram:
                     fresh.append(g)
         if own:
             copy_grads_into(own, fresh)
+        return [
+            (rt, [g if k is None else k for g, k in zip(grads, kept)], decay)
+            for (rt, grads, decay), kept in zip(work, self._own_grads or [])
+        ]
 
+
+def _nbytes(g: Tensor) -> int:
+    local = local_tensor(g)
+    return local.numel() * local.element_size()
+
+
+def _own_tensors(work: Work, copied: Callable[[Tensor], bool]) -> List[List[Optional[Tensor]]]:
+    """Per group, per grad: a tensor of the program's own, like the grad, where ``copied(grad)``;
+    None where not, or where the grad is None (its layout says so)."""
+    return [[None if g is None or not copied(g) else torch.empty_like(g) for g in grads] for _, grads, _ in work]

@@ -21,6 +21,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 TOL = dict(rtol=2e-6, atol=2e-6)
 
 
+@pytest.fixture
+def follow_every_grad(monkeypatch):
+    """No grad counts as small (``SMALL_GRAD_BYTES`` = 0): every grad is read where it lies, so the
+    test sees the graphs follow them. These tests' params are all under the default 1 MiB, which
+    would copy every one of them in."""
+    import fpolar.optim.compiled_step as compiled_step
+
+    monkeypatch.setattr(compiled_step, "SMALL_GRAD_BYTES", 0)
+
+
 @pytest.fixture(autouse=True)
 def _no_tf32():
     before = torch.backends.cuda.matmul.allow_tf32
@@ -62,7 +72,7 @@ def run(opt, program):
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["fresh_tensors", "written_in_place"])
-def test_cuda_graph_program_equals_eager(in_place):
+def test_cuda_graph_program_equals_eager(in_place, follow_every_grad):
     """Replays equal the eager drop-in step by step under an LR schedule. Grads written in place stay
     where the graph reads them: one capture per layout. Fresh grad tensors, each allocated while the
     last is alive, cycle between a few blocks: one graph per place they were seen (at most
@@ -95,7 +105,7 @@ def test_cuda_graph_program_equals_eager(in_place):
     assert max(float((a - b).detach().abs().max()) for a, b in zip(p_g, make_params())) > 1e-3
 
 
-def test_grads_cycling_between_two_places_replay_two_graphs_on_the_gpu():
+def test_grads_cycling_between_two_places_replay_two_graphs_on_the_gpu(follow_every_grad):
     """Grads written each step into one of two sets of buffers in turn: two captures (one pool),
     then replays of the graph whose addresses match, equal to the eager step; no copy."""
     p_e, p_g = make_params(), make_params()
@@ -143,7 +153,7 @@ def test_svd_backend_is_not_captured_and_still_steps():
     torch.testing.assert_close(p_g[:4], p_e[:4], **TOL)
 
 
-def test_train_loop_with_zero_grad_replays_on_the_grads_backward_left():
+def test_train_loop_with_zero_grad_replays_on_the_grads_backward_left(follow_every_grad):
     """A train loop with ``zero_grad()`` (set_to_none=True, the default) and the CUDA-graph drop-in:
     the caching allocator hands backward the same blocks each step, so after the capture (step 1)
     every step replays the one graph on the user's own grads: no recapture, no copy, no grad tensor
@@ -181,7 +191,7 @@ def _train_beside_eager(model, opt, model_e, opt_e, x, steps=8):
 
 
 @pytest.mark.parametrize("lanes", [1, 4])
-def test_one_model_loop_settles_on_replays_of_one_graph(monkeypatch, lanes):
+def test_one_model_loop_settles_on_replays_of_one_graph(monkeypatch, lanes, follow_every_grad):
     """The capture keeps the allocator's cache (``capture_keeping_cache``): with ``torch.cuda.graph``,
     whose entry empties the cache, this loop's grads came back elsewhere after every capture (with the
     groups in order: recaptured twice, then copied in, on the H200). Now the grads may move once,
@@ -233,13 +243,13 @@ def test_a_failed_capture_warns_ends_the_capture_and_steps_eagerly(monkeypatch):
 
 
 def test_loop_with_fused_glue_and_small_grads_settles_on_one_graph():
-    """The fused glue's offsets tables come from a pool of their own: made from the ordinary pool,
-    each new table took a small block the next step's LayerNorm and bias grads would have taken, so
-    they moved, the graph was captured again, its new tables moved them again, and the program ended
-    copying the grads (GPT-2-small's train loop on the H200: 3 recaptures, then copies). The fused
-    glue, a model with 1-D params beside its matrices; the polar factor in fp32 (TF32 off), so the
-    eager twin runs the same kernels and the check can be tight. In bf16 the two drifted 1.4e-3 apart
-    over 8 steps on the H200, a bound too loose to catch a wrong graph."""
+    """A loop with LayerNorm and biases beside its matrices, on the fused glue, settles on one graph.
+    The small grads (norms, biases, the 256×768 weights) are copied in each step; the large one is
+    followed. Before, the small grads moved: the glue's offsets tables took small blocks from the
+    ordinary pool (now they have a pool of their own), and the small temporaries of each step moved
+    them anyway (GPT-2-small's loop on the H200). The polar factor in fp32 (TF32 off), so the eager
+    twin runs the same kernels and the check can be tight: in bf16 the two drifted 1.4e-3 apart over
+    8 steps on the H200, a bound too loose to catch a wrong graph."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(256, 768), torch.nn.LayerNorm(768), torch.nn.GELU(),
@@ -254,5 +264,6 @@ def test_loop_with_fused_glue_and_small_grads_settles_on_one_graph():
     assert all(impl.glue == "fused" for impl in polar.state.polar_impls_for(polar.hparams.polar_spec))
     prog = opt._program
     assert prog.recaptures <= 1 and not prog.copies_grads, (prog.captures, prog.recaptures)
+    assert 0 < prog.copied_grads < len(list(model.parameters()))  # the small ones: norms, biases, 256×768
     assert captures[3:] == [captures[3]] * 5
     torch.testing.assert_close(list(model.parameters()), list(model_e.parameters()), **TOL)
