@@ -299,7 +299,8 @@ def _hparams(device: torch.device) -> Tuple[fpolar.PolarGradHParams, fpolar.Adam
     return polar, adamw
 
 
-def fpolar_cuda_graph(run: Run) -> Step:
+def fpolar_cuda_graph(run: Run, lanes: Optional[int] = None) -> Step:
+    """``make_train_step`` + ``capture_cuda_graph`` (``lanes``: its argument; None: its default)."""
     from fpolar.compile import capture_cuda_graph, make_train_step
 
     polar, adamw = _hparams(run.device)
@@ -308,16 +309,20 @@ def fpolar_cuda_graph(run: Run) -> Step:
 
     def replay(idx: Tensor, targets: Tensor) -> Tensor:
         if not graphed:  # the capture (with its eager warm-up steps) is part of the first step
-            graphed.append(capture_cuda_graph(step, idx, targets))
+            lanes_kw = {} if lanes is None else {"lanes": lanes}
+            graphed.append(capture_cuda_graph(step, idx, targets, **lanes_kw))
         return graphed[0](idx, targets)
 
     return replay
 
 
-# The lanes during each step (the default is 1, groups in order): what they give end to end, in the
-# same run. The one-graph recipe needs them only at its capture, but holding them at replays is free.
+# The drop-in with 4 lanes during each step (its default is 1, groups in order): what they give end
+# to end, in the same run. The one-graph recipe's default is 4 lanes; the in-order one is its twin.
 fpolar_muon_side_by_side = _inside(_four_lanes, fpolar_muon)
-fpolar_cuda_graph_side_by_side = _inside(_four_lanes, fpolar_cuda_graph)
+
+
+def fpolar_cuda_graph_in_order(run: Run) -> Step:
+    return fpolar_cuda_graph(run, lanes=1)
 
 
 def _fpolar_whole_step_compiled(mode: Optional[str]) -> Callable[[Run], Step]:
@@ -396,10 +401,8 @@ def recipes() -> List[Recipe]:
         Recipe("AdamW fused, zero_grad(set_to_none=False)", "peer", adamw_grads_kept),
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),
-        Recipe("fpolar capture_cuda_graph, groups side by side (MAX_LANES=4)", "fpolar", fpolar_cuda_graph_side_by_side, cuda_only=True),
+        Recipe("fpolar capture_cuda_graph, groups in order (lanes=1)", "fpolar", fpolar_cuda_graph_in_order, cuda_only=True),
         Recipe("fpolar capture_cuda_graph, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_cuda_graph), cuda_only=True),
-        Recipe("fpolar capture_cuda_graph, side by side and tuned", "fpolar", _tuned(fpolar_cuda_graph_side_by_side),
-               cuda_only=True),
         Recipe("fpolar.optim.Muon, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_muon), cuda_only=True),
         Recipe("fpolar step compiled apart (torch.compile)", "fpolar", _fpolar_optimizer_compiled(None), compiles=True),
         Recipe(WHOLE_STEP_FLOOR, "floor", adamw_whole_step_compiled, modes=("eager",), compiles=True),

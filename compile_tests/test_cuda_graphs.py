@@ -171,14 +171,16 @@ def relative_gap(got, want, start) -> float:
     return max_abs_diff(got, want) / travelled
 
 
-@pytest.mark.parametrize("backward", ["autograd", "func"])
-def test_cuda_graph_whole_train_step_replays_the_eager_loop(backward):
+@pytest.mark.parametrize("backward, lanes", [("autograd", 4), ("autograd", 1), ("func", 4)])
+def test_cuda_graph_whole_train_step_replays_the_eager_loop(backward, lanes):
+    """Replays equal the eager loop, with the optimizer's pieces recorded side by side (4 lanes,
+    the default) or in order."""
     start, want, want_losses = eager_run(backward)
     model = gpu_model()
     step = make_train_step(model, loss_fn, *hparams(), backward=backward)
     xs, ys = gpu_batches(STEPS)
     buffers = list(step.grads)
-    graphed = capture_cuda_graph(step, xs[0], ys[0])
+    graphed = capture_cuda_graph(step, xs[0], ys[0], lanes=lanes)
     if backward == "autograd":  # the captured backward hands over its own grads: no zeroing, no accumulate
         assert all(p.grad is g for p, g in zip(step.polar_params + step.adamw_params, step.grads))
         assert not any(g is b for g, b in zip(step.grads, buffers))
@@ -190,7 +192,7 @@ def test_cuda_graph_whole_train_step_replays_the_eager_loop(backward):
     d_params, d_loss = max_abs_diff(got, want), max_abs_diff([got_losses], [want_losses])
     gap = relative_gap(got, want, start)
     record(
-        f"cuda_graph_train_step_{backward}",
+        f"cuda_graph_train_step_{backward}_lanes{lanes}",
         dict(steps=STEPS, max_abs_diff_params=d_params, max_abs_diff_loss=d_loss, relative_gap=gap,
              loss_first=float(want_losses[0]), loss_last=float(want_losses[-1])),
     )

@@ -154,3 +154,6 @@ def test_bad_arguments_raise():
     assert isinstance(step, TrainStep)
     with pytest.raises(ValueError, match="CUDA device"):
         capture_cuda_graph(step, *[t[0] for t in tiny_batches(1)])
+    for bad in (0, -1, 2.0, True):  # named in the message, raised before anything runs
+        with pytest.raises(ValueError, match=f"lanes must be an integer ≥ 1.*got {bad!r}"):
+            capture_cuda_graph(step, *[t[0] for t in tiny_batches(1)], lanes=bad)

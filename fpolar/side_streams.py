@@ -17,18 +17,29 @@ one-branch-at-a-time workspace. Eagerly, a tensor that crosses streams would nee
 and each fork host time per step; a torch.compile trace does not see Python streams. So everywhere
 else ``side_by_side`` calls the jobs in place, in order.
 
-Off by default (``MAX_LANES`` = 1): on the H200 the step alone was faster with 4 lanes, the measured
-whole train step was not.
+Off by default for the drop-in (``MAX_LANES`` = 1): on the H200 its step alone was faster with 4
+lanes, its measured whole train step was not. ``fpolar.compile.capture_cuda_graph``, whose one graph
+holds forward, backward and both steps, records with 4 lanes (``with lanes(4)``): there the whole
+train step was faster with them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-__all__ = ["MAX_LANES", "MEMORY_FRACTION", "being_captured", "side_by_side"]
+__all__ = ["MAX_LANES", "MEMORY_FRACTION", "being_captured", "check_lanes", "lanes", "side_by_side"]
+
+
+def check_lanes(count: object, name: str = "lanes") -> int:
+    """``count`` as a lane count (an int ≥ 1; 1 runs the pieces in order), else ValueError naming it."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"{name} must be an integer ≥ 1 (1: in order), got {count!r}")
+    return count
+
 
 def _lanes_from_environment() -> int:
     text = os.environ.get("FPOLAR_LANES", "1")
@@ -47,6 +58,21 @@ MAX_LANES = _lanes_from_environment()
 # Side by side only while the jobs' estimated workspace adds up to at most this share of the device's
 # memory (2.2 GB of an H200's 141 GB).
 MEMORY_FRACTION = 1 / 64
+
+
+
+@contextlib.contextmanager
+def lanes(count: int) -> Iterator[None]:
+    """Inside the block, ``MAX_LANES`` is ``count`` (whatever ``FPOLAR_LANES`` said); restored after.
+    Raises ValueError for a ``count`` that is not an int ≥ 1, before changing anything."""
+    global MAX_LANES
+    check_lanes(count)
+    before, MAX_LANES = MAX_LANES, count
+    try:
+        yield
+    finally:
+        MAX_LANES = before
+
 
 _pools: Dict[torch.device, List["torch.cuda.Stream"]] = {}
 _taken: Dict[torch.device, int] = {}  # lanes held by enclosing scopes: a nested call takes the next ones

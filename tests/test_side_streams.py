@@ -53,3 +53,23 @@ def test_a_bad_lane_count_names_the_value(monkeypatch, value):
     with pytest.raises(ValueError, match="FPOLAR_LANES must be an integer ≥ 1") as err:
         side_streams._lanes_from_environment()
     assert repr(value) in str(err.value)
+
+
+def test_lanes_context_sets_and_restores_the_count():
+    """``lanes(n)`` holds ``MAX_LANES`` at n inside the block, restores it after (an exception
+    included), and refuses a bad count, naming it, before changing anything."""
+    from fpolar import side_streams
+
+    before = side_streams.MAX_LANES
+    with side_streams.lanes(3):
+        assert side_streams.MAX_LANES == 3
+    assert side_streams.MAX_LANES == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with side_streams.lanes(5):
+            raise RuntimeError("inside")
+    assert side_streams.MAX_LANES == before
+    for bad in (0, -2, 1.5, False, "4"):
+        with pytest.raises(ValueError, match=f"lanes must be an integer ≥ 1.*got {bad!r}"):
+            with side_streams.lanes(bad):  # type: ignore[arg-type]
+                pass
+        assert side_streams.MAX_LANES == before

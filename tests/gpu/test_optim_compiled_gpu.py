@@ -266,4 +266,6 @@ def test_loop_with_fused_glue_and_small_grads_settles_on_one_graph():
     assert prog.recaptures <= 1 and not prog.copies_grads, (prog.captures, prog.recaptures)
     assert 0 < prog.copied_grads < len(list(model.parameters()))  # the small ones: norms, biases, 256×768
     assert captures[3:] == [captures[3]] * 5
-    torch.testing.assert_close(list(model.parameters()), list(model_e.parameters()), **TOL)
+    # the LayerNorm params step on fused AdamW in the graph, foreach AdamW eagerly: over 8 steps one
+    # bias element drifted 2.9e-6 apart on the H200; a graph reading stale grads is off by ~1e-3
+    torch.testing.assert_close(list(model.parameters()), list(model_e.parameters()), rtol=1e-5, atol=1e-5)
