@@ -11,7 +11,10 @@ the GPT-2-small parameter set (149 params: 48 Muon matrices, the rest AdamW):
   the baseline of the same run;
 - the functional steps' own checks over every group (``check_step_inputs`` of ``polargrad_step`` and
   ``adamw_step``): what the drop-in's eager math (``compiled=False``, and the warm-up and capture
-  steps of its CUDA graph) ran a second time before it called the steps' ``*_prechecked`` forms.
+  steps of its CUDA graph) ran a second time before it called the steps' ``*_prechecked`` forms;
+- the CUDA-graph program's own per-step host work after ``_prepare`` (``StepProgram``: the stepping
+  groups, the layout key, the grad-address check, the small grads' foreach copy), with a stand-in
+  for the graph whose replay does nothing: what the drop-in adds to a replay on top of ``_prepare``.
 
     python benchmarks/host_prepare.py [--steps 200]
 """
@@ -63,6 +66,40 @@ def functional_checks_ms(opt, steps: int) -> float:
     return statistics.median(times)
 
 
+class _NoReplay:
+    """Stands in for ``torch.cuda.CUDAGraph``: captures and replays nothing (host time only)."""
+
+    def replay(self) -> None:
+        pass
+
+
+def program_ms(opt, params, steps: int) -> float:
+    """Median host ms of the CUDA-graph program's call after ``_prepare`` on replay steps (the same grad
+    tensors each step, so the address check passes), the graph stood in by ``_NoReplay``."""
+    import fpolar.optim.compiled_step as compiled_step
+
+    saved = (torch.cuda.CUDAGraph, torch.cuda.graph_pool_handle, torch.cuda.is_current_stream_capturing,
+             compiled_step.capture_keeping_cache)
+    torch.cuda.CUDAGraph, torch.cuda.graph_pool_handle = _NoReplay, lambda: None
+    torch.cuda.is_current_stream_capturing = lambda: False
+    compiled_step.capture_keeping_cache = lambda graph, record, device, pool=None: None
+    try:
+        program = compiled_step.StepProgram("cuda_graph")
+        times = []
+        with torch.no_grad():
+            for k in range(steps + 2):  # a warm-up step (eager math) and a capture first
+                opt._prepare()
+                t0 = time.perf_counter()
+                program(opt)
+                if k >= 2:
+                    times.append((time.perf_counter() - t0) * 1e3)
+        assert program.captures == 1 and program.replays == steps + 1, (program.captures, program.replays)
+        return statistics.median(times)
+    finally:
+        (torch.cuda.CUDAGraph, torch.cuda.graph_pool_handle, torch.cuda.is_current_stream_capturing,
+         compiled_step.capture_keeping_cache) = saved
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
@@ -83,10 +120,12 @@ def main() -> None:
     finally:
         base.step_inputs_fingerprint = real
     functional = functional_checks_ms(opt, args.steps)
+    program = program_ms(opt, params, args.steps)
     print(f"GPT-2-small, {len(params)} params, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"_prepare, checked once:       {once:.3f} ms per step")
     print(f"_prepare, checked every step: {every:.3f} ms per step ({every / once:.1f}x)")
     print(f"the functional steps' checks, every group: {functional:.3f} ms per step")
+    print(f"the CUDA-graph program after _prepare, replay stood in: {program:.3f} ms per step")
 
 
 if __name__ == "__main__":

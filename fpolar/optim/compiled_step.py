@@ -151,6 +151,9 @@ def copy_grads_into(kept: List[Tensor], fresh: List[Tensor]) -> None:
     are copied through their local shards: DTensor has no sharding rule for ``_foreach_copy_``, and two
     grads of one param share its placements, so the local copy is the whole copy. A pair whose layouts
     differ is copied as DTensors (``copy_`` redistributes)."""
+    if all(type(t) is Tensor for t in kept) and all(type(t) is Tensor for t in fresh):
+        torch._foreach_copy_(kept, fresh)  # plain tensors: no per-pair checks (host time every step)
+        return
     locals_, redistributed = [], []
     for k, f in zip(kept, fresh):
         plain = not is_dtensor(k) and not is_dtensor(f)
@@ -264,6 +267,7 @@ class StepProgram:
         # (the small ones; every one once following stopped), or None (read where backward left it).
         self._own_grads: Optional[List[List[Optional[Tensor]]]] = None
         self._copies_all = False
+        self._layout_fused = False  # whether the current layout's AdamW groups run torch's fused kernel
         self._compiled: Optional[Callable[[Work, bool, Optional[Tensor]], None]] = None
         self._compiler = compiler
         self._eager_layout: Optional[tuple] = None  # a layout whose capture failed: it runs eagerly
@@ -328,9 +332,10 @@ class StepProgram:
         self._compiled(work, fused, skipped)
 
     def _run_graph(self, work: Work, layout: tuple, skipped: Optional[Tensor]) -> None:
-        fused = self._fused(work)
         if layout != self.layout:  # drop the old graphs (and any grads they kept)
             self._warm, self._graphs, self._pool, self._own_grads, self._copies_all = False, [], None, None, False
+            self._layout_fused = self._fused(work)  # the AdamW params' devices and dtypes: fixed by the layout
+        fused = self._layout_fused
         if not self._warm:  # this step, eagerly, is the warm-up
             # On the current stream: its workspace goes back to the blocks the train loop's own
             # forward and backward reuse (blocks freed on a side stream stay cached for that stream).
