@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .dtensor import local_tensor
+from .inductor_fallbacks import register_before_lowering
 
 NonfiniteMode = Literal["skip", "propagate"]
 NONFINITE_MODES: tuple[str, ...] = ("skip", "propagate")
@@ -113,6 +114,7 @@ def max_abs(tensors: List[Tensor]) -> Tensor:
 
 @max_abs.register_fake
 def _max_abs_fake(tensors: List[Tensor]) -> Tensor:
+    register_before_lowering(torch.ops.fpolar.max_abs.default)  # see fpolar/inductor_fallbacks.py
     _check_max_abs(tensors)
     return tensors[0].new_empty(())
 

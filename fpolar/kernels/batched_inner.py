@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ._common import check_batched_matrix, check_int32_addressable, launch_options, require_triton, tl, triton
+from ..inductor_fallbacks import register_before_lowering
 
 __all__ = ["batched_inner", "batched_inner_reference", "launch_batched_inner", "inner_tile_config"]
 
@@ -162,6 +163,7 @@ def _batched_inner_cuda(o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @batched_inner.register_fake
 def _batched_inner_fake(o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    register_before_lowering(torch.ops.fpolar.batched_inner.default)  # see fpolar/inductor_fallbacks.py
     _check(o, x)
     return o.new_empty((o.shape[0],), dtype=torch.float32)
 

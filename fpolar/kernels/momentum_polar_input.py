@@ -45,6 +45,7 @@ from ._glue_common import (
     skip_tile,
     tile_of_program,
 )
+from ..inductor_fallbacks import register_before_lowering
 
 __all__ = [
     "momentum_polar_input",
@@ -448,6 +449,7 @@ def _momentum_polar_input_fake(
     eps: float,
     found: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    register_before_lowering(torch.ops.fpolar.momentum_polar_input.default)  # see fpolar/inductor_fallbacks.py
     _check(momentum, grads, beta, polar_dtype, safety, eps, found)
     x = momentum.new_empty(_output_shape(momentum), dtype=polar_dtype)
     return x, momentum.new_empty((momentum.shape[0],), dtype=torch.float32)

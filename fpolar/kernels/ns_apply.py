@@ -20,6 +20,7 @@ from ._common import (
     triton,
 )
 from .tuning import get_tuner
+from ..inductor_fallbacks import register_before_lowering
 
 __all__ = ["ns_apply", "ns_apply_reference", "launch_ns_apply"]
 
@@ -178,5 +179,6 @@ def _ns_apply_cuda(x: torch.Tensor, bm: torch.Tensor, a: float) -> torch.Tensor:
 
 @ns_apply.register_fake
 def _ns_apply_fake(x: torch.Tensor, bm: torch.Tensor, a: float) -> torch.Tensor:
+    register_before_lowering(torch.ops.fpolar.ns_apply.default)  # see fpolar/inductor_fallbacks.py
     _check(x, bm, a)
     return torch.empty_like(x, memory_format=torch.contiguous_format)

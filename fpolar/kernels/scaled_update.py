@@ -33,6 +33,7 @@ from ._glue_common import (
     skip_tile,
     tile_of_program,
 )
+from ..inductor_fallbacks import register_before_lowering
 
 __all__ = ["scaled_update_", "scaled_update_reference", "launch_scaled_update"]
 
@@ -249,4 +250,5 @@ def _scaled_update_fake(
     decay: torch.Tensor,
     found: Optional[torch.Tensor] = None,
 ) -> None:
+    register_before_lowering(torch.ops.fpolar.scaled_update_.default)  # see fpolar/inductor_fallbacks.py
     _check(params, o, step, decay, found)

@@ -19,6 +19,7 @@ from ._common import (
 )
 from .tuning import get_tuner
 from ._lower_tiles import gram_tile, lower_tile_coords, lower_tile_count, store_mirrored
+from ..inductor_fallbacks import register_before_lowering
 
 __all__ = ["sym_gram", "sym_gram_reference", "launch_sym_gram"]
 
@@ -121,5 +122,6 @@ def _sym_gram_cuda(x: torch.Tensor) -> torch.Tensor:
 
 @sym_gram.register_fake
 def _sym_gram_fake(x: torch.Tensor) -> torch.Tensor:
+    register_before_lowering(torch.ops.fpolar.sym_gram.default)  # see fpolar/inductor_fallbacks.py
     _check(x)
     return x.new_empty((x.shape[0], x.shape[1], x.shape[1]))

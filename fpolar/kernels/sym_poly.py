@@ -21,6 +21,7 @@ from ._common import (
 )
 from .tuning import get_tuner
 from ._lower_tiles import gram_tile, lower_tile_coords, lower_tile_count, store_mirrored
+from ..inductor_fallbacks import register_before_lowering
 
 __all__ = ["sym_poly", "sym_poly_reference", "launch_sym_poly"]
 
@@ -132,5 +133,6 @@ def _sym_poly_cuda(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
 
 @sym_poly.register_fake
 def _sym_poly_fake(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
+    register_before_lowering(torch.ops.fpolar.sym_poly.default)  # see fpolar/inductor_fallbacks.py
     _check(a, b, c)
     return torch.empty_like(a, memory_format=torch.contiguous_format)
