@@ -317,12 +317,13 @@ def fpolar_cuda_graph(run: Run, lanes: Optional[int] = None) -> Step:
 
 
 # The drop-in with 4 lanes during each step (its default is 1, groups in order), and the one-graph
-# recipe captured with ``lanes=4``: what the lanes give end to end, beside the defaults of the same run.
+# recipe captured with ``lanes=1`` (its default is 4): what the lanes give end to end, beside the
+# defaults of the same run.
 fpolar_muon_side_by_side = _inside(_four_lanes, fpolar_muon)
 
 
-def fpolar_cuda_graph_side_by_side(run: Run) -> Step:
-    return fpolar_cuda_graph(run, lanes=4)
+def fpolar_cuda_graph_in_order(run: Run) -> Step:
+    return fpolar_cuda_graph(run, lanes=1)
 
 
 def _fpolar_whole_step_compiled(mode: Optional[str]) -> Callable[[Run], Step]:
@@ -401,10 +402,8 @@ def recipes() -> List[Recipe]:
         Recipe("AdamW fused, zero_grad(set_to_none=False)", "peer", adamw_grads_kept),
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),
-        Recipe("fpolar capture_cuda_graph(..., lanes=4)", "fpolar", fpolar_cuda_graph_side_by_side, cuda_only=True),
+        Recipe("fpolar capture_cuda_graph, groups in order (lanes=1)", "fpolar", fpolar_cuda_graph_in_order, cuda_only=True),
         Recipe("fpolar capture_cuda_graph, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_cuda_graph), cuda_only=True),
-        Recipe("fpolar capture_cuda_graph(..., lanes=4), tuned kernels", "fpolar", _tuned(fpolar_cuda_graph_side_by_side),
-               cuda_only=True),
         Recipe("fpolar.optim.Muon, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_muon), cuda_only=True),
         Recipe("fpolar step compiled apart (torch.compile)", "fpolar", _fpolar_optimizer_compiled(None), compiles=True),
         Recipe(WHOLE_STEP_FLOOR, "floor", adamw_whole_step_compiled, modes=("eager",), compiles=True),

@@ -472,7 +472,7 @@ def capture_cuda_graph(
     *example_batch: Tensor,
     warmup_steps: int = 3,
     pool: Optional[tuple] = None,
-    lanes: int = 1,
+    lanes: int = 4,
 ) -> CUDAGraphTrainStep:
     """Capture ``step`` (a whole forward + backward + optimizer step) in one CUDA graph.
 
@@ -488,11 +488,10 @@ def capture_cuda_graph(
         pool: optional memory pool handle (``torch.cuda.graph_pool_handle()``) to share with other graphs.
         lanes: how many streams the optimizer's independent pieces (each shape group's polar step,
             the AdamW groups) are recorded on, as parallel branches of the graph (``fpolar.side_streams``;
-            pieces whose workspace adds up past its memory bound stay in order). 1 (default): one
-            after another. 4 made GPT-2-small's whole captured train step 0.4 ms faster on the H200
-            in two runs (BENCHMARKS.md), for a larger graph pool (a few hundred MiB there); it is
-            not the default because a ``torch.compile(mode="reduce-overhead")`` compile that came
-            after such a capture in one GPU test process stalled in Inductor, cause not found.
+            pieces whose workspace adds up past its memory bound stay in order). 1: one after
+            another. The default 4 made GPT-2-small's whole captured train step 0.38–0.43 ms faster
+            than 1 on the H200, in two runs (BENCHMARKS.md), for a larger graph pool (a few hundred
+            MiB there).
 
     Returns:
         a ``CUDAGraphTrainStep``. Raises ValueError for CPU parameters, hparam tensors on another device,

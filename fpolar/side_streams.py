@@ -17,10 +17,10 @@ one-branch-at-a-time workspace. Eagerly, a tensor that crosses streams would nee
 and each fork host time per step; a torch.compile trace does not see Python streams. So everywhere
 else ``side_by_side`` calls the jobs in place, in order.
 
-Off by default (``MAX_LANES`` = 1). For the drop-in: on the H200 its step alone was faster with 4
-lanes, its measured whole train step was not. ``fpolar.compile.capture_cuda_graph(..., lanes=4)``,
-whose one graph holds forward, backward and both steps, records with 4 lanes (``with lanes(4)``):
-there the whole train step was faster with them (see its docstring for why that is not its default).
+Off by default for the drop-in (``MAX_LANES`` = 1): on the H200 its step alone was faster with 4
+lanes, its measured whole train step was not. ``fpolar.compile.capture_cuda_graph``, whose one graph
+holds forward, backward and both steps, records with 4 lanes by default (``with lanes(4)``): there
+the whole train step was faster with them.
 """
 
 from __future__ import annotations
