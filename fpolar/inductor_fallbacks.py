@@ -1,7 +1,7 @@
 """fpolar's custom ops registered with Inductor as fallback kernels before it lowers a graph holding one.
 
-Why: Inductor meets a custom op it has no lowering for by making an implicit fallback, and up to
-torch 2.11 it logs that with the message built eagerly, whatever the log level:
+Why: Inductor meets a custom op it has no lowering for by making an implicit fallback, and in
+torch 2.11 (and earlier releases) it logs that with the message built eagerly, whatever the log level:
 ``log.info("Creating implicit fallback for:\\n%s", error.operator_str(target, args, kwargs))``. The
 message prints the op's inputs as Inductor IR, and an input at the end of a whole train step (the
 grads ``fpolar::max_abs`` reads, computed by the whole backward) prints the IR it came from, node by
