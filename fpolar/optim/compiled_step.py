@@ -267,8 +267,6 @@ class StepProgram:
         # (the small ones; every one once following stopped), or None (read where backward left it).
         self._own_grads: Optional[List[List[Optional[Tensor]]]] = None
         self._copies_all = False
-        self._layout_fused = False  # whether layout ``_fused_for``'s AdamW groups run torch's fused kernel
-        self._fused_for: Optional[tuple] = None
         self._compiled: Optional[Callable[[Work, bool, Optional[Tensor]], None]] = None
         self._compiler = compiler
         self._eager_layout: Optional[tuple] = None  # a layout whose capture failed: it runs eagerly
@@ -335,13 +333,10 @@ class StepProgram:
     def _run_graph(self, work: Work, layout: tuple, skipped: Optional[Tensor]) -> None:
         if layout != self.layout:  # drop the old graphs (and any grads they kept)
             self._warm, self._graphs, self._pool, self._own_grads, self._copies_all = False, [], None, None, False
-        if layout != self._fused_for:  # the AdamW params' devices and dtypes: fixed by the layout
-            self._fused_for, self._layout_fused = layout, self._fused(work)
-        fused = self._layout_fused
         if not self._warm:  # this step, eagerly, is the warm-up
             # On the current stream: its workspace goes back to the blocks the train loop's own
             # forward and backward reuse (blocks freed on a side stream stay cached for that stream).
-            run_math(work, fused, skipped)
+            run_math(work, self._fused(work), skipped)
             self.warmups += 1
             self._warm = True
             return
@@ -361,7 +356,7 @@ class StepProgram:
                 self._graphs, self._pool, self._copies_all = [], None, True
                 self._own_grads = _own_tensors(work, lambda g: True)
                 read = self._copied_in(work)
-        graph = self._capture(read, fused, skipped, layout)
+        graph = self._capture(read, self._fused(work), skipped, layout)  # a replay needs no such decision
         if graph is not None:
             self._replay(graph)
 
