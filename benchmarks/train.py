@@ -219,18 +219,6 @@ def fpolar_muon_torch_glue(run: Run) -> Step:
     return first_with_torch_glue
 
 
-@contextlib.contextmanager
-def _four_lanes() -> Iterator[None]:
-    """``fpolar.side_streams.MAX_LANES = 4`` inside (the default is 1: captured groups in order)."""
-    import fpolar.side_streams as side_streams
-
-    before, side_streams.MAX_LANES = side_streams.MAX_LANES, 4
-    try:
-        yield
-    finally:
-        side_streams.MAX_LANES = before
-
-
 def _tuning_on() -> Callable[[], ContextManager[None]]:
     """A context factory: inside, the process-wide kernel tuner is one that tunes (``FPOLAR_TUNE=1``),
     the same one each time, so what it measured at the first step holds for the rest."""
@@ -319,7 +307,7 @@ def fpolar_cuda_graph(run: Run, lanes: Optional[int] = None) -> Step:
 # The drop-in with 4 lanes during each step (its default is 1, groups in order), and the one-graph
 # recipe captured with ``lanes=1`` (its default is 4): what the lanes give end to end, beside the
 # defaults of the same run.
-fpolar_muon_side_by_side = _inside(_four_lanes, fpolar_muon)
+fpolar_muon_side_by_side = _inside(lambda: fpolar.side_streams.lanes(4), fpolar_muon)
 
 
 def fpolar_cuda_graph_in_order(run: Run) -> Step:
