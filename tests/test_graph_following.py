@@ -69,6 +69,18 @@ def build(params: List[torch.Tensor]) -> fo.Muon:
     return fo.Muon(groups, lr=0.02, weight_decay=0.05, polar_dtype=torch.float32, compiled=False)
 
 
+def twins() -> tuple:
+    """Two equal param sets, an optimizer for each, and the program that steps the second."""
+    p_e, p_g = make_params(), make_params()
+    return p_e, p_g, build(p_e), build(p_g), StepProgram("cuda_graph")
+
+
+def give_fresh(params: List[torch.Tensor], values: List[torch.Tensor]) -> None:
+    """Each param's grad: a new tensor holding this step's value (new memory every step)."""
+    for p, v in zip(params, values):
+        p.grad = v.clone()
+
+
 def step_both(opt_e: fo.Muon, opt_g: fo.Muon, prog: StepProgram) -> None:
     with torch.no_grad():
         opt_e._prepare()
@@ -82,14 +94,11 @@ def test_grads_cycling_between_two_places_replay_two_graphs(pools):
     allocated while the last one is alive): the layout is captured once per set, then every step
     replays the graph of the set the grads are in: no more captures, no copy, the eager twin's params
     at every step. Both graphs were given one memory pool."""
-    p_e, p_g = make_params(), make_params()
-    opt_e, opt_g = build(p_e), build(p_g)
-    prog = StepProgram("cuda_graph")
+    p_e, p_g, opt_e, opt_g, prog = twins()
     buffers = [[torch.empty_like(p) for p in p_g] for _ in range(2)]
     for k in range(10):
         values = fresh_grads(p_e, k)
-        for p, v in zip(p_e, values):
-            p.grad = v.clone()
+        give_fresh(p_e, values)
         for p, b, v in zip(p_g, buffers[k % 2], values):
             p.grad = b.copy_(v)
         step_both(opt_e, opt_g, prog)
@@ -107,17 +116,13 @@ def test_grads_somewhere_new_every_step_end_copied_in(pools):
     their pool and captures one graph, in a new pool, on tensors of the program's own, into which
     each step's grads are copied.
     Never a replay on stale grads: the eager twin's params at every step."""
-    p_e, p_g = make_params(), make_params()
-    opt_e, opt_g = build(p_e), build(p_g)
-    prog = StepProgram("cuda_graph")
+    p_e, p_g, opt_e, opt_g, prog = twins()
     kept = []
     steps = RECAPTURES_BEFORE_COPYING + 5
     for k in range(steps):
         values = fresh_grads(p_e, k)
-        for p, v in zip(p_e, values):
-            p.grad = v.clone()
-        for p, v in zip(p_g, values):
-            p.grad = v.clone()
+        give_fresh(p_e, values)
+        give_fresh(p_g, values)
         kept.append([p.grad for p in p_g])
         step_both(opt_e, opt_g, prog)
         torch.testing.assert_close(p_g, p_e, **TOL)
@@ -135,9 +140,7 @@ def test_grads_somewhere_new_every_step_end_copied_in(pools):
 def test_a_new_layout_drops_the_graphs_and_their_pool(pools):
     """A param losing its grad is a new layout: warmed up again, captured on a pool of its own; the
     old layout's graphs are gone."""
-    p_e, p_g = make_params(), make_params()
-    opt_e, opt_g = build(p_e), build(p_g)
-    prog = StepProgram("cuda_graph")
+    p_e, p_g, opt_e, opt_g, prog = twins()
     buffers = [[torch.empty_like(p) for p in p_g] for _ in range(2)]
     for k in range(6):
         values = fresh_grads(p_e, k)
@@ -157,19 +160,15 @@ def test_small_grads_are_copied_in_and_large_ones_followed(pools, monkeypatch):
     tensor every step, the old ones kept alive) costs no capture: the matrices' grads stay in their
     buffers, and the one graph replays every step, equal to the eager twin."""
     monkeypatch.setattr(compiled_step, "SMALL_GRAD_BYTES", 64)
-    p_e, p_g = make_params(), make_params()
-    opt_e, opt_g = build(p_e), build(p_g)
-    prog = StepProgram("cuda_graph")
+    p_e, p_g, opt_e, opt_g, prog = twins()
     large = [torch.empty_like(p) for p in p_g[:3]]
     kept = []
     for k in range(6):
         values = fresh_grads(p_e, k)
-        for p, v in zip(p_e, values):
-            p.grad = v.clone()
+        give_fresh(p_e, values)
         for p, b, v in zip(p_g[:3], large, values[:3]):
             p.grad = b.copy_(v)
-        for p, v in zip(p_g[3:], values[3:]):
-            p.grad = v.clone()
+        give_fresh(p_g[3:], values[3:])
         kept.append([p.grad for p in p_g[3:]])
         step_both(opt_e, opt_g, prog)
         torch.testing.assert_close(p_g, p_e, **TOL)
