@@ -6,6 +6,7 @@ the same code path as the GPU run, only with host timers instead of CUDA events.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -15,7 +16,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
@@ -234,6 +235,23 @@ def settle_compiler_for_peers() -> None:
             setattr(torch._dynamo.config, knob, 256)
     if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
         torch._dynamo.config.accumulated_recompile_limit = 4096
+
+
+@contextlib.contextmanager
+def products_on_cublas() -> Iterator[None]:
+    """Inside the block, plans are made as on a device without TMA: ``kernels="auto"`` keeps every
+    product of the polar step on cuBLAS instead of the symmetric ones on fpolar's kernels (the rules
+    before that choice, for a same-run comparison; a plan is made at ``init_state`` or a drop-in's
+    first step)."""
+    import fpolar.polar  # noqa: F401  (the package; ``fpolar.polar`` the attribute is a function)
+
+    plan_module = sys.modules["fpolar.polar"]
+    saved = plan_module.device_has_tma
+    plan_module.device_has_tma = lambda device: False
+    try:
+        yield
+    finally:
+        plan_module.device_has_tma = saved
 
 
 def save_json(path: Optional[str], payload: Dict[str, Any]) -> None:

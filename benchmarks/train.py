@@ -45,7 +45,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: common, gpt
 
 import fpolar  # noqa: E402
-from common import environment, pick_device, print_header, save_json, settle_compiler_for_peers, sync  # noqa: E402
+from common import (  # noqa: E402
+    environment,
+    pick_device,
+    print_header,
+    products_on_cublas,
+    save_json,
+    settle_compiler_for_peers,
+    sync,
+)
 from gpt import GPT, GPT2_MEDIUM, GPT2_SMALL, GPTConfig, is_hidden_matrix, lm_loss, random_batch  # noqa: E402
 
 MODELS: Dict[str, GPTConfig] = {"gpt2-small": GPT2_SMALL, "gpt2-medium": GPT2_MEDIUM}
@@ -389,7 +397,11 @@ def recipes() -> List[Recipe]:
         Recipe("fpolar.optim.Muon, zero_grad(set_to_none=False)", "fpolar", fpolar_muon_grads_kept, cuda_only=True),
         Recipe("AdamW fused, zero_grad(set_to_none=False)", "peer", adamw_grads_kept),
         Recipe("fpolar.optim.Muon(..., compiled=False)", "fpolar", fpolar_muon_eager),
+        Recipe("fpolar.optim.Muon, every product on cuBLAS", "fpolar", _inside(products_on_cublas, fpolar_muon),
+               cuda_only=True),
         Recipe("fpolar make_train_step + capture_cuda_graph", "fpolar", fpolar_cuda_graph, cuda_only=True),
+        Recipe("fpolar capture_cuda_graph, every product on cuBLAS", "fpolar",
+               _inside(products_on_cublas, fpolar_cuda_graph), cuda_only=True),
         Recipe("fpolar capture_cuda_graph, groups in order (lanes=1)", "fpolar", fpolar_cuda_graph_in_order, cuda_only=True),
         Recipe("fpolar capture_cuda_graph, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_cuda_graph), cuda_only=True),
         Recipe("fpolar.optim.Muon, tuned kernels (FPOLAR_TUNE=1)", "fpolar", _tuned(fpolar_muon), cuda_only=True),

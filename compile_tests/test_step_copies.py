@@ -42,8 +42,9 @@ def forced_cuda_rules(monkeypatch):
     original = polar.decide_polar_impl
     chosen = {"glue": "fused"}
 
-    def on_cuda_rules(method, kernels, normalization, m, n, on_cuda, polar_dtype, input_dtype):
-        impl = original(method, kernels, normalization, m, n, True, torch.bfloat16, input_dtype)
+    def on_cuda_rules(method, kernels, normalization, m, n, on_cuda, polar_dtype, input_dtype, tma=False):
+        # a device without TMA: every product on cuBLAS, so its β copies are what this counts
+        impl = original(method, kernels, normalization, m, n, True, torch.bfloat16, input_dtype, tma=False)
         return impl._replace(glue=chosen["glue"])
 
     monkeypatch.setattr(polar, "decide_polar_impl", on_cuda_rules)

@@ -1,10 +1,19 @@
 """The auto-dispatch rules and their visibility through describe_plan."""
 
+import sys
+
 import pytest
 import torch
 
 import fpolar
-from fpolar.polar.dispatch import GRAM_MIN_ASPECT, TRITON_MIN_SIDE, PolarImpl, ns_implementation, ns_ops
+from fpolar.polar.dispatch import (
+    GRAM_MIN_ASPECT,
+    SYMMETRIC_MIN_SIDE,
+    TRITON_MIN_SIDE,
+    PolarImpl,
+    ns_implementation,
+    ns_ops,
+)
 from fpolar.polar.newton_schulz import TORCH_OPS
 
 BF16 = torch.bfloat16
@@ -20,6 +29,23 @@ def _fixed_rules():
     tuning.set_tuning(False)
     yield
     tuning._TUNER = saved
+
+
+@pytest.fixture
+def tma(monkeypatch):
+    """Sets whether the plan sees a CUDA device with TMA (sm90+), whatever this machine has; the
+    tests without it run as on a device without TMA (see the autouse fixture below)."""
+
+    def set_tma(has: bool) -> None:
+        plan_module = sys.modules["fpolar.polar"]  # the package (``fpolar.polar`` is also a function)
+        monkeypatch.setattr(plan_module, "device_has_tma", lambda device: has and device.type == "cuda")
+
+    return set_tma
+
+
+@pytest.fixture(autouse=True)
+def _no_tma_unless_asked(tma):
+    tma(False)
 
 
 @pytest.mark.parametrize(
@@ -39,14 +65,64 @@ def test_ns_implementation(m, n, cuda, dtype, kernels, norm, expected):
     assert ns_implementation(m, n, cuda, dtype, kernels, norm) == expected
 
 
+@pytest.mark.parametrize(
+    "m, n, cuda, dtype, kernels, expected",
+    [
+        (768, 768, True, BF16, "auto", "symmetric"),
+        (1024, 1536, True, torch.float16, "auto", "symmetric"),
+        (SYMMETRIC_MIN_SIDE - 1, SYMMETRIC_MIN_SIDE, True, BF16, "auto", "torch"),  # below the measured sizes
+        (768, 768, True, torch.float32, "auto", "torch"),  # fp32 iteration: cuBLAS
+        (768, 3072, True, BF16, "auto", "gram"),  # Gram space first (its m×m products: see below)
+        (4096, 4096, True, BF16, "auto", "triton"),
+        (768, 768, False, BF16, "auto", "torch"),
+        (768, 768, True, BF16, "torch", "torch"),
+    ],
+)
+def test_ns_implementation_on_a_device_with_tma(m, n, cuda, dtype, kernels, expected):
+    assert ns_implementation(m, n, cuda, dtype, kernels, "frobenius", tma=True) == expected
+
+
+@pytest.mark.parametrize(
+    "method, kernels, m, n, expected",
+    [
+        ("newton_schulz", "auto", 768, 3072, ("gram_newton_schulz", "symmetric")),
+        ("newton_schulz", "auto", 2304, 768, ("gram_newton_schulz", "symmetric")),  # tall
+        ("newton_schulz", "auto", 768, 768, ("newton_schulz", "symmetric")),
+        ("gram_newton_schulz", "auto", 768, 3072, ("gram_newton_schulz", "symmetric")),
+        ("newton_schulz", "auto", 4096, 4096, ("newton_schulz", "triton")),
+        ("newton_schulz", "auto", 256, 1024, ("gram_newton_schulz", "torch")),
+        ("newton_schulz", "torch", 768, 768, ("newton_schulz", "torch")),
+        ("gram_newton_schulz", "triton", 768, 3072, ("gram_newton_schulz", "triton")),
+    ],
+)
+def test_symmetric_products_where_the_device_has_tma(tma, method, kernels, m, n, expected):
+    tma(True)
+    spec = fpolar.PolarSpec.build(method, kernels=kernels)
+    impl = spec.impl_for(m, n, BF16, torch.device("cuda"))
+    assert (impl.method, impl.kernels) == expected
+    tma(False)
+    assert spec.impl_for(m, n, BF16, torch.device("cuda")).kernels == (
+        "torch" if expected[1] == "symmetric" else expected[1]
+    )
+
+
+def test_symmetric_labels():
+    assert PolarImpl("newton_schulz", "symmetric", BF16).label == "newton_schulz [symmetric products on triton]"
+    assert PolarImpl("gram_newton_schulz", "symmetric", BF16).label == (
+        "gram_newton_schulz [symmetric products on triton]"
+    )
+
+
 def test_thresholds_are_what_the_docs_say():
-    assert GRAM_MIN_ASPECT == 2.0 and TRITON_MIN_SIDE == 4096
+    assert GRAM_MIN_ASPECT == 2.0 and TRITON_MIN_SIDE == 4096 and SYMMETRIC_MIN_SIDE == 512
 
 
 def test_triton_on_cpu_is_refused_clearly():
     cpu = torch.device("cpu")
     with pytest.raises(ValueError, match="kernels='triton' needs CUDA tensors, got a tensor on cpu"):
         ns_ops("triton", cpu)
+    with pytest.raises(ValueError, match="kernels='symmetric' needs CUDA tensors, got a tensor on cpu"):
+        ns_ops("symmetric", cpu)
     auto = fpolar.PolarSpec.build(kernels="auto").impl_for(4, 8, torch.float32, cpu)
     assert ns_ops(auto.kernels, cpu) is TORCH_OPS
 

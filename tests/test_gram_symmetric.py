@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fpolar.coefficients import schedule_for
-from fpolar.polar.dispatch import triton_gram_ops, triton_ops
+from fpolar.polar.dispatch import symmetric_gram_ops, symmetric_ops, triton_gram_ops, triton_ops
 from fpolar.polar.gram_newton_schulz import gram_newton_schulz
-from fpolar.polar.newton_schulz import TORCH_OPS
+from fpolar.polar.newton_schulz import TORCH_OPS, newton_schulz
 
 
 def _svd_polar(x: torch.Tensor) -> torch.Tensor:
@@ -58,3 +58,37 @@ def test_symmetric_gram_ns_compiles_fullgraph():
     torch._dynamo.reset()
     x = torch.randn(2, 16, 48, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(torch.compile(run, fullgraph=True)(x), run(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("restart", [1, 3])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)], ids=str)
+def test_symmetric_products_with_cublas_full_products_match_svd_polar(restart, dtype, tol):
+    """``kernels="symmetric"``: R and b·R + c·R² on the lower-tile ops, P·R·P, P·Q and Q·X on batched
+    matmul; Gram space and the plain iteration, against the float64 SVD polar factor."""
+    g = torch.Generator().manual_seed(10 + restart)
+    x = torch.randn(3, 20, 70, generator=g)
+    square = torch.randn(3, 24, 24, generator=g)
+    schedule = schedule_for("quintic", 10, "repeat_last")
+    gram = gram_newton_schulz(x, schedule, polar_dtype=dtype, gram_restart=restart, ops=symmetric_ops(),
+                              gram_ops=symmetric_gram_ops())
+    plain = newton_schulz(square, schedule, polar_dtype=dtype, ops=symmetric_ops())
+    for got, source in ((gram, x), (plain, square)):
+        exact = _svd_polar(source)
+        assert got.dtype == dtype and got.shape == source.shape
+        err = ((got.double() - exact).norm() / exact.norm()).item()
+        assert err < tol, err
+    # the same math as the all-cuBLAS iteration, up to rounding
+    reference = gram_newton_schulz(x, schedule, polar_dtype=torch.float32, gram_restart=restart)
+    torch.testing.assert_close(gram.float(), reference, rtol=0, atol=tol)
+
+
+def test_symmetric_gram_ops_products():
+    g = torch.Generator().manual_seed(8)
+    y = torch.randn(2, 16, 40, generator=g)
+    r = y @ y.mT / 40
+    p = r @ r + torch.eye(16)
+    ops = symmetric_gram_ops()
+    torch.testing.assert_close(ops.congruence(p, r).double(), p.double() @ r.double() @ p.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ops.product(p, r).double(), p.double() @ r.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ops.poly(r, 2.0, -0.5).double(), 2.0 * r.double() - 0.5 * r.double() @ r.double(),
+                               rtol=1e-5, atol=1e-5)

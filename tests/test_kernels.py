@@ -111,6 +111,15 @@ def _interpreter_cases() -> list[str]:
     cases += [
         f"{op}-5x20x24-float32-tile16-strided" for op in ("sym_gram", "sym_poly", "sym_cross", "ns_apply")
     ]
+    # The TMA kernels (sm90's tile copies; descriptors work in the interpreter): shapes whose rows are
+    # 16-byte aligned, with edge tiles (40 = 2.5 tiles of 16) and a single partial tile.
+    cases += [
+        f"{op}-{shape}-{dtype}-tile{tile}-tma"
+        for op in ("sym_gram", "sym_poly")
+        for shape in ("2x40x72", "3x24x40")
+        for dtype in INTERPRETER_DTYPES
+        for tile in (None, 16)
+    ]
     # Every candidate config of the autotune gives the twin's result: a matrix over 64 wide (the
     # 64/128-tile candidates) and one under it (the small-matrix candidates).
     for op in ("sym_gram", "sym_poly", "sym_cross", "ns_apply"):
@@ -125,14 +134,14 @@ def _interpreter_cases() -> list[str]:
 CANDIDATE_SHAPES = [(2, 70, 90), (1, 20, 24)]
 
 
-def _parse_case(case: str) -> tuple[str, tuple[int, int, int], torch.dtype, int | str | None, bool]:
+def _parse_case(case: str) -> tuple[str, tuple[int, int, int], torch.dtype, int | str | None, bool, bool]:
     op, shape, dtype, tile, *rest = case.split("-")
     if tile.startswith("cand"):  # "candI": the I-th autotune candidate
         tile_size: int | str | None = tile
     else:
         tile_size = None if tile == "tileNone" else int(tile.removeprefix("tile"))
     shape_t = tuple(int(v) for v in shape.split("x"))
-    return op, shape_t, getattr(torch, dtype), tile_size, "strided" in rest
+    return op, shape_t, getattr(torch, dtype), tile_size, "strided" in rest, "tma" in rest
 
 
 def _strided(t: torch.Tensor) -> torch.Tensor:
@@ -143,7 +152,8 @@ def _strided(t: torch.Tensor) -> torch.Tensor:
 def _run_kernel_case(case: str) -> dict:
     import triton
 
-    op, (batch, m, n), dtype, tile, strided = _parse_case(case)
+    op, (batch, m, n), dtype, tile, strided, tma = _parse_case(case)
+    through = {"tma": True} if tma else {}  # else the launcher's own choice (pointer loads on CPU)
     seed = zlib.crc32(case.encode())
     tol = INTERPRETER_TOL[str(dtype).removeprefix("torch.")]
     x = _random((batch, m, n), dtype, seed)
@@ -163,7 +173,7 @@ def _run_kernel_case(case: str) -> dict:
         )
     result: dict = {"case": case}
     if op == "sym_gram":
-        out = K.launch_sym_gram(x, poisoned((batch, m, m)), config=config)
+        out = K.launch_sym_gram(x, poisoned((batch, m, m)), config=config, **through)
         twin = K.sym_gram_reference(x)
         bound = exact_sym_gram(x)[1]
         result["err"] = _bounds_error(out, twin.double(), bound, tol)
@@ -172,7 +182,7 @@ def _run_kernel_case(case: str) -> dict:
         a = _random_symmetric(batch, m, dtype, seed)
         if strided:
             a = _strided(a)
-        out = K.launch_sym_poly(a, poisoned((batch, m, m)), NS_B, NS_C, config=config)
+        out = K.launch_sym_poly(a, poisoned((batch, m, m)), NS_B, NS_C, config=config, **through)
         twin = K.sym_poly_reference(a, NS_B, NS_C)
         bound = exact_sym_poly(a, NS_B, NS_C)[1]
         result["err"] = _bounds_error(out, twin.double(), bound, tol)

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from ._common import dot_fp32_acc, tl, triton
 
-__all__ = ["lower_tile_count", "lower_tile_coords", "gram_tile", "cross_tile", "store_mirrored"]
+__all__ = [
+    "lower_tile_count",
+    "lower_tile_coords",
+    "gram_tile",
+    "gram_tile_tma",
+    "cross_tile",
+    "store_mirrored",
+    "store_mirrored_tma",
+]
 
 
 def lower_tile_count(m: int, block: int) -> int:
@@ -129,3 +137,30 @@ def store_mirrored(out_base, value, rows_i, rows_j, on_diagonal, n_rows, stride_
             tl.trans(value),
             mask=in_bounds_mirror,
         )
+
+
+@triton.jit
+def gram_tile_tma(x_desc, batch, ti, tj, n_cols, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
+                  PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``gram_tile`` with its operands loaded through TMA (``fpolar.kernels._tma``): the fp32 tile
+    X[b, rows of tile ti, :] · X[b, rows of tile tj, :]ᵀ. ``x_desc`` describes X (B, rows, cols) in
+    (1, BLOCK, BLOCK_K) boxes; rows and columns past the edges load as zeros."""
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    for k0 in range(0, n_cols, BLOCK_K):
+        xi = x_desc.load([batch, ti * BLOCK, k0]).reshape(BLOCK, BLOCK_K)
+        xj = x_desc.load([batch, tj * BLOCK, k0]).reshape(BLOCK, BLOCK_K)
+        acc = dot_fp32_acc(xi, tl.trans(xj), acc, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
+def store_mirrored_tma(out_desc, value, batch, ti, tj, BLOCK: tl.constexpr):
+    """``store_mirrored`` through TMA: ``out_desc`` describes the (B, m, m) output in (1, BLOCK, BLOCK)
+    boxes; the parts of a box past the matrix's edges are not written."""
+    if ti == tj:
+        r = tl.arange(0, BLOCK)
+        mirrored = tl.where(r[:, None] >= r[None, :], value, tl.trans(value))
+        out_desc.store([batch, ti * BLOCK, tj * BLOCK], mirrored.reshape(1, BLOCK, BLOCK))
+    else:
+        out_desc.store([batch, ti * BLOCK, tj * BLOCK], value.reshape(1, BLOCK, BLOCK))
+        out_desc.store([batch, tj * BLOCK, ti * BLOCK], tl.trans(value).reshape(1, BLOCK, BLOCK))

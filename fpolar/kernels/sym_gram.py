@@ -1,7 +1,8 @@
 """``fpolar::sym_gram``: the Gram matrix A = X Xᵀ of every matrix in a batch (Newton–Schulz line 1).
 
 A is symmetric, so only its lower-triangle tiles are computed and each is also written mirrored:
-half the FLOPs of ``x @ x.mT``.
+half the FLOPs of ``x @ x.mT``. On sm90 and later the tiles move through TMA (``_tma``), elsewhere
+through pointer loads; the two kernels compute the same sums.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from ._common import (
     triton,
 )
 from .tuning import get_tuner
-from ._lower_tiles import gram_tile, lower_tile_coords, lower_tile_count, store_mirrored
+from ._lower_tiles import (
+    gram_tile,
+    gram_tile_tma,
+    lower_tile_coords,
+    lower_tile_count,
+    store_mirrored,
+    store_mirrored_tma,
+)
+from ._tma import descriptor, use_tma
 from ..inductor_fallbacks import register_before_lowering
 
 __all__ = ["sym_gram", "sym_gram_reference", "launch_sym_gram"]
@@ -62,14 +71,34 @@ def _sym_gram_kernel(
     store_mirrored(out_base, value, rows_i, rows_j, ti == tj, m, stride_om, stride_on)
 
 
+@triton.jit
+def _sym_gram_tma_kernel(
+    x_desc,
+    out_desc,
+    n,
+    lower_tiles,
+    BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    # The same tiles as _sym_gram_kernel, loaded and stored through TMA.
+    pid = tl.program_id(0)
+    batch = pid // lower_tiles
+    ti, tj = lower_tile_coords(pid % lower_tiles)
+    acc = gram_tile_tma(x_desc, batch, ti, tj, n, BLOCK, BLOCK_K, PRECISION, UPCAST)
+    store_mirrored_tma(out_desc, acc.to(out_desc.dtype), batch, ti, tj, BLOCK)
+
+
 def launch_sym_gram(
-    x: torch.Tensor, out: torch.Tensor, config: triton.Config | None = None
+    x: torch.Tensor, out: torch.Tensor, config: triton.Config | None = None, *, tma: bool | None = None
 ) -> torch.Tensor:
     """Runs the Triton kernel: out[b] = x[b] @ x[b]ᵀ.
 
     x: (B, m, n), any strides; out: (B, m, m), written in full (every element). fp32 accumulation.
-    ``config`` overrides the tile heuristic (kwargs BLOCK, BLOCK_K). Works on CUDA tensors, and on
-    CPU tensors when the Triton interpreter is on (TRITON_INTERPRET=1).
+    ``config`` overrides the tile heuristic (kwargs BLOCK, BLOCK_K). ``tma``: load and store through
+    TMA (None: where the device and the layouts allow it; see ``fpolar.kernels._tma``). Works on CUDA
+    tensors, and on CPU tensors when the Triton interpreter is on (TRITON_INTERPRET=1).
     """
     require_triton()
     batch, m, n = x.shape
@@ -82,8 +111,21 @@ def launch_sym_gram(
     if n == 0:  # an empty sum; also keeps a null data pointer away from the kernel
         return out.zero_()
     if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
-        config = get_tuner().config_for("sym_gram", batch, m, n, x.dtype, x.device, lambda c: launch_sym_gram(x, out, c))
+        config = get_tuner().config_for(
+            "sym_gram", batch, m, n, x.dtype, x.device, lambda c: launch_sym_gram(x, out, c, tma=tma)
+        )
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
+    if use_tma((x, out), tma):
+        block, block_k = config.kwargs["BLOCK"], config.kwargs["BLOCK_K"]
+        _sym_gram_tma_kernel[(batch * lower_tiles,)](
+            descriptor(x, block, block_k),
+            descriptor(out, block, block),
+            n,
+            lower_tiles,
+            **dot_options(x.dtype, x.device),
+            **launch_options(config),
+        )
+        return out
     _sym_gram_kernel[(batch * lower_tiles,)](
         x,
         out,

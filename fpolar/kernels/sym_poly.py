@@ -2,7 +2,11 @@
 
 For symmetric A, A·A = A·Aᵀ: the product is a Gram matrix of A's rows, so it reuses the lower-tile
 Gram kernel (half the FLOPs, contiguous row loads for both operands) with b·A fused into the epilogue.
-The result is symmetric and written exactly symmetric.
+The result is symmetric and written exactly symmetric. On sm90 and later the tiles move through
+TMA (``_tma``), elsewhere through pointer loads; the two kernels compute the same sums.
+
+Beside cuBLAS, whose ``baddbmm`` first copies A into its output to add b·A, nothing else is read or
+written: the b·A tile is read where the kernel stores the result.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from ._common import (
     triton,
 )
 from .tuning import get_tuner
-from ._lower_tiles import gram_tile, lower_tile_coords, lower_tile_count, store_mirrored
+from ._lower_tiles import (
+    gram_tile,
+    gram_tile_tma,
+    lower_tile_coords,
+    lower_tile_count,
+    store_mirrored,
+    store_mirrored_tma,
+)
+from ._tma import descriptor, use_tma
 from ..inductor_fallbacks import register_before_lowering
 
 __all__ = ["sym_poly", "sym_poly_reference", "launch_sym_poly"]
@@ -71,14 +83,47 @@ def _sym_poly_kernel(
     )
 
 
+@triton.jit
+def _sym_poly_tma_kernel(
+    a_rows_desc,
+    a_tile_desc,
+    out_desc,
+    coef_b,
+    coef_c,
+    m,
+    lower_tiles,
+    BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    # The same tiles as _sym_poly_kernel through TMA: a_rows_desc moves (BLOCK, BLOCK_K) boxes of A's
+    # rows for A·Aᵀ, a_tile_desc the (BLOCK, BLOCK) tile of A for b·A.
+    pid = tl.program_id(0)
+    batch = pid // lower_tiles
+    ti, tj = lower_tile_coords(pid % lower_tiles)
+    a_squared = gram_tile_tma(a_rows_desc, batch, ti, tj, m, BLOCK, BLOCK_K, PRECISION, UPCAST)
+    a_tile = a_tile_desc.load([batch, ti * BLOCK, tj * BLOCK]).reshape(BLOCK, BLOCK)
+    value = coef_b * a_tile.to(tl.float32) + coef_c * a_squared
+    store_mirrored_tma(out_desc, value.to(out_desc.dtype), batch, ti, tj, BLOCK)
+
+
 def launch_sym_poly(
-    a: torch.Tensor, out: torch.Tensor, b: float, c: float, config: triton.Config | None = None
+    a: torch.Tensor,
+    out: torch.Tensor,
+    b: float,
+    c: float,
+    config: triton.Config | None = None,
+    *,
+    tma: bool | None = None,
 ) -> torch.Tensor:
     """Runs the Triton kernel: out[k] = b·a[k] + c·a[k]·a[k], fp32 accumulation.
 
     a: (B, m, m), symmetric (the kernel computes A·Aᵀ and reads only A's lower-tile entries for the
     b·A term); out: (B, m, m), written in full and exactly symmetric. ``config`` overrides the
-    heuristic (kwargs BLOCK, BLOCK_K). CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
+    heuristic (kwargs BLOCK, BLOCK_K). ``tma``: load and store through TMA (None: where the device
+    and the layouts allow it; see ``fpolar.kernels._tma``). CUDA tensors, or CPU tensors under
+    TRITON_INTERPRET=1.
     """
     require_triton()
     batch, m, _ = a.shape
@@ -89,8 +134,24 @@ def launch_sym_poly(
     if out.numel() == 0:
         return out
     if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
-        config = get_tuner().config_for("sym_poly", batch, m, m, a.dtype, a.device, lambda cfg: launch_sym_poly(a, out, b, c, cfg))
+        config = get_tuner().config_for(
+            "sym_poly", batch, m, m, a.dtype, a.device, lambda cfg: launch_sym_poly(a, out, b, c, cfg, tma=tma)
+        )
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
+    if use_tma((a, out), tma):
+        block, block_k = config.kwargs["BLOCK"], config.kwargs["BLOCK_K"]
+        _sym_poly_tma_kernel[(batch * lower_tiles,)](
+            descriptor(a, block, block_k),
+            descriptor(a, block, block),
+            descriptor(out, block, block),
+            float(b),
+            float(c),
+            m,
+            lower_tiles,
+            **dot_options(a.dtype, a.device),
+            **launch_options(config),
+        )
+        return out
     _sym_poly_kernel[(batch * lower_tiles,)](
         a,
         out,

@@ -28,7 +28,15 @@ from ..coefficients import (
     resolve_named,
     schedule_for,
 )
-from .dispatch import PolarImpl, decide_polar_impl, measured_auto_impl, ns_ops, triton_gram_ops, tune_before_use
+from .dispatch import (
+    PolarImpl,
+    decide_polar_impl,
+    device_has_tma,
+    gram_ops_for,
+    measured_auto_impl,
+    ns_ops,
+    tune_before_use,
+)
 from .gram_newton_schulz import gram_newton_schulz
 from .newton_schulz import newton_schulz
 from .qdwh import check_l0, qdwh_polar
@@ -175,7 +183,7 @@ class PolarSpec:
         wide_m, wide_n = min(m, n), max(m, n)
         impl = decide_polar_impl(
             self.method, self.kernels, self.normalization, wide_m, wide_n, on_cuda,
-            self.compute_dtype_for(input_dtype, on_cuda), input_dtype,
+            self.compute_dtype_for(input_dtype, on_cuda), input_dtype, tma=device_has_tma(device),
         )
         if (
             self.kernels == "auto"
@@ -188,7 +196,7 @@ class PolarSpec:
                 self.method, impl, key, max(int(batch), 1), wide_m, wide_n, input_dtype, device, self.normalization,
                 lambda chosen, x: polar_wide(x, self, chosen),
             )
-        elif impl.kernels == "triton" and on_cuda and not torch.compiler.is_compiling():
+        elif impl.kernels in ("triton", "symmetric") and on_cuda and not torch.compiler.is_compiling():
             # the kernel configs are tuned now, before any step is traced or captured
             tune_before_use(
                 ("prepare", impl.method, wide_m, wide_n, max(int(batch), 1), str(input_dtype), str(impl.polar_dtype)),
@@ -240,7 +248,7 @@ def polar_wide(
             gram_restart=spec.gram_restart,
             ops=ns_ops(impl.kernels, x.device),
             normalized=normalized,
-            gram_ops=triton_gram_ops() if impl.kernels == "triton" else None,
+            gram_ops=gram_ops_for(impl.kernels),
             consume_input=consume_input,
         )
     if impl.method == "qdwh":

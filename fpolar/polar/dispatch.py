@@ -15,9 +15,15 @@ the device type and options only, never tensor values, so a compiled step never 
 2. **Triton** for the three NS lines where the Gram side m ≥ ``TRITON_MIN_SIDE`` in bf16/fp16: the
    kernels compute only the lower triangle of the symmetric products. Measured: the same sections,
    and "Each NS line alone, cuBLAS vs Triton".
-3. cuBLAS otherwise. In Gram space ``auto`` keeps cuBLAS for the two m×n products as well: the Triton
-   kernels there lost on the GPT-2-small step (same sections, the "Gram-NS5 Triton X-lines" rows);
-   ``kernels="triton"`` still selects them.
+3. **Symmetric products on Triton, the rest on cuBLAS** (``kernels`` "symmetric", in Gram space
+   too) where the device loads tiles through TMA (sm90 and later), the iteration is bf16/fp16 and
+   SYMMETRIC_MIN_SIDE ≤ m: X Xᵀ and b·A + c·A² from their lower tiles (``fpolar::sym_gram``,
+   ``fpolar::sym_poly``), every full product (a·X + B·X, Q·X, P·Q, the congruence) on cuBLAS. On the
+   H200 the TMA lower-tile X Xᵀ took 0.63–0.69× cuBLAS's time from m = 768 to 1024
+   (``benchmarks/tma_gram_probe.py``), and b·A + c·A² needs no copy of A (cuBLAS's ``baddbmm`` copies
+   its β operand into the output first). Measured: BENCHMARKS.md, "Symmetric products through TMA".
+4. cuBLAS otherwise. ``kernels="triton"`` selects the Triton kernels for the full products too (in
+   Gram space they lost on the GPT-2-small step: the "Gram-NS5 Triton X-lines" rows).
 
 CPU always gets the torch path (the Triton kernels run on CPU only in the interpreter, for tests).
 
@@ -54,8 +60,10 @@ from .newton_schulz import TORCH_OPS, NSOps
 
 GRAM_MIN_ASPECT = 2.0
 TRITON_MIN_SIDE = 4096
+SYMMETRIC_MIN_SIDE = 512  # measured from 768 up; below it cuBLAS keeps every product
 
-NSKernels = Literal["torch", "triton"]
+# "symmetric": the symmetric products on fpolar's kernels, the full ones on cuBLAS (rule 3 above).
+NSKernels = Literal["torch", "triton", "symmetric"]
 GlueChoice = Literal["torch", "fused"]
 GLUE_INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 GLUE_POLAR_DTYPES = (torch.bfloat16, torch.float32)
@@ -67,8 +75,9 @@ class PolarImpl(NamedTuple):
     Attributes:
         method: "newton_schulz", "gram_newton_schulz", "qdwh" or "svd" (``kernels="auto"`` may have
             turned "newton_schulz" into "gram_newton_schulz").
-        kernels: "torch" (batched matmul) or "triton" (``torch.ops.fpolar``) for the products that
-            touch the m×n matrix of the Newton–Schulz family; "torch" for QDWH and SVD.
+        kernels: "torch" (batched matmul), "triton" (``torch.ops.fpolar``) or "symmetric" (the
+            symmetric products on ``torch.ops.fpolar``, the full ones on batched matmul) for the
+            products of the Newton–Schulz family; "torch" for QDWH and SVD.
         polar_dtype: the dtype the iteration runs in (and of its result).
         reason: why, when it was measured (every candidate's µs); "" for a fixed rule.
         glue: "fused" (the one-pass Triton ops around the polar factor) or "torch"; see module docstring.
@@ -83,22 +92,45 @@ class PolarImpl(NamedTuple):
     @property
     def label(self) -> str:
         """Human-readable name, as ``describe_plan`` shows it."""
+        names = {"triton": "triton kernels", "symmetric": "symmetric products on triton", "torch": "torch matmul"}
         if self.method == "newton_schulz":
-            return f"newton_schulz [{'triton kernels' if self.kernels == 'triton' else 'torch matmul'}]"
-        if self.method == "gram_newton_schulz" and self.kernels == "triton":
-            return "gram_newton_schulz [triton kernels]"
+            return f"newton_schulz [{names[self.kernels]}]"
+        if self.method == "gram_newton_schulz" and self.kernels != "torch":
+            return f"gram_newton_schulz [{names[self.kernels]}]"
         return self.method
 
 
-def ns_implementation(m: int, n: int, on_cuda: bool, dtype: torch.dtype, kernels: str, normalization: str) -> str:
-    """"gram", "triton" or "torch": what runs NS on a wide (·, m, n) batch (m ≤ n) iterated in ``dtype``."""
+def ns_implementation(
+    m: int, n: int, on_cuda: bool, dtype: torch.dtype, kernels: str, normalization: str, tma: bool = False
+) -> str:
+    """"gram", "triton", "symmetric" or "torch": what runs NS on a wide (·, m, n) batch (m ≤ n) iterated
+    in ``dtype``; ``tma``: the device loads tiles through TMA (``device_has_tma``)."""
     if kernels in ("torch", "triton"):
         return kernels
     if on_cuda and normalization == "frobenius" and n >= GRAM_MIN_ASPECT * m:
         return "gram"
     if on_cuda and dtype in (torch.bfloat16, torch.float16) and m >= TRITON_MIN_SIDE:
         return "triton"
+    return symmetric_or_torch(m, on_cuda, dtype, tma)
+
+
+def symmetric_or_torch(m: int, on_cuda: bool, dtype: torch.dtype, tma: bool) -> NSKernels:
+    """Rule 3 of the module doc: "symmetric" where the lower-tile kernels beat cuBLAS, else "torch"."""
+    if on_cuda and tma and dtype in (torch.bfloat16, torch.float16) and m >= SYMMETRIC_MIN_SIDE:
+        return "symmetric"
     return "torch"
+
+
+def device_has_tma(device: torch.device) -> bool:
+    """Whether ``device`` copies tiles through TMA (CUDA sm90 and later) and triton can describe them."""
+    from ..kernels._tma import HAS_TENSOR_DESCRIPTOR
+
+    if device.type != "cuda" or not HAS_TENSOR_DESCRIPTOR:
+        return False
+    try:
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    except (RuntimeError, AssertionError, AttributeError):  # no driver to ask (a test's stand-in device)
+        return False
 
 
 def glue_implementation(
@@ -128,17 +160,21 @@ def decide_polar_impl(
     on_cuda: bool,
     polar_dtype: torch.dtype,
     input_dtype: Optional[torch.dtype] = None,
+    tma: bool = False,
 ) -> PolarImpl:
     """The ``PolarImpl`` for a wide (·, m, n) batch (m ≤ n); ``kernels`` is the user's "auto"/"torch"/"triton".
-    ``input_dtype``: the params' dtype (None: the glue stays torch)."""
+    ``input_dtype``: the params' dtype (None: the glue stays torch); ``tma``: the device loads tiles
+    through TMA (``device_has_tma``), where "auto" may choose the symmetric products on Triton."""
     glue = "torch" if input_dtype is None else glue_implementation(method, kernels, on_cuda, input_dtype, polar_dtype)
     if method == "newton_schulz":
-        impl = ns_implementation(m, n, on_cuda, polar_dtype, kernels, normalization)
+        impl = ns_implementation(m, n, on_cuda, polar_dtype, kernels, normalization, tma)
         if impl == "gram":
-            return PolarImpl("gram_newton_schulz", "torch", polar_dtype, glue=glue)
+            return PolarImpl("gram_newton_schulz", symmetric_or_torch(m, on_cuda, polar_dtype, tma), polar_dtype, glue=glue)
         return PolarImpl("newton_schulz", impl, polar_dtype, glue=glue)  # type: ignore[arg-type]
     if method == "gram_newton_schulz":
-        return PolarImpl(method, "triton" if kernels == "triton" else "torch", polar_dtype, glue=glue)
+        if kernels in ("torch", "triton"):
+            return PolarImpl(method, kernels, polar_dtype, glue=glue)  # type: ignore[arg-type]
+        return PolarImpl(method, symmetric_or_torch(m, on_cuda, polar_dtype, tma), polar_dtype, glue=glue)
     return PolarImpl(method, "torch", polar_dtype)
 
 
@@ -150,12 +186,23 @@ def triton_ops() -> NSOps:
     return NSOps(ops.sym_gram, ops.sym_poly, ops.ns_apply)
 
 
+def symmetric_ops() -> NSOps:
+    """X Xᵀ and b·A + c·A² on fpolar's lower-tile kernels, a·X + B·X on cuBLAS (``kernels`` "symmetric")."""
+    from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
+
+    ops = torch.ops.fpolar
+    return NSOps(ops.sym_gram, ops.sym_poly, TORCH_OPS.apply)
+
+
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def auto_candidates(method: str, normalization: str, polar_dtype: torch.dtype) -> List[PolarImpl]:
-    """What ``kernels="auto"`` may choose between for a Newton–Schulz-family ``method``."""
+def auto_candidates(method: str, normalization: str, polar_dtype: torch.dtype, tma: bool = False) -> List[PolarImpl]:
+    """What ``kernels="auto"`` may choose between for a Newton–Schulz-family ``method`` (the symmetric
+    products on Triton only where the device has TMA)."""
     kernels: List[NSKernels] = ["torch", "triton"] if polar_dtype in KERNEL_DTYPES else ["torch"]
+    if tma and polar_dtype in KERNEL_DTYPES:
+        kernels.append("symmetric")
     methods = ["gram_newton_schulz"] if method == "gram_newton_schulz" else ["newton_schulz"]
     if method == "newton_schulz" and normalization == "frobenius":
         methods.append("gram_newton_schulz")  # the AOL start has no Gram-space form here
@@ -182,7 +229,7 @@ def measured_auto_impl(
     """
     from ..kernels.tuning import get_tuner, shape_bucket
 
-    candidates = auto_candidates(method, normalization, fixed.polar_dtype)
+    candidates = auto_candidates(method, normalization, fixed.polar_dtype, device_has_tma(device))
     tuner = get_tuner()
     if len(candidates) < 2 or not tuner.enabled or device.type != "cuda":
         return fixed
@@ -248,13 +295,31 @@ def triton_gram_ops() -> GramOps:
     return GramOps(ops.sym_poly, congruence, product)
 
 
+def symmetric_gram_ops() -> GramOps:
+    """b·R + c·R² on ``fpolar::sym_poly``; the congruence P·R·P and P·Q on cuBLAS (``kernels`` "symmetric")."""
+    from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
+
+    return GramOps(torch.ops.fpolar.sym_poly, lambda p, r: torch.bmm(p, torch.bmm(r, p)), torch.bmm)
+
+
+def gram_ops_for(kernels: NSKernels) -> Optional[GramOps]:
+    """The m×m products of Gram Newton–Schulz for a ``PolarImpl.kernels`` choice (None: batched matmul)."""
+    if kernels == "triton":
+        return triton_gram_ops()
+    if kernels == "symmetric":
+        return symmetric_gram_ops()
+    return None
+
+
 def check_kernels_device(kernels: str, device: torch.device) -> None:
     """Raise ValueError if ``kernels`` cannot run on ``device`` (the Triton kernels need CUDA)."""
-    if kernels == "triton" and device.type != "cuda":
-        raise ValueError(f"kernels='triton' needs CUDA tensors, got a tensor on {device}; use 'auto' or 'torch'")
+    if kernels in ("triton", "symmetric") and device.type != "cuda":
+        raise ValueError(f"kernels={kernels!r} needs CUDA tensors, got a tensor on {device}; use 'auto' or 'torch'")
 
 
 def ns_ops(kernels: NSKernels, device: torch.device) -> NSOps:
     """The ``NSOps`` for a ``PolarImpl.kernels`` choice on ``device``."""
     check_kernels_device(kernels, device)
-    return triton_ops() if kernels == "triton" else TORCH_OPS
+    if kernels == "triton":
+        return triton_ops()
+    return symmetric_ops() if kernels == "symmetric" else TORCH_OPS

@@ -76,7 +76,7 @@ def gram_newton_schulz(
     spare = (
         x
         if (x is not given or consume_input)
-        and ops is TORCH_OPS
+        and ops.apply is TORCH_OPS.apply  # the product below is the one ops.apply would run
         and x.is_contiguous()
         and not torch.compiler.is_compiling()
         else None

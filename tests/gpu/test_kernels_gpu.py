@@ -170,3 +170,27 @@ def test_ops_in_manual_cuda_graph():
         graph.replay()
         torch.cuda.synchronize()
         _assert_matches_eager(static_out, _ns_step(static_x))
+
+
+def _has_tma() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+@pytest.mark.skipif(not _has_tma(), reason="needs TMA (sm90 or later)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(12, 768, 3072), (3, 1000, 1536), (2, 40, 72)], ids=_id)
+def test_tma_and_pointer_loads_both_match_float64(shape, dtype):
+    """The lower-tile kernels through TMA (the default on sm90) and through pointer loads: each against
+    float64, exactly symmetric, edge tiles included (1000 and 40 are not multiples of the tile)."""
+    batch, m, n = shape
+    tol = REL_TOL[dtype]
+    x = _normalized(_random(shape, dtype, seed=5))
+    a = _symmetric(batch, m, dtype, seed=6)
+    x64, a64 = x.double(), a.double()
+    for tma in (True, False):
+        gram = K.launch_sym_gram(x, _poison((batch, m, m), dtype), tma=tma)
+        assert _rel_err(gram, x64 @ x64.mT) < tol, tma
+        assert torch.equal(gram, gram.mT)
+        poly = K.launch_sym_poly(a, _poison((batch, m, m), dtype), NS_B, NS_C, tma=tma)
+        assert _rel_err(poly, NS_B * a64 + NS_C * (a64 @ a64)) < tol, tma
+        assert torch.equal(poly, poly.mT)
