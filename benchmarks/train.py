@@ -499,6 +499,8 @@ def measure(recipe: Recipe, run: Run, batch: Tuple[Tensor, Tensor], args: argpar
     first_loss = step(*batch)
     sync(device)
     first_s = time.perf_counter() - t0
+    # read now: a captured step returns the graph's static loss tensor, which every replay rewrites
+    first_loss = first_loss.detach().clone()
     t0 = time.perf_counter()
     for _ in range(args.warmup_steps):
         step(*batch)
