@@ -107,9 +107,11 @@ def test_symmetric_products_where_the_device_has_tma(tma, method, kernels, m, n,
 
 
 def test_symmetric_labels():
-    assert PolarImpl("newton_schulz", "symmetric", BF16).label == "newton_schulz [symmetric products on triton]"
+    assert PolarImpl("newton_schulz", "symmetric", BF16).label == (
+        "newton_schulz [symmetric products on triton in CUDA graphs]"
+    )
     assert PolarImpl("gram_newton_schulz", "symmetric", BF16).label == (
-        "gram_newton_schulz [symmetric products on triton]"
+        "gram_newton_schulz [symmetric products on triton in CUDA graphs]"
     )
 
 

@@ -60,11 +60,39 @@ def test_symmetric_gram_ns_compiles_fullgraph():
     torch.testing.assert_close(torch.compile(run, fullgraph=True)(x), run(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture
+def counted_ops(monkeypatch):
+    """Counts the calls of the lower-tile ops (their CPU twins run) by replacing the ops namespace
+    the "symmetric" products read."""
+    import types
+
+    calls = {"sym_gram": 0, "sym_poly": 0}
+    real = torch.ops.fpolar
+
+    def counting(name):
+        def op(*args):
+            calls[name] += 1
+            return getattr(real, name)(*args)
+
+        return op
+
+    fake = types.SimpleNamespace(sym_gram=counting("sym_gram"), sym_poly=counting("sym_poly"))
+    monkeypatch.setattr(torch, "ops", types.SimpleNamespace(fpolar=fake))
+    return calls
+
+
+@pytest.mark.parametrize("captured", [True, False], ids=["in a CUDA graph", "elsewhere"])
 @pytest.mark.parametrize("restart", [1, 3])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)], ids=str)
-def test_symmetric_products_with_cublas_full_products_match_svd_polar(restart, dtype, tol):
-    """``kernels="symmetric"``: R and b·R + c·R² on the lower-tile ops, P·R·P, P·Q and Q·X on batched
-    matmul; Gram space and the plain iteration, against the float64 SVD polar factor."""
+def test_symmetric_products_with_cublas_full_products_match_svd_polar(
+    monkeypatch, counted_ops, captured, restart, dtype, tol
+):
+    """``kernels="symmetric"``: while a CUDA graph is captured (simulated), R and b·R + c·R² on the
+    lower-tile ops and P·R·P, P·Q, Q·X on batched matmul; elsewhere every product on batched matmul.
+    Gram space and the plain iteration, against the float64 SVD polar factor."""
+    import fpolar.side_streams
+
+    monkeypatch.setattr(fpolar.side_streams, "being_captured", lambda device: captured)
     g = torch.Generator().manual_seed(10 + restart)
     x = torch.randn(3, 20, 70, generator=g)
     square = torch.randn(3, 24, 24, generator=g)
@@ -80,6 +108,11 @@ def test_symmetric_products_with_cublas_full_products_match_svd_polar(restart, d
     # the same math as the all-cuBLAS iteration, up to rounding
     reference = gram_newton_schulz(x, schedule, polar_dtype=torch.float32, gram_restart=restart)
     torch.testing.assert_close(gram.float(), reference, rtol=0, atol=tol)
+    # which ran the symmetric products: the plain iteration's 10 X Xᵀ and 10 polynomials, Gram
+    # space's R per block and its 10 polynomials
+    blocks = -(-len(schedule) // restart)
+    expected = {"sym_gram": 10 + blocks, "sym_poly": 20} if captured else {"sym_gram": 0, "sym_poly": 0}
+    assert counted_ops == expected
 
 
 def test_symmetric_gram_ops_products():

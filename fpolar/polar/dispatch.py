@@ -15,13 +15,19 @@ the device type and options only, never tensor values, so a compiled step never 
 2. **Triton** for the three NS lines where the Gram side m ≥ ``TRITON_MIN_SIDE`` in bf16/fp16: the
    kernels compute only the lower triangle of the symmetric products. Measured: the same sections,
    and "Each NS line alone, cuBLAS vs Triton".
-3. **Symmetric products on Triton, the rest on cuBLAS** (``kernels`` "symmetric", in Gram space
-   too) where the device loads tiles through TMA (sm90 and later), the iteration is bf16/fp16 and
-   SYMMETRIC_MIN_SIDE ≤ m: X Xᵀ and b·A + c·A² from their lower tiles (``fpolar::sym_gram``,
-   ``fpolar::sym_poly``), every full product (a·X + B·X, Q·X, P·Q, the congruence) on cuBLAS. On the
-   H200 the TMA lower-tile X Xᵀ took 0.63–0.69× cuBLAS's time from m = 768 to 1024
-   (``benchmarks/tma_gram_probe.py``), and b·A + c·A² needs no copy of A (cuBLAS's ``baddbmm`` copies
-   its β operand into the output first). Measured: BENCHMARKS.md, "Symmetric products through TMA".
+3. **Symmetric products on Triton inside a CUDA graph, the rest on cuBLAS** (``kernels``
+   "symmetric", in Gram space too) where the device loads tiles through TMA (sm90 and later), the
+   iteration is bf16/fp16 and SYMMETRIC_MIN_SIDE ≤ m: while a CUDA graph is captured (the drop-in's
+   graph, ``capture_cuda_graph``), X Xᵀ and b·A + c·A² come from their lower tiles
+   (``fpolar::sym_gram``, ``fpolar::sym_poly``); every full product (a·X + B·X, Q·X, P·Q, the
+   congruence), and every product outside a capture, runs on cuBLAS. On the H200 the TMA lower-tile
+   X Xᵀ took 0.63–0.69× cuBLAS's time from m = 768 to 1024 (``benchmarks/tma_gram_probe.py``), and
+   b·A + c·A² needs no copy of A (cuBLAS's ``baddbmm`` copies its β operand into the output first):
+   the captured GPT-2-small Muon step went from 2.95 to 2.48 ms. Outside a graph each Triton launch
+   costs the host several times a cuBLAS call (a custom op's dispatch, the descriptors), and the same
+   step, eager, took 16.0 ms against 8.6 (``benchmarks/launch_overhead.py``); a torch.compile trace
+   cannot tell whether its graph will be replayed as a CUDA graph, so it keeps cuBLAS too. Measured:
+   BENCHMARKS.md, "Symmetric products through TMA".
 4. cuBLAS otherwise. ``kernels="triton"`` selects the Triton kernels for the full products too (in
    Gram space they lost on the GPT-2-small step: the "Gram-NS5 Triton X-lines" rows).
 
@@ -62,7 +68,7 @@ GRAM_MIN_ASPECT = 2.0
 TRITON_MIN_SIDE = 4096
 SYMMETRIC_MIN_SIDE = 512  # measured from 768 up; below it cuBLAS keeps every product
 
-# "symmetric": the symmetric products on fpolar's kernels, the full ones on cuBLAS (rule 3 above).
+# "symmetric": the symmetric products on fpolar's kernels in a CUDA graph, the rest on cuBLAS (rule 3 above).
 NSKernels = Literal["torch", "triton", "symmetric"]
 GlueChoice = Literal["torch", "fused"]
 GLUE_INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -76,8 +82,8 @@ class PolarImpl(NamedTuple):
         method: "newton_schulz", "gram_newton_schulz", "qdwh" or "svd" (``kernels="auto"`` may have
             turned "newton_schulz" into "gram_newton_schulz").
         kernels: "torch" (batched matmul), "triton" (``torch.ops.fpolar``) or "symmetric" (the
-            symmetric products on ``torch.ops.fpolar``, the full ones on batched matmul) for the
-            products of the Newton–Schulz family; "torch" for QDWH and SVD.
+            symmetric products on ``torch.ops.fpolar`` while a CUDA graph is captured, every other
+            product on batched matmul) for the Newton–Schulz family; "torch" for QDWH and SVD.
         polar_dtype: the dtype the iteration runs in (and of its result).
         reason: why, when it was measured (every candidate's µs); "" for a fixed rule.
         glue: "fused" (the one-pass Triton ops around the polar factor) or "torch"; see module docstring.
@@ -92,7 +98,11 @@ class PolarImpl(NamedTuple):
     @property
     def label(self) -> str:
         """Human-readable name, as ``describe_plan`` shows it."""
-        names = {"triton": "triton kernels", "symmetric": "symmetric products on triton", "torch": "torch matmul"}
+        names = {
+            "triton": "triton kernels",
+            "symmetric": "symmetric products on triton in CUDA graphs",
+            "torch": "torch matmul",
+        }
         if self.method == "newton_schulz":
             return f"newton_schulz [{names[self.kernels]}]"
         if self.method == "gram_newton_schulz" and self.kernels != "torch":
@@ -186,12 +196,25 @@ def triton_ops() -> NSOps:
     return NSOps(ops.sym_gram, ops.sym_poly, ops.ns_apply)
 
 
+def when_captured(kernel: Callable[..., torch.Tensor], cublas: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A product that runs ``kernel`` while a CUDA graph is captured on its first argument's device and
+    ``cublas`` everywhere else (rule 3 of the module doc: a Triton launch is cheap only in a graph).
+    Both compute the same product; they may round differently."""
+    from ..side_streams import being_captured
+
+    def product(first: torch.Tensor, *rest):
+        return (kernel if being_captured(first.device) else cublas)(first, *rest)
+
+    return product
+
+
 def symmetric_ops() -> NSOps:
-    """X Xᵀ and b·A + c·A² on fpolar's lower-tile kernels, a·X + B·X on cuBLAS (``kernels`` "symmetric")."""
+    """X Xᵀ and b·A + c·A² on fpolar's lower-tile kernels while a CUDA graph is captured, else on cuBLAS;
+    a·X + B·X on cuBLAS (``kernels`` "symmetric")."""
     from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
 
     ops = torch.ops.fpolar
-    return NSOps(ops.sym_gram, ops.sym_poly, TORCH_OPS.apply)
+    return NSOps(when_captured(ops.sym_gram, TORCH_OPS.gram), when_captured(ops.sym_poly, TORCH_OPS.poly), TORCH_OPS.apply)
 
 
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -296,10 +319,15 @@ def triton_gram_ops() -> GramOps:
 
 
 def symmetric_gram_ops() -> GramOps:
-    """b·R + c·R² on ``fpolar::sym_poly``; the congruence P·R·P and P·Q on cuBLAS (``kernels`` "symmetric")."""
+    """b·R + c·R² on ``fpolar::sym_poly`` while a CUDA graph is captured, else on cuBLAS; the congruence
+    P·R·P and P·Q on cuBLAS (``kernels`` "symmetric")."""
     from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
 
-    return GramOps(torch.ops.fpolar.sym_poly, lambda p, r: torch.bmm(p, torch.bmm(r, p)), torch.bmm)
+    return GramOps(
+        when_captured(torch.ops.fpolar.sym_poly, TORCH_OPS.poly),
+        lambda p, r: torch.bmm(p, torch.bmm(r, p)),
+        torch.bmm,
+    )
 
 
 def gram_ops_for(kernels: NSKernels) -> Optional[GramOps]:
