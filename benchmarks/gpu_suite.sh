@@ -23,6 +23,11 @@
 # order or side by side (benchmarks/side_streams.py). "addresses" (not in the default list, about two
 # minutes): GPT-2-small's loop with the drop-in, model eager then compiled, which grads moved at which
 # step and the drop-in graph's captures (benchmarks/grad_addresses.py).
+# "tma" (about 2.5 minutes): X Xᵀ from lower tiles through TMA, pointer loads and cuBLAS, with a config
+# sweep (benchmarks/tma_gram_probe.py). "split" (about 1.5 minutes): GPT-2-small's train step split into
+# forward+backward, step and zero_grad per drop-in recipe (benchmarks/step_split.py). "launch" (under a
+# minute): host µs per launch of each product, and the Python profile of an eager step
+# (benchmarks/launch_overhead.py). None of the three is in the default list.
 # "dist" (benchmarks/distributed_gpu.py: the distributed checks on NCCL, the captured distributed step,
 # optimizer scaling beside dion, a GPT-2-medium train step) uses every visible GPU, one rank each; on a
 # one-GPU machine it gives the world-1 baseline rows. It is not in the default PARTS: PARTS=dist.
@@ -77,6 +82,9 @@ run_part() {
     skip)    timeout 240 python3 benchmarks/skip_overhead.py --device cuda --scale 8 ;;
     dist)    timeout 540 python3 benchmarks/distributed_gpu.py --out "$OUT/dist" ;;
     memory)  timeout 120 python3 benchmarks/step_memory.py --json "$OUT/step_memory.json" ;;
+    tma)     timeout 300 python3 benchmarks/tma_gram_probe.py --json "$OUT/tma_probe.json" ;;
+    split)   timeout 190 python3 benchmarks/step_split.py --json "$OUT/step_split.json" ;;
+    launch)  timeout 180 python3 benchmarks/launch_overhead.py --profile-step ;;
     lanes)   timeout 150 python3 benchmarks/side_streams.py --json "$OUT/side_streams.json" ;;
     addresses) timeout 60 python3 benchmarks/grad_addresses.py --steps 12 && timeout 120 python3 benchmarks/grad_addresses.py --steps 12 --compile-model ;;
     paper)   timeout 420 python3 -m fpolar paper --device cuda --out "$OUT/paper.json" --plot "$OUT/paper.png" ;;
