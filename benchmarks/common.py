@@ -246,12 +246,12 @@ def products_on_cublas() -> Iterator[None]:
     import fpolar.polar  # noqa: F401  (the package; ``fpolar.polar`` the attribute is a function)
 
     plan_module = sys.modules["fpolar.polar"]
-    saved = plan_module.device_has_tma
-    plan_module.device_has_tma = lambda device: False
+    saved = plan_module.hopper_with_tma
+    plan_module.hopper_with_tma = lambda device: False
     try:
         yield
     finally:
-        plan_module.device_has_tma = saved
+        plan_module.hopper_with_tma = saved
 
 
 def save_json(path: Optional[str], payload: Dict[str, Any]) -> None:

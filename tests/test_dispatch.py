@@ -38,7 +38,7 @@ def tma(monkeypatch):
 
     def set_tma(has: bool) -> None:
         plan_module = sys.modules["fpolar.polar"]  # the package (``fpolar.polar`` is also a function)
-        monkeypatch.setattr(plan_module, "device_has_tma", lambda device: has and device.type == "cuda")
+        monkeypatch.setattr(plan_module, "hopper_with_tma", lambda device: has and device.type == "cuda")
 
     return set_tma
 
@@ -95,7 +95,7 @@ def test_ns_implementation_on_a_device_with_tma(m, n, cuda, dtype, kernels, expe
         ("gram_newton_schulz", "triton", 768, 3072, ("gram_newton_schulz", "triton")),
     ],
 )
-def test_symmetric_products_where_the_device_has_tma(tma, method, kernels, m, n, expected):
+def test_symmetric_products_where_the_hopper_with_tma(tma, method, kernels, m, n, expected):
     tma(True)
     spec = fpolar.PolarSpec.build(method, kernels=kernels)
     impl = spec.impl_for(m, n, BF16, torch.device("cuda"))

@@ -31,7 +31,7 @@ from ..coefficients import (
 from .dispatch import (
     PolarImpl,
     decide_polar_impl,
-    device_has_tma,
+    hopper_with_tma,
     gram_ops_for,
     measured_auto_impl,
     ns_ops,
@@ -183,7 +183,7 @@ class PolarSpec:
         wide_m, wide_n = min(m, n), max(m, n)
         impl = decide_polar_impl(
             self.method, self.kernels, self.normalization, wide_m, wide_n, on_cuda,
-            self.compute_dtype_for(input_dtype, on_cuda), input_dtype, tma=device_has_tma(device),
+            self.compute_dtype_for(input_dtype, on_cuda), input_dtype, tma=hopper_with_tma(device),
         )
         if (
             self.kernels == "auto"

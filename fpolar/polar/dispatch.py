@@ -16,7 +16,7 @@ the device type and options only, never tensor values, so a compiled step never 
    kernels compute only the lower triangle of the symmetric products. Measured: the same sections,
    and "Each NS line alone, cuBLAS vs Triton".
 3. **Symmetric products on Triton inside a CUDA graph, the rest on cuBLAS** (``kernels``
-   "symmetric", in Gram space too) where the device loads tiles through TMA (sm90 and later), the
+   "symmetric", in Gram space too) on Hopper (sm90, where tiles load through TMA), the
    iteration is bf16/fp16 and SYMMETRIC_MIN_SIDE ≤ m: while a CUDA graph is captured (the drop-in's
    graph, ``capture_cuda_graph``), X Xᵀ and b·A + c·A² come from their lower tiles
    (``fpolar::sym_gram``, ``fpolar::sym_poly``); every full product (a·X + B·X, Q·X, P·Q, the
@@ -114,7 +114,7 @@ def ns_implementation(
     m: int, n: int, on_cuda: bool, dtype: torch.dtype, kernels: str, normalization: str, tma: bool = False
 ) -> str:
     """"gram", "triton", "symmetric" or "torch": what runs NS on a wide (·, m, n) batch (m ≤ n) iterated
-    in ``dtype``; ``tma``: the device loads tiles through TMA (``device_has_tma``)."""
+    in ``dtype``; ``tma``: a Hopper GPU with TMA (``hopper_with_tma``)."""
     if kernels in ("torch", "triton"):
         return kernels
     if on_cuda and normalization == "frobenius" and n >= GRAM_MIN_ASPECT * m:
@@ -131,14 +131,16 @@ def symmetric_or_torch(m: int, on_cuda: bool, dtype: torch.dtype, tma: bool) -> 
     return "torch"
 
 
-def device_has_tma(device: torch.device) -> bool:
-    """Whether ``device`` copies tiles through TMA (CUDA sm90 and later) and triton can describe them."""
+def hopper_with_tma(device: torch.device) -> bool:
+    """Whether ``device`` is a Hopper GPU (sm90: tiles copied through TMA, and where the symmetric
+    products were measured to beat cuBLAS) and triton can describe tiles. Later architectures have
+    TMA too (the kernels use it there), but rule 3 waits for a measurement on them."""
     from ..kernels._tma import HAS_TENSOR_DESCRIPTOR
 
     if device.type != "cuda" or not HAS_TENSOR_DESCRIPTOR:
         return False
     try:
-        return torch.cuda.get_device_capability(device)[0] >= 9
+        return torch.cuda.get_device_capability(device)[0] == 9
     except (RuntimeError, AssertionError, AttributeError):  # no driver to ask (a test's stand-in device)
         return False
 
@@ -174,7 +176,7 @@ def decide_polar_impl(
 ) -> PolarImpl:
     """The ``PolarImpl`` for a wide (·, m, n) batch (m ≤ n); ``kernels`` is the user's "auto"/"torch"/"triton".
     ``input_dtype``: the params' dtype (None: the glue stays torch); ``tma``: the device loads tiles
-    through TMA (``device_has_tma``), where "auto" may choose the symmetric products on Triton."""
+    through TMA on Hopper (``hopper_with_tma``), where "auto" may choose the symmetric products on Triton."""
     glue = "torch" if input_dtype is None else glue_implementation(method, kernels, on_cuda, input_dtype, polar_dtype)
     if method == "newton_schulz":
         impl = ns_implementation(m, n, on_cuda, polar_dtype, kernels, normalization, tma)
@@ -252,7 +254,7 @@ def measured_auto_impl(
     """
     from ..kernels.tuning import get_tuner, shape_bucket
 
-    candidates = auto_candidates(method, normalization, fixed.polar_dtype, device_has_tma(device))
+    candidates = auto_candidates(method, normalization, fixed.polar_dtype, hopper_with_tma(device))
     tuner = get_tuner()
     if len(candidates) < 2 or not tuner.enabled or device.type != "cuda":
         return fixed
