@@ -5,8 +5,8 @@ Gram kernel (half the FLOPs, contiguous row loads for both operands) with b·A f
 The result is symmetric and written exactly symmetric. On sm90 and later the tiles move through
 TMA (``_tma``), elsewhere through pointer loads; the two kernels compute the same sums.
 
-Beside cuBLAS, whose ``baddbmm`` first copies A into its output to add b·A, nothing else is read or
-written: the b·A tile is read where the kernel stores the result.
+Unlike cuBLAS's ``baddbmm``, which first copies A into its output to add b·A, the kernel reads the
+b·A tile itself just before it stores the result: no copy of A.
 """
 
 from __future__ import annotations
