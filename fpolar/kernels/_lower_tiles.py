@@ -13,6 +13,7 @@ from ._common import dot_fp32_acc, tl, triton
 __all__ = [
     "lower_tile_count",
     "lower_tile_coords",
+    "program_tile",
     "gram_tile",
     "gram_tile_tma",
     "cross_tile",
@@ -39,6 +40,15 @@ def lower_tile_coords(tile):
     ti = tl.where((ti + 1) * (ti + 2) // 2 <= tile, ti + 1, ti)
     tj = tile - ti * (ti + 1) // 2
     return ti, tj
+
+
+@triton.jit
+def program_tile(lower_tiles):
+    """(batch, ti, tj) of this program in a flat grid of batch × ``lower_tiles`` lower tiles: a flat
+    axis has no 65535 limit on the batch size."""
+    pid = tl.program_id(0)
+    ti, tj = lower_tile_coords(pid % lower_tiles)
+    return pid // lower_tiles, ti, tj
 
 
 @triton.jit

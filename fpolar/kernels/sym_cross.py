@@ -23,7 +23,7 @@ from ._common import (
     tl,
     triton,
 )
-from ._lower_tiles import cross_tile, lower_tile_coords, lower_tile_count, store_mirrored
+from ._lower_tiles import cross_tile, lower_tile_count, program_tile, store_mirrored
 from .tuning import get_tuner
 from ..inductor_fallbacks import register_before_lowering
 
@@ -58,9 +58,7 @@ def _sym_cross_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    batch = pid // lower_tiles
-    ti, tj = lower_tile_coords(pid % lower_tiles)
+    batch, ti, tj = program_tile(lower_tiles)
     a_base = a_ptr + batch.to(tl.int64) * stride_ab
     b_base = b_ptr + batch.to(tl.int64) * stride_bb
     out_base = out_ptr + batch.to(tl.int64) * stride_ob

@@ -22,8 +22,8 @@ from .tuning import get_tuner
 from ._lower_tiles import (
     gram_tile,
     gram_tile_tma,
-    lower_tile_coords,
     lower_tile_count,
+    program_tile,
     store_mirrored,
     store_mirrored_tma,
 )
@@ -57,10 +57,7 @@ def _sym_gram_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    # One flat grid of batch × lower tiles: a flat axis has no 65535 limit on the batch size.
-    pid = tl.program_id(0)
-    batch = pid // lower_tiles
-    ti, tj = lower_tile_coords(pid % lower_tiles)
+    batch, ti, tj = program_tile(lower_tiles)
     # int64 batch offsets: batch · stride overflows int32 for large batches of large matrices.
     x_base = x_ptr + batch.to(tl.int64) * stride_xb
     out_base = out_ptr + batch.to(tl.int64) * stride_ob
@@ -83,9 +80,7 @@ def _sym_gram_tma_kernel(
     UPCAST: tl.constexpr,
 ):
     # The same tiles as _sym_gram_kernel, loaded and stored through TMA.
-    pid = tl.program_id(0)
-    batch = pid // lower_tiles
-    ti, tj = lower_tile_coords(pid % lower_tiles)
+    batch, ti, tj = program_tile(lower_tiles)
     acc = gram_tile_tma(x_desc, batch, ti, tj, n, BLOCK, BLOCK_K, PRECISION, UPCAST)
     store_mirrored_tma(out_desc, acc.to(out_desc.dtype), batch, ti, tj, BLOCK)
 

@@ -27,8 +27,8 @@ from .tuning import get_tuner
 from ._lower_tiles import (
     gram_tile,
     gram_tile_tma,
-    lower_tile_coords,
     lower_tile_count,
+    program_tile,
     store_mirrored,
     store_mirrored_tma,
 )
@@ -63,9 +63,7 @@ def _sym_poly_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    batch = pid // lower_tiles
-    ti, tj = lower_tile_coords(pid % lower_tiles)
+    batch, ti, tj = program_tile(lower_tiles)
     a_base = a_ptr + batch.to(tl.int64) * stride_ab
     out_base = out_ptr + batch.to(tl.int64) * stride_ob
     rows_i = ti * BLOCK + tl.arange(0, BLOCK)
@@ -99,9 +97,7 @@ def _sym_poly_tma_kernel(
 ):
     # The same tiles as _sym_poly_kernel through TMA: a_rows_desc moves (BLOCK, BLOCK_K) boxes of A's
     # rows for A·Aᵀ, a_tile_desc the (BLOCK, BLOCK) tile of A for b·A.
-    pid = tl.program_id(0)
-    batch = pid // lower_tiles
-    ti, tj = lower_tile_coords(pid % lower_tiles)
+    batch, ti, tj = program_tile(lower_tiles)
     a_squared = gram_tile_tma(a_rows_desc, batch, ti, tj, m, BLOCK, BLOCK_K, PRECISION, UPCAST)
     a_tile = a_tile_desc.load([batch, ti * BLOCK, tj * BLOCK]).reshape(BLOCK, BLOCK)
     value = coef_b * a_tile.to(tl.float32) + coef_c * a_squared
