@@ -17,20 +17,19 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import platform
 import sys
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 import fpolar
-from fpolar.coefficients import SCHEDULES, expand_schedule
+from fpolar.coefficients import SCHEDULES
 from fpolar.compile import mark_static
 from fpolar.polar import PolarSpec, polar_wide
 
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
-from common import products_on_cublas  # noqa: E402
+from common import cuda_graph_ms, products_on_cublas  # noqa: E402
 
 GPT2_SMALL: List[Tuple[Tuple[int, int], int]] = [((2304, 768), 12), ((768, 768), 12), ((3072, 768), 12), ((768, 3072), 12)]
 MUON = SCHEDULES["muon"].coefficients[0]
@@ -77,6 +76,7 @@ def polar_variants() -> Dict[str, PolarSpec]:
         "fpolar NS5 auto": PolarSpec.build("newton_schulz", kernels="auto", **muon5),
         "fpolar Gram-NS5 cuBLAS": PolarSpec.build("gram_newton_schulz", kernels="torch", **muon5),
         "fpolar Gram-NS5 Triton X-lines": PolarSpec.build("gram_newton_schulz", kernels="triton", **muon5),
+        "fpolar NS5 symmetric": PolarSpec.build("newton_schulz", kernels="symmetric", **muon5),
     }
     return out
 
@@ -95,15 +95,17 @@ def row(name: str, ms: float, floor_ms: float, ref_ms: float | None = None) -> D
 
 
 def time_polar(results: list, shapes, ceiling: float) -> None:
+    """Each variant's polar factor per shape group, timed as CUDA-graph replays (the way the captured
+    step runs it: "auto" then takes its in-graph choice, and small launches are not timed by the host)."""
     xs = group_inputs(shapes)
     floors = [sum(ns5_flops(x.shape[1], x.shape[2]) for _ in range(x.shape[0])) / (ceiling * 1e12) * 1e3 for x in xs]
-    base = [bench(lambda x=x: plain_stacked_ns5(x)) for x in xs]
+    base = [cuda_graph_ms(lambda x=x: plain_stacked_ns5(x), 200) for x in xs]
     for (shape, b), x, f, t in zip(shapes, xs, floors, base):
         results.append({"group": f"{b}×{shape[0]}×{shape[1]}", **row("plain stacked cuBLAS NS5", t, f, t)})
     for name, spec in polar_variants().items():
         for (shape, b), x, f, t in zip(shapes, xs, floors, base):
             try:
-                ms = bench(lambda x=x, spec=spec: polar_wide(x, spec))
+                ms = cuda_graph_ms(lambda x=x, spec=spec: polar_wide(x, spec), 200)
                 results.append({"group": f"{b}×{shape[0]}×{shape[1]}", **row(name, ms, f, t)})
             except Exception as e:  # noqa: BLE001 - report and continue
                 results.append({"group": f"{b}×{shape[0]}×{shape[1]}", "name": name, "error": repr(e)[:120]})
@@ -118,7 +120,9 @@ def make_params(shapes) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     return params, grads
 
 
-def whole_step_rows(shapes, floor_ms: float) -> List[Dict[str, object]]:
+def whole_step_rows(shapes, floor_ms: float, only: Optional[str] = None) -> List[Dict[str, object]]:
+    """torch.optim.Muon and each fpolar configuration (those whose label holds one of the comma-separated
+    ``only`` substrings; all when None): eager, compiled, reduce-overhead, CUDA graph."""
     rows: List[Dict[str, object]] = []
     params, grads = make_params(shapes)
 
@@ -143,10 +147,16 @@ def whole_step_rows(shapes, floor_ms: float) -> List[Dict[str, object]]:
     configs = {
         "fpolar Muon": (muon, contextlib.nullcontext),
         "fpolar Muon, every product on cuBLAS": (muon, products_on_cublas),
+        # the symmetric products on fpolar's kernels at every launch: what reduce-overhead can reach
+        'fpolar Muon, kernels="symmetric"': ({**muon, "kernels": "symmetric"}, contextlib.nullcontext),
         "fpolar PolarGrad": ({}, contextlib.nullcontext),
         "fpolar PolarGrad, every product on cuBLAS": ({}, products_on_cublas),
+        'fpolar PolarGrad, kernels="symmetric"': ({"kernels": "symmetric"}, contextlib.nullcontext),
     }
+    wanted = [o.strip() for o in only.split(",")] if only else None
     for label, (kw, planning) in configs.items():
+        if wanted is not None and not any(o in label for o in wanted):
+            continue
         hp = fpolar.PolarGradHParams(lr=torch.tensor(0.02, device="cuda"), **kw)
         ps = [p.clone() for p in params]
         with planning():
@@ -220,6 +230,48 @@ def profile_whole_step(shapes, label: str, kw: dict) -> str:
     return f"profile of the compiled {label} step (5 steps):\n{table}"
 
 
+def profile_captured_step(shapes, label: str, kw: dict, steps: int = 5) -> Tuple[str, List[Dict[str, object]]]:
+    """Where the step captured in a CUDA graph (the drop-in's and ``capture_cuda_graph``'s plan: the
+    symmetric products on fpolar's kernels) spends device time: every kernel of ``steps`` replays,
+    grouped by name, in µs per step, with the share of the step's summed kernel time."""
+    params, grads = make_params(shapes)
+    hp = fpolar.PolarGradHParams(lr=torch.tensor(0.02, device="cuda"), **kw)
+    state = fpolar.init_state(params, hp)
+
+    def step():
+        fpolar.polargrad_step(params, grads, state, hp)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            graph.replay()
+        torch.cuda.synchronize()
+    per_kernel: Dict[str, List[float]] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0:
+            per_kernel.setdefault(e.name, []).append(e.device_time_total)
+    total = sum(sum(v) for v in per_kernel.values()) / steps
+    rows = sorted(
+        ({"kernel": k[:90], "us_per_step": sum(v) / steps, "launches_per_step": len(v) / steps} for k, v in per_kernel.items()),
+        key=lambda r: -r["us_per_step"],
+    )
+    lines = [f"kernels of the captured {label} step, {steps} replays: {total:.1f} µs of kernels per step"]
+    for r in rows[:24]:
+        lines.append(f"  {r['us_per_step']:8.1f} µs  {100 * r['us_per_step'] / total:5.1f}%  ×{r['launches_per_step']:5.1f}  {r['kernel']}")
+    return "\n".join(lines), rows
+
+
 def per_op_rows() -> List[Dict[str, object]]:
     """Each NS line alone, cuBLAS vs Triton, at the shapes the dispatch thresholds are drawn from."""
     from fpolar.polar.dispatch import triton_ops
@@ -241,9 +293,12 @@ def per_op_rows() -> List[Dict[str, object]]:
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None, help="write all rows to this JSON file")
+    ap.add_argument("--step-configs", default=None,
+                    help='comma list of substrings of the whole-step configurations to run (default: all), e.g. "Muon"')
     ap.add_argument("--parts", default="groups,step,large,profile,ops",
                     help="comma list of: groups (polar per shape group), step (whole optimizer step), large "
-                         "(single large matrices), profile (the compiled step's top kernels), ops (each NS line)")
+                         "(single large matrices), profile (the compiled step's top kernels), graphprofile (the "
+                         "kernels of the step captured in a CUDA graph, per step), ops (each NS line)")
     args = ap.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not torch.cuda.is_available():
@@ -263,7 +318,8 @@ def main(argv: List[str] | None = None) -> int:
     polar_rows: list = []
     if "groups" in parts:
         time_polar(polar_rows, GPT2_SMALL, ceiling)
-    print("\npolar step per shape group (ms; ×floor = / dense NS5 FLOPs at the ceiling; ×plain = / plain stacked NS5)")
+    print("\npolar step per shape group, CUDA-graph replays (ms; ×floor = / dense NS5 FLOPs at the ceiling; "
+          "×plain = / plain stacked NS5)")
     for r in polar_rows:
         if "error" in r:
             print(f"  {r['group']:>14}  {r['name']:<28} error: {r['error']}")
@@ -277,7 +333,7 @@ def main(argv: List[str] | None = None) -> int:
             sums[r["name"]] = sums.get(r["name"], 0.0) + r["ms"]
     for name, ms in sums.items():
         print(f"  {name:<28} {ms:8.3f} ms  ×floor {ms / floor_ms:5.2f}")
-    step_rows = whole_step_rows(GPT2_SMALL, floor_ms) if "step" in parts else []
+    step_rows = whole_step_rows(GPT2_SMALL, floor_ms, args.step_configs) if "step" in parts else []
     print("\nwhole optimizer step, GPT-2-small set, fp32 params (×ref = / torch.optim.Muon eager)")
     for r in step_rows:
         if "error" in r:
@@ -296,6 +352,12 @@ def main(argv: List[str] | None = None) -> int:
             print(f"  {r['shape']:>14}  {r['name']:<28} {r['ms']:8.3f} ms  {tf:6.0f} TFLOP/s")
     if "profile" in parts:
         print("\n" + profile_whole_step(GPT2_SMALL, "fpolar Muon", dict(scale="shape", nesterov=True, coefficients="muon", ns_steps=5)))
+    graph_profile: List[Dict[str, object]] = []
+    if "graphprofile" in parts:
+        text, graph_profile = profile_captured_step(
+            GPT2_SMALL, "fpolar Muon", dict(scale="shape", nesterov=True, coefficients="muon", ns_steps=5)
+        )
+        print("\n" + text)
     op_rows = per_op_rows() if "ops" in parts else []
     print("\nper NS line (µs): X Xᵀ | b·A + c·A² | a·X + B·X")
     for r in op_rows:
@@ -303,7 +365,7 @@ def main(argv: List[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"ceiling_tflops": ceiling, "floor_ms": floor_ms, "polar": polar_rows, "step": step_rows,
-                       "tflops": tf_rows, "per_op": op_rows, "torch": torch.__version__, "device": torch.cuda.get_device_name()}, f, indent=1)
+                       "tflops": tf_rows, "per_op": op_rows, "graph_profile": graph_profile, "torch": torch.__version__, "device": torch.cuda.get_device_name()}, f, indent=1)
     return 0
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import importlib.util
 import inspect
@@ -336,14 +337,16 @@ def _fpolar_whole_step_compiled(mode: Optional[str]) -> Callable[[Run], Step]:
     return build
 
 
-def _fpolar_optimizer_compiled(mode: Optional[str]) -> Callable[[Run], Step]:
+def _fpolar_optimizer_compiled(mode: Optional[str], kernels: str = "auto") -> Callable[[Run], Step]:
     """The model runs as the column says, ``loss.backward()`` as usual, then fpolar's functional
-    PolarGrad + AdamW step as one compiled function (state marked static-address)."""
+    PolarGrad + AdamW step as one compiled function (state marked static-address); ``kernels``: the
+    polar step's ``kernels`` option."""
 
     def build(run: Run) -> Step:
         from fpolar.compile import mark_static
 
         polar, adamw = _hparams(run.device)
+        polar = dataclasses.replace(polar, kernels=kernels)
         mats, rest = run.hidden(), run.rest()
         state, astate = fpolar.init_state(mats, polar), fpolar.init_adamw_state(rest, adamw)
         for p in mats + rest:
@@ -413,6 +416,8 @@ def recipes() -> List[Recipe]:
         Recipe("heavyball Muon + fused AdamW", "peer", heavyball_muon, needs="heavyball", compiles=True),
         Recipe("fpolar step compiled apart (reduce-overhead)", "fpolar", _fpolar_optimizer_compiled("reduce-overhead"),
                cuda_only=True, compiles=True),
+        Recipe('fpolar step compiled apart (reduce-overhead), kernels="symmetric"', "fpolar",
+               _fpolar_optimizer_compiled("reduce-overhead", kernels="symmetric"), cuda_only=True, compiles=True),
     ]
 
 

@@ -384,8 +384,11 @@ def test_other_polar_backends_run_as_cuda_graphs(backend, no_tf32):
     assert gap <= 1e-4, gap
 
 
-def test_triton_kernels_appear_as_fpolar_ops_in_the_graph():
-    """With kernels="triton", fpolar's custom ops are single nodes in the captured graph."""
+@pytest.mark.parametrize("kernels", ["triton", "symmetric"])
+def test_triton_kernels_appear_as_fpolar_ops_in_the_graph(kernels):
+    """With kernels="triton" or "symmetric", fpolar's custom ops are single nodes in the traced graph and
+    torch.compile(mode="reduce-overhead") records it as a CUDA graph without skips; "symmetric" traces
+    the lower-tile ops (Gram space here: 512 = 2·256) and leaves the full products to aten."""
     try:
         from fpolar import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
     except Exception as e:  # the kernels package is optional for this file
@@ -397,7 +400,7 @@ def test_triton_kernels_appear_as_fpolar_ops_in_the_graph():
     torch.manual_seed(0)
     params = [torch.randn(256, 512, device=DEV), torch.randn(512, 256, device=DEV)]
     grads = [torch.randn_like(p) for p in params]
-    hp, _ = hparams(kernels="triton", polar_dtype=None)
+    hp, _ = hparams(kernels=kernels, polar_dtype=None)
     state = fpolar.init_state(params, hp)
     torch._dynamo.reset()
     counts = op_counts(op_sequence(aten_graph(fpolar.polargrad_step, params, grads, state, hp)))
@@ -412,9 +415,13 @@ def test_triton_kernels_appear_as_fpolar_ops_in_the_graph():
             ro(params, grads, state, hp)
     torch.cuda.synchronize()
     record(
-        "triton_kernels_graph",
+        f"{kernels}_kernels_graph",
         dict(op_counts=counts.splitlines(), fpolar_ops=fpolar_ops,
              reduce_overhead_cudagraph_skips=int(counters["inductor"]["cudagraph_skips"]), skip_messages=log.skips),
     )
     assert fpolar_ops, counts
+    if kernels == "symmetric":
+        names = {line.split()[0] for line in fpolar_ops}
+        assert {"fpolar.sym_gram", "fpolar.sym_poly", "fpolar.sym_cross"} <= names, names
+        assert "fpolar.ns_apply" not in names, names
     assert int(counters["inductor"]["cudagraph_skips"]) == 0 and not log.skips, log.skips

@@ -80,7 +80,11 @@ class PolarGradHParams:
         eps: added to the norm before normalizing the polar input. Default 1e-7.
         polar_dtype: dtype of the polar iteration; None (default) = bfloat16 for Newton–Schulz on CUDA,
             else the param dtype promoted to at least float32.
-        kernels: "auto" (default), "torch" (cuBLAS batched matmul) or "triton" (fpolar's kernels).
+        kernels: "auto" (default), "torch" (cuBLAS batched matmul), "triton" (fpolar's kernels for every
+            product) or "symmetric" (the products whose result is symmetric on fpolar's lower-tile
+            kernels at every launch, the rest on cuBLAS; CUDA only: for a step replayed as a CUDA graph
+            by ``torch.compile(mode="reduce-overhead")``; "auto" does the same by itself only inside
+            the graphs fpolar captures). See ``fpolar.polar.dispatch``.
         qdwh_iters, qdwh_l0, polish_steps: QDWH settings; defaults are the PolarGrad paper's
             (2 weighted Halley steps from l₀ = machine eps, then 1 Newton–Schulz polish step).
         gram_restart: Gram Newton–Schulz restart period in steps. Default 3.
@@ -107,7 +111,7 @@ class PolarGradHParams:
     schedule_overflow: Overflow = "repeat_last"
     eps: float = 1e-7
     polar_dtype: Optional[torch.dtype] = None
-    kernels: Literal["auto", "torch", "triton"] = "auto"
+    kernels: Literal["auto", "torch", "triton", "symmetric"] = "auto"
     qdwh_iters: int = 2
     qdwh_l0: Optional[float] = None
     polish_steps: int = 1

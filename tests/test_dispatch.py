@@ -68,14 +68,15 @@ def test_ns_implementation(m, n, cuda, dtype, kernels, norm, expected):
 @pytest.mark.parametrize(
     "m, n, cuda, dtype, kernels, expected",
     [
-        (768, 768, True, BF16, "auto", "symmetric"),
-        (1024, 1536, True, torch.float16, "auto", "symmetric"),
+        (768, 768, True, BF16, "auto", "symmetric_in_graphs"),
+        (1024, 1536, True, torch.float16, "auto", "symmetric_in_graphs"),
         (SYMMETRIC_MIN_SIDE - 1, SYMMETRIC_MIN_SIDE, True, BF16, "auto", "torch"),  # below the measured sizes
         (768, 768, True, torch.float32, "auto", "torch"),  # fp32 iteration: cuBLAS
         (768, 3072, True, BF16, "auto", "gram"),  # Gram space first (its m×m products: see below)
         (4096, 4096, True, BF16, "auto", "triton"),
         (768, 768, False, BF16, "auto", "torch"),
         (768, 768, True, BF16, "torch", "torch"),
+        (768, 768, True, BF16, "symmetric", "symmetric"),
     ],
 )
 def test_ns_implementation_on_a_device_with_tma(m, n, cuda, dtype, kernels, expected):
@@ -85,10 +86,10 @@ def test_ns_implementation_on_a_device_with_tma(m, n, cuda, dtype, kernels, expe
 @pytest.mark.parametrize(
     "method, kernels, m, n, expected",
     [
-        ("newton_schulz", "auto", 768, 3072, ("gram_newton_schulz", "symmetric")),
-        ("newton_schulz", "auto", 2304, 768, ("gram_newton_schulz", "symmetric")),  # tall
-        ("newton_schulz", "auto", 768, 768, ("newton_schulz", "symmetric")),
-        ("gram_newton_schulz", "auto", 768, 3072, ("gram_newton_schulz", "symmetric")),
+        ("newton_schulz", "auto", 768, 3072, ("gram_newton_schulz", "symmetric_in_graphs")),
+        ("newton_schulz", "auto", 2304, 768, ("gram_newton_schulz", "symmetric_in_graphs")),  # tall
+        ("newton_schulz", "auto", 768, 768, ("newton_schulz", "symmetric_in_graphs")),
+        ("gram_newton_schulz", "auto", 768, 3072, ("gram_newton_schulz", "symmetric_in_graphs")),
         ("newton_schulz", "auto", 4096, 4096, ("newton_schulz", "triton")),
         ("newton_schulz", "auto", 256, 1024, ("gram_newton_schulz", "torch")),
         ("newton_schulz", "torch", 768, 768, ("newton_schulz", "torch")),
@@ -102,16 +103,42 @@ def test_symmetric_products_where_the_hopper_with_tma(tma, method, kernels, m, n
     assert (impl.method, impl.kernels) == expected
     tma(False)
     assert spec.impl_for(m, n, BF16, torch.device("cuda")).kernels == (
-        "torch" if expected[1] == "symmetric" else expected[1]
+        "torch" if expected[1] == "symmetric_in_graphs" else expected[1]
     )
+
+
+@pytest.mark.parametrize("has_tma", [True, False])
+@pytest.mark.parametrize(
+    "method, m, n, dtype, expected",
+    [
+        ("newton_schulz", 768, 3072, BF16, "gram_newton_schulz"),  # "auto"'s Gram-space rule
+        ("newton_schulz", 3072, 768, BF16, "gram_newton_schulz"),  # tall
+        ("newton_schulz", 768, 768, BF16, "newton_schulz"),
+        ("newton_schulz", 64, 96, BF16, "newton_schulz"),  # below SYMMETRIC_MIN_SIDE: asked for, so taken
+        ("newton_schulz", 768, 768, torch.float32, "newton_schulz"),
+        ("gram_newton_schulz", 768, 1024, BF16, "gram_newton_schulz"),
+    ],
+)
+def test_the_users_symmetric_choice_holds_on_every_cuda_device(tma, has_tma, method, m, n, dtype, expected):
+    """kernels="symmetric": the lower-tile kernels at every launch, whatever the device, size and dtype
+    (no rule overrides an explicit choice), with "auto"'s Gram-space rule and the fused glue."""
+    tma(has_tma)
+    impl = fpolar.PolarSpec.build(method, kernels="symmetric", polar_dtype=dtype).impl_for(
+        m, n, torch.float32, torch.device("cuda")
+    )
+    assert (impl.method, impl.kernels, impl.glue) == (expected, "symmetric", "fused")
 
 
 def test_symmetric_labels():
-    assert PolarImpl("newton_schulz", "symmetric", BF16).label == (
+    assert PolarImpl("newton_schulz", "symmetric_in_graphs", BF16).label == (
         "newton_schulz [symmetric products on triton in CUDA graphs]"
     )
-    assert PolarImpl("gram_newton_schulz", "symmetric", BF16).label == (
+    assert PolarImpl("gram_newton_schulz", "symmetric_in_graphs", BF16).label == (
         "gram_newton_schulz [symmetric products on triton in CUDA graphs]"
+    )
+    assert PolarImpl("newton_schulz", "symmetric", BF16).label == "newton_schulz [symmetric products on triton]"
+    assert PolarImpl("gram_newton_schulz", "symmetric", BF16).label == (
+        "gram_newton_schulz [symmetric products on triton]"
     )
 
 
@@ -123,8 +150,9 @@ def test_triton_on_cpu_is_refused_clearly():
     cpu = torch.device("cpu")
     with pytest.raises(ValueError, match="kernels='triton' needs CUDA tensors, got a tensor on cpu"):
         ns_ops("triton", cpu)
-    with pytest.raises(ValueError, match="kernels='symmetric' needs CUDA tensors, got a tensor on cpu"):
-        ns_ops("symmetric", cpu)
+    for kernels in ("symmetric", "symmetric_in_graphs"):
+        with pytest.raises(ValueError, match=f"kernels='{kernels}' needs CUDA tensors, got a tensor on cpu"):
+            ns_ops(kernels, cpu)
     auto = fpolar.PolarSpec.build(kernels="auto").impl_for(4, 8, torch.float32, cpu)
     assert ns_ops(auto.kernels, cpu) is TORCH_OPS
 

@@ -12,7 +12,7 @@ import torch
 from fpolar.coefficients import schedule_for
 from fpolar.polar.dispatch import symmetric_gram_ops, symmetric_ops, triton_gram_ops, triton_ops
 from fpolar.polar.gram_newton_schulz import gram_newton_schulz
-from fpolar.polar.newton_schulz import TORCH_OPS, newton_schulz
+from fpolar.polar.newton_schulz import newton_schulz
 
 
 def _svd_polar(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ def counted_ops(monkeypatch):
     the "symmetric" products read."""
     import types
 
-    calls = {"sym_gram": 0, "sym_poly": 0}
+    calls = {"sym_gram": 0, "sym_poly": 0, "sym_cross": 0}
     real = torch.ops.fpolar
 
     def counting(name):
@@ -76,20 +76,22 @@ def counted_ops(monkeypatch):
 
         return op
 
-    fake = types.SimpleNamespace(sym_gram=counting("sym_gram"), sym_poly=counting("sym_poly"))
+    fake = types.SimpleNamespace(**{name: counting(name) for name in calls})
     monkeypatch.setattr(torch, "ops", types.SimpleNamespace(fpolar=fake))
     return calls
 
 
+@pytest.mark.parametrize("in_graphs_only", [True, False], ids=["symmetric_in_graphs", "symmetric"])
 @pytest.mark.parametrize("captured", [True, False], ids=["in a CUDA graph", "elsewhere"])
 @pytest.mark.parametrize("restart", [1, 3])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)], ids=str)
 def test_symmetric_products_with_cublas_full_products_match_svd_polar(
-    monkeypatch, counted_ops, captured, restart, dtype, tol
+    monkeypatch, counted_ops, in_graphs_only, captured, restart, dtype, tol
 ):
-    """``kernels="symmetric"``: while a CUDA graph is captured (simulated), R and b·R + c·R² on the
-    lower-tile ops and P·R·P, P·Q, Q·X on batched matmul; elsewhere every product on batched matmul.
-    Gram space and the plain iteration, against the float64 SVD polar factor."""
+    """The symmetric products (R and b·R + c·R², the congruence's P·Uᵀ) on the lower-tile ops, and
+    U = P·R, P·Q, Q·X on batched matmul: at every call for ``kernels="symmetric"``, only while a CUDA
+    graph is captured (simulated) for "symmetric_in_graphs", every product on batched matmul
+    elsewhere. Gram space and the plain iteration, against the float64 SVD polar factor."""
     import fpolar.side_streams
 
     monkeypatch.setattr(fpolar.side_streams, "being_captured", lambda device: captured)
@@ -97,9 +99,9 @@ def test_symmetric_products_with_cublas_full_products_match_svd_polar(
     x = torch.randn(3, 20, 70, generator=g)
     square = torch.randn(3, 24, 24, generator=g)
     schedule = schedule_for("quintic", 10, "repeat_last")
-    gram = gram_newton_schulz(x, schedule, polar_dtype=dtype, gram_restart=restart, ops=symmetric_ops(),
-                              gram_ops=symmetric_gram_ops())
-    plain = newton_schulz(square, schedule, polar_dtype=dtype, ops=symmetric_ops())
+    gram = gram_newton_schulz(x, schedule, polar_dtype=dtype, gram_restart=restart, ops=symmetric_ops(in_graphs_only),
+                              gram_ops=symmetric_gram_ops(in_graphs_only))
+    plain = newton_schulz(square, schedule, polar_dtype=dtype, ops=symmetric_ops(in_graphs_only))
     for got, source in ((gram, x), (plain, square)):
         exact = _svd_polar(source)
         assert got.dtype == dtype and got.shape == source.shape
@@ -109,10 +111,14 @@ def test_symmetric_products_with_cublas_full_products_match_svd_polar(
     reference = gram_newton_schulz(x, schedule, polar_dtype=torch.float32, gram_restart=restart)
     torch.testing.assert_close(gram.float(), reference, rtol=0, atol=tol)
     # which ran the symmetric products: the plain iteration's 10 X Xᵀ and 10 polynomials, Gram
-    # space's R per block and its 10 polynomials
-    blocks = -(-len(schedule) // restart)
-    expected = {"sym_gram": 10 + blocks, "sym_poly": 20} if captured else {"sym_gram": 0, "sym_poly": 0}
-    assert counted_ops == expected
+    # space's R per block, its 10 polynomials and a congruence after each step but a block's last
+    blocks = [schedule[i : i + restart] for i in range(0, len(schedule), restart)]
+    congruences = sum(len(block) - 1 for block in blocks)
+    on_kernels = captured or not in_graphs_only
+    expected = {"sym_gram": 10 + len(blocks), "sym_poly": 20, "sym_cross": congruences}
+    assert counted_ops == (expected if on_kernels else {name: 0 for name in expected})
+    if restart > 1 and on_kernels:
+        assert congruences > 0
 
 
 def test_symmetric_gram_ops_products():
@@ -120,8 +126,12 @@ def test_symmetric_gram_ops_products():
     y = torch.randn(2, 16, 40, generator=g)
     r = y @ y.mT / 40
     p = r @ r + torch.eye(16)
-    ops = symmetric_gram_ops()
-    torch.testing.assert_close(ops.congruence(p, r).double(), p.double() @ r.double() @ p.double(), rtol=1e-5, atol=1e-5)
+    for ops in (symmetric_gram_ops(in_graphs_only=False), symmetric_gram_ops(in_graphs_only=True)):
+        congruence = ops.congruence(p, r)
+        torch.testing.assert_close(congruence.double(), p.double() @ r.double() @ p.double(), rtol=1e-5, atol=1e-5)
+    ops = symmetric_gram_ops(in_graphs_only=False)
+    congruence = ops.congruence(p, r)
+    assert torch.equal(congruence, congruence.mT)  # from its lower tiles: exactly symmetric
     torch.testing.assert_close(ops.product(p, r).double(), p.double() @ r.double(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ops.poly(r, 2.0, -0.5).double(), 2.0 * r.double() - 0.5 * r.double() @ r.double(),
                                rtol=1e-5, atol=1e-5)

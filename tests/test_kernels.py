@@ -115,7 +115,7 @@ def _interpreter_cases() -> list[str]:
     # 16-byte aligned, with edge tiles (40 = 2.5 tiles of 16) and a single partial tile.
     cases += [
         f"{op}-{shape}-{dtype}-tile{tile}-tma"
-        for op in ("sym_gram", "sym_poly")
+        for op in ("sym_gram", "sym_poly", "sym_cross")
         for shape in ("2x40x72", "3x24x40")
         for dtype in INTERPRETER_DTYPES
         for tile in (None, 16)
@@ -191,7 +191,7 @@ def _run_kernel_case(case: str) -> dict:
         b = _random((batch, m, n), dtype, seed + 1)
         if strided:
             b = _strided(b)
-        out = K.launch_sym_cross(x, b, poisoned((batch, m, m)), config=config)
+        out = K.launch_sym_cross(x, b, poisoned((batch, m, m)), config=config, **through)
         twin = K.sym_cross_reference(x, b)
         bound = exact_sym_cross(x, b)[1]
         result["err"] = _bounds_error(out, twin.double(), bound, tol)

@@ -103,6 +103,7 @@ def test_only_selects_every_matching_recipe_and_its_floors():
         train.WHOLE_STEP_FLOOR,
         "fpolar make_train_step(func) + compile_train_step",
         "fpolar step compiled apart (reduce-overhead)",
+        'fpolar step compiled apart (reduce-overhead), kernels="symmetric"',
     ]
     assert [r.name for r in train.select_recipes("compiled apart", no_compile=True)] == [
         "AdamW fused, everything (the floor)"

@@ -3,7 +3,7 @@
 A symmetric (m, m) result split into square BLOCK×BLOCK tiles has T(T+1)/2 tiles on or below the
 diagonal (T = ceil(m / BLOCK)). One program computes one such tile and writes it twice: in place and
 mirrored across the diagonal (a diagonal tile once, symmetrized). That is about half the products of
-the full matrix for the same bytes out. Tile indices are int32: T(T+1)/2 < 2**28 (m up to millions).
+the full matrix for the same bytes out. Each tile has a pointer-load form and a TMA form (``_tma``). Tile indices are int32: T(T+1)/2 < 2**28 (m up to millions).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ __all__ = [
     "gram_tile",
     "gram_tile_tma",
     "cross_tile",
+    "cross_tile_tma",
     "store_mirrored",
     "store_mirrored_tma",
 ]
@@ -150,17 +151,24 @@ def store_mirrored(out_base, value, rows_i, rows_j, on_diagonal, n_rows, stride_
 
 
 @triton.jit
-def gram_tile_tma(x_desc, batch, ti, tj, n_cols, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
-                  PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """``gram_tile`` with its operands loaded through TMA (``fpolar.kernels._tma``): the fp32 tile
-    X[b, rows of tile ti, :] · X[b, rows of tile tj, :]ᵀ. ``x_desc`` describes X (B, rows, cols) in
-    (1, BLOCK, BLOCK_K) boxes; rows and columns past the edges load as zeros."""
+def cross_tile_tma(a_desc, b_desc, batch, ti, tj, n_cols, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``cross_tile`` with its operands loaded through TMA (``fpolar.kernels._tma``): the fp32 tile
+    A[b, rows of tile ti, :] · B[b, rows of tile tj, :]ᵀ. ``a_desc`` and ``b_desc`` describe A and B
+    (B, rows, cols) in (1, BLOCK, BLOCK_K) boxes; rows and columns past the edges load as zeros."""
     acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
     for k0 in range(0, n_cols, BLOCK_K):
-        xi = x_desc.load([batch, ti * BLOCK, k0]).reshape(BLOCK, BLOCK_K)
-        xj = x_desc.load([batch, tj * BLOCK, k0]).reshape(BLOCK, BLOCK_K)
-        acc = dot_fp32_acc(xi, tl.trans(xj), acc, PRECISION, UPCAST)
+        ai = a_desc.load([batch, ti * BLOCK, k0]).reshape(BLOCK, BLOCK_K)
+        bj = b_desc.load([batch, tj * BLOCK, k0]).reshape(BLOCK, BLOCK_K)
+        acc = dot_fp32_acc(ai, tl.trans(bj), acc, PRECISION, UPCAST)
     return acc
+
+
+@triton.jit
+def gram_tile_tma(x_desc, batch, ti, tj, n_cols, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
+                  PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``gram_tile`` through TMA: ``cross_tile_tma`` of X with itself."""
+    return cross_tile_tma(x_desc, x_desc, batch, ti, tj, n_cols, BLOCK, BLOCK_K, PRECISION, UPCAST)
 
 
 @triton.jit

@@ -7,7 +7,9 @@ lower-triangle tiles are computed and each is also written mirrored: half the FL
 with the lower-tile machinery of ``sym_gram`` (one tile of A's rows times one tile of B's rows).
 
 The op's meaning is "the lower triangle of A·Bᵀ, reflected": for A·Bᵀ symmetric that is A·Bᵀ, and
-for any A, B it is exactly symmetric (the twin computes the same thing in torch).
+for any A, B it is exactly symmetric (the twin computes the same thing in torch). On sm90 and later
+the tiles move through TMA (``_tma``), elsewhere through pointer loads; the two kernels compute the
+same sums.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from ._common import (
     tl,
     triton,
 )
-from ._lower_tiles import cross_tile, lower_tile_count, program_tile, store_mirrored
+from ._lower_tiles import (
+    cross_tile,
+    cross_tile_tma,
+    lower_tile_count,
+    program_tile,
+    store_mirrored,
+    store_mirrored_tma,
+)
+from ._tma import descriptor, use_tma
 from .tuning import get_tuner
 from ..inductor_fallbacks import register_before_lowering
 
@@ -70,14 +80,38 @@ def _sym_cross_kernel(
     store_mirrored(out_base, acc.to(out_ptr.dtype.element_ty), rows_i, rows_j, ti == tj, m, stride_om, stride_on)
 
 
+@triton.jit
+def _sym_cross_tma_kernel(
+    a_desc,
+    b_desc,
+    out_desc,
+    k,
+    lower_tiles,
+    BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    # The same tiles as _sym_cross_kernel, loaded and stored through TMA.
+    batch, ti, tj = program_tile(lower_tiles)
+    acc = cross_tile_tma(a_desc, b_desc, batch, ti, tj, k, BLOCK, BLOCK_K, PRECISION, UPCAST)
+    store_mirrored_tma(out_desc, acc.to(out_desc.dtype), batch, ti, tj, BLOCK)
+
+
 def launch_sym_cross(
-    a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, config: triton.Config | None = None
+    a: torch.Tensor,
+    b: torch.Tensor,
+    out: torch.Tensor,
+    config: triton.Config | None = None,
+    *,
+    tma: bool | None = None,
 ) -> torch.Tensor:
     """Runs the Triton kernel: out[k] = lower triangle of a[k] @ b[k]ᵀ, mirrored; fp32 accumulation.
 
     a, b: (B, m, k) of one dtype, any strides; out: (B, m, m), written in full and exactly symmetric.
-    ``config`` overrides the tuned / heuristic choice (kwargs BLOCK, BLOCK_K). CUDA tensors, or CPU
-    tensors under TRITON_INTERPRET=1.
+    ``config`` overrides the tuned / heuristic choice (kwargs BLOCK, BLOCK_K). ``tma``: load and store
+    through TMA (None: where the device and the layouts allow it; see ``fpolar.kernels._tma``). CUDA
+    tensors, or CPU tensors under TRITON_INTERPRET=1.
     """
     require_triton()
     batch, m, k = a.shape
@@ -92,8 +126,22 @@ def launch_sym_cross(
     if k == 0:  # an empty sum
         return out.zero_()
     if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
-        config = get_tuner().config_for("sym_cross", batch, m, k, a.dtype, a.device, lambda cfg: launch_sym_cross(a, b, out, cfg))
+        config = get_tuner().config_for(
+            "sym_cross", batch, m, k, a.dtype, a.device, lambda cfg: launch_sym_cross(a, b, out, cfg, tma=tma)
+        )
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
+    if use_tma((a, b, out), tma):
+        block, block_k = config.kwargs["BLOCK"], config.kwargs["BLOCK_K"]
+        _sym_cross_tma_kernel[(batch * lower_tiles,)](
+            descriptor(a, block, block_k),
+            descriptor(b, block, block_k),
+            descriptor(out, block, block),
+            k,
+            lower_tiles,
+            **dot_options(a.dtype, a.device),
+            **launch_options(config),
+        )
+        return out
     _sym_cross_kernel[(batch * lower_tiles,)](
         a,
         b,

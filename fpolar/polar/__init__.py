@@ -44,9 +44,9 @@ from .svd import svd_polar
 from .tensor_parallel import tensor_parallel_polar
 
 PolarMethod = Literal["newton_schulz", "gram_newton_schulz", "qdwh", "svd"]
-KernelChoice = Literal["auto", "torch", "triton"]
+KernelChoice = Literal["auto", "torch", "triton", "symmetric"]
 POLAR_METHODS: tuple[str, ...] = ("newton_schulz", "gram_newton_schulz", "qdwh", "svd")
-KERNEL_CHOICES: tuple[str, ...] = ("auto", "torch", "triton")
+KERNEL_CHOICES: tuple[str, ...] = ("auto", "torch", "triton", "symmetric")
 
 # The options of ``PolarSpec.build`` and ``polar()``: the names of the ``PolarGradHParams`` fields they
 # come from, so one option has one name from the hparams down to the backends.
@@ -196,7 +196,7 @@ class PolarSpec:
                 self.method, impl, key, max(int(batch), 1), wide_m, wide_n, input_dtype, device, self.normalization,
                 lambda chosen, x: polar_wide(x, self, chosen),
             )
-        elif impl.kernels in ("triton", "symmetric") and on_cuda and not torch.compiler.is_compiling():
+        elif impl.kernels in ("triton", "symmetric", "symmetric_in_graphs") and on_cuda and not torch.compiler.is_compiling():
             # the kernel configs are tuned now, before any step is traced or captured
             tune_before_use(
                 ("prepare", impl.method, wide_m, wide_n, max(int(batch), 1), str(input_dtype), str(impl.polar_dtype)),

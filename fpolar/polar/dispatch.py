@@ -15,21 +15,30 @@ the device type and options only, never tensor values, so a compiled step never 
 2. **Triton** for the three NS lines where the Gram side m ≥ ``TRITON_MIN_SIDE`` in bf16/fp16: the
    kernels compute only the lower triangle of the symmetric products. Measured: the same sections,
    and "Each NS line alone, cuBLAS vs Triton".
-3. **Symmetric products on Triton inside a CUDA graph, the rest on cuBLAS** (``kernels``
-   "symmetric", in Gram space too) on Hopper (sm90, where tiles load through TMA), the
+3. **Symmetric products on Triton inside a CUDA graph, the rest on cuBLAS** (``PolarImpl.kernels``
+   "symmetric_in_graphs", in Gram space too) on Hopper (sm90, where tiles load through TMA), the
    iteration is bf16/fp16 and SYMMETRIC_MIN_SIDE ≤ m: while a CUDA graph is captured (the drop-in's
-   graph, ``capture_cuda_graph``), X Xᵀ and b·A + c·A² come from their lower tiles
-   (``fpolar::sym_gram``, ``fpolar::sym_poly``); every full product (a·X + B·X, Q·X, P·Q, the
-   congruence), and every product outside a capture, runs on cuBLAS. On the H200 the TMA lower-tile
-   X Xᵀ took 0.63–0.69× cuBLAS's time from m = 768 to 1024 (``benchmarks/tma_gram_probe.py``), and
-   b·A + c·A² needs no copy of A (cuBLAS's ``baddbmm`` copies its β operand into the output first):
-   the captured GPT-2-small Muon step went from 2.95 to 2.48 ms. Outside a graph each Triton launch
-   costs the host several times a cuBLAS call (a custom op's dispatch, the descriptors), and the same
-   step, eager, took 16.0 ms against 8.6 (``benchmarks/launch_overhead.py``); a torch.compile trace
-   cannot tell whether its graph will be replayed as a CUDA graph, so it keeps cuBLAS too. Measured:
-   BENCHMARKS.md, "Symmetric products through TMA".
-4. cuBLAS otherwise. ``kernels="triton"`` selects the Triton kernels for the full products too (in
-   Gram space they lost on the GPT-2-small step: the "Gram-NS5 Triton X-lines" rows).
+   graph, ``capture_cuda_graph``), the products whose result is symmetric come from their lower tiles:
+   X Xᵀ (``fpolar::sym_gram``), b·A + c·A² (``fpolar::sym_poly``) and, in Gram space, the second half
+   of the congruence P·R·P (``fpolar::sym_cross``); every full product (a·X + B·X, Q·X, P·Q, the
+   congruence's P·R), and every product outside a capture, runs on cuBLAS. On the H200 the TMA
+   lower-tile X Xᵀ took 0.63–0.69× cuBLAS's time from m = 768 to 1024
+   (``benchmarks/tma_gram_probe.py``), and b·A + c·A² needs no copy of A (cuBLAS's ``baddbmm`` copies
+   its β operand into the output first): the captured GPT-2-small Muon step went from 2.95 to
+   2.48 ms. Outside a graph each Triton launch costs the host several times a cuBLAS call (a custom
+   op's dispatch, the descriptors), and the same step, eager, took 16.0 ms against 8.6
+   (``benchmarks/launch_overhead.py``); a torch.compile trace cannot tell whether its graph will be
+   replayed as a CUDA graph, so it keeps cuBLAS too. A user who replays the compiled step as a graph
+   (``torch.compile(mode="reduce-overhead")``) asks for the kernels on every launch with
+   ``kernels="symmetric"``. Measured: BENCHMARKS.md, "Symmetric products through TMA".
+4. cuBLAS otherwise.
+
+The other choices: ``kernels="torch"``: every product on cuBLAS. ``kernels="triton"``: every product on
+the Triton kernels, the full ones too (in Gram space they lost on the GPT-2-small step: the "Gram-NS5
+Triton X-lines" rows), Gram space only when asked for. ``kernels="symmetric"``: "auto"'s Gram-space
+rule, then the symmetric products on the lower-tile kernels on every launch (eagerly, under
+torch.compile and in graphs alike) and the full ones on cuBLAS, at any size and on any CUDA device:
+for a step replayed as a graph that the plan cannot see being captured (``mode="reduce-overhead"``).
 
 CPU always gets the torch path (the Triton kernels run on CPU only in the interpreter, for tests).
 
@@ -68,8 +77,10 @@ GRAM_MIN_ASPECT = 2.0
 TRITON_MIN_SIDE = 4096
 SYMMETRIC_MIN_SIDE = 512  # measured from 768 up; below it cuBLAS keeps every product
 
-# "symmetric": the symmetric products on fpolar's kernels in a CUDA graph, the rest on cuBLAS (rule 3 above).
-NSKernels = Literal["torch", "triton", "symmetric"]
+# "symmetric": the symmetric products on fpolar's lower-tile kernels at every launch, the full ones on
+# cuBLAS (the user's kernels="symmetric"); "symmetric_in_graphs": the same while a CUDA graph is
+# captured, every product on cuBLAS elsewhere (rule 3 above, "auto"'s choice).
+NSKernels = Literal["torch", "triton", "symmetric", "symmetric_in_graphs"]
 GlueChoice = Literal["torch", "fused"]
 GLUE_INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 GLUE_POLAR_DTYPES = (torch.bfloat16, torch.float32)
@@ -81,9 +92,10 @@ class PolarImpl(NamedTuple):
     Attributes:
         method: "newton_schulz", "gram_newton_schulz", "qdwh" or "svd" (``kernels="auto"`` may have
             turned "newton_schulz" into "gram_newton_schulz").
-        kernels: "torch" (batched matmul), "triton" (``torch.ops.fpolar``) or "symmetric" (the
-            symmetric products on ``torch.ops.fpolar`` while a CUDA graph is captured, every other
-            product on batched matmul) for the Newton–Schulz family; "torch" for QDWH and SVD.
+        kernels: for the Newton–Schulz family "torch" (batched matmul), "triton" (``torch.ops.fpolar``),
+            "symmetric" (the symmetric products on ``torch.ops.fpolar``, every other product on
+            batched matmul) or "symmetric_in_graphs" (the same while a CUDA graph is captured, all
+            on batched matmul elsewhere); "torch" for QDWH and SVD.
         polar_dtype: the dtype the iteration runs in (and of its result).
         reason: why, when it was measured (every candidate's µs); "" for a fixed rule.
         glue: "fused" (the one-pass Triton ops around the polar factor) or "torch"; see module docstring.
@@ -100,7 +112,8 @@ class PolarImpl(NamedTuple):
         """Human-readable name, as ``describe_plan`` shows it."""
         names = {
             "triton": "triton kernels",
-            "symmetric": "symmetric products on triton in CUDA graphs",
+            "symmetric": "symmetric products on triton",
+            "symmetric_in_graphs": "symmetric products on triton in CUDA graphs",
             "torch": "torch matmul",
         }
         if self.method == "newton_schulz":
@@ -113,22 +126,31 @@ class PolarImpl(NamedTuple):
 def ns_implementation(
     m: int, n: int, on_cuda: bool, dtype: torch.dtype, kernels: str, normalization: str, tma: bool = False
 ) -> str:
-    """"gram", "triton", "symmetric" or "torch": what runs NS on a wide (·, m, n) batch (m ≤ n) iterated
-    in ``dtype``; ``tma``: a Hopper GPU with TMA (``hopper_with_tma``)."""
+    """"gram", "triton", "symmetric", "symmetric_in_graphs" or "torch": what runs NS on a wide (·, m, n)
+    batch (m ≤ n) iterated in ``dtype``; ``tma``: a Hopper GPU with TMA (``hopper_with_tma``)."""
     if kernels in ("torch", "triton"):
         return kernels
     if on_cuda and normalization == "frobenius" and n >= GRAM_MIN_ASPECT * m:
         return "gram"
+    if kernels == "symmetric":
+        return "symmetric"
     if on_cuda and dtype in (torch.bfloat16, torch.float16) and m >= TRITON_MIN_SIDE:
         return "triton"
     return symmetric_or_torch(m, on_cuda, dtype, tma)
 
 
 def symmetric_or_torch(m: int, on_cuda: bool, dtype: torch.dtype, tma: bool) -> NSKernels:
-    """Rule 3 of the module doc: "symmetric" where the lower-tile kernels beat cuBLAS, else "torch"."""
+    """Rule 3 of the module doc: "symmetric_in_graphs" where the lower-tile kernels beat cuBLAS, else "torch"."""
     if on_cuda and tma and dtype in (torch.bfloat16, torch.float16) and m >= SYMMETRIC_MIN_SIDE:
-        return "symmetric"
+        return "symmetric_in_graphs"
     return "torch"
+
+
+def gram_space_kernels(kernels: str, m: int, on_cuda: bool, dtype: torch.dtype, tma: bool) -> NSKernels:
+    """Who runs Gram Newton–Schulz's products for the user's ``kernels``: that choice, or for "auto" rule 3."""
+    if kernels in ("torch", "triton", "symmetric"):
+        return kernels  # type: ignore[return-value]
+    return symmetric_or_torch(m, on_cuda, dtype, tma)
 
 
 def hopper_with_tma(device: torch.device) -> bool:
@@ -155,7 +177,7 @@ def glue_implementation(
         return "torch"
     fused = (
         on_cuda
-        and kernels in ("auto", "triton")
+        and kernels in ("auto", "triton", "symmetric")
         and method in ("newton_schulz", "gram_newton_schulz")
         and input_dtype in GLUE_INPUT_DTYPES
         and polar_dtype in GLUE_POLAR_DTYPES
@@ -174,19 +196,18 @@ def decide_polar_impl(
     input_dtype: Optional[torch.dtype] = None,
     tma: bool = False,
 ) -> PolarImpl:
-    """The ``PolarImpl`` for a wide (·, m, n) batch (m ≤ n); ``kernels`` is the user's "auto"/"torch"/"triton".
+    """The ``PolarImpl`` for a wide (·, m, n) batch (m ≤ n);
+    ``kernels`` is the user's "auto"/"torch"/"triton"/"symmetric".
     ``input_dtype``: the params' dtype (None: the glue stays torch); ``tma``: the device loads tiles
     through TMA on Hopper (``hopper_with_tma``), where "auto" may choose the symmetric products on Triton."""
     glue = "torch" if input_dtype is None else glue_implementation(method, kernels, on_cuda, input_dtype, polar_dtype)
     if method == "newton_schulz":
         impl = ns_implementation(m, n, on_cuda, polar_dtype, kernels, normalization, tma)
         if impl == "gram":
-            return PolarImpl("gram_newton_schulz", symmetric_or_torch(m, on_cuda, polar_dtype, tma), polar_dtype, glue=glue)
+            return PolarImpl("gram_newton_schulz", gram_space_kernels(kernels, m, on_cuda, polar_dtype, tma), polar_dtype, glue=glue)
         return PolarImpl("newton_schulz", impl, polar_dtype, glue=glue)  # type: ignore[arg-type]
     if method == "gram_newton_schulz":
-        if kernels in ("torch", "triton"):
-            return PolarImpl(method, kernels, polar_dtype, glue=glue)  # type: ignore[arg-type]
-        return PolarImpl(method, symmetric_or_torch(m, on_cuda, polar_dtype, tma), polar_dtype, glue=glue)
+        return PolarImpl(method, gram_space_kernels(kernels, m, on_cuda, polar_dtype, tma), polar_dtype, glue=glue)
     return PolarImpl(method, "torch", polar_dtype)
 
 
@@ -210,13 +231,20 @@ def when_captured(kernel: Callable[..., torch.Tensor], cublas: Callable[..., tor
     return product
 
 
-def symmetric_ops() -> NSOps:
-    """X Xᵀ and b·A + c·A² on fpolar's lower-tile kernels while a CUDA graph is captured, else on cuBLAS;
-    a·X + B·X on cuBLAS (``kernels`` "symmetric")."""
+def _lower_tiles_where(in_graphs_only: bool) -> Callable[[Callable[..., torch.Tensor], Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """How a symmetric product picks between its lower-tile kernel and cuBLAS: ``when_captured``
+    ("symmetric_in_graphs") or the kernel at every call ("symmetric")."""
+    return when_captured if in_graphs_only else (lambda kernel, cublas: kernel)
+
+
+def symmetric_ops(in_graphs_only: bool) -> NSOps:
+    """X Xᵀ and b·A + c·A² on fpolar's lower-tile kernels (``in_graphs_only``: only while a CUDA graph is
+    captured, else on cuBLAS); a·X + B·X on cuBLAS (``kernels`` "symmetric" / "symmetric_in_graphs")."""
     from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
 
     ops = torch.ops.fpolar
-    return NSOps(when_captured(ops.sym_gram, TORCH_OPS.gram), when_captured(ops.sym_poly, TORCH_OPS.poly), TORCH_OPS.apply)
+    lower_tiles = _lower_tiles_where(in_graphs_only)
+    return NSOps(lower_tiles(ops.sym_gram, TORCH_OPS.gram), lower_tiles(ops.sym_poly, TORCH_OPS.poly), TORCH_OPS.apply)
 
 
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -227,7 +255,7 @@ def auto_candidates(method: str, normalization: str, polar_dtype: torch.dtype, t
     products on Triton only where the device has TMA)."""
     kernels: List[NSKernels] = ["torch", "triton"] if polar_dtype in KERNEL_DTYPES else ["torch"]
     if tma and polar_dtype in KERNEL_DTYPES:
-        kernels.append("symmetric")
+        kernels.append("symmetric_in_graphs")
     methods = ["gram_newton_schulz"] if method == "gram_newton_schulz" else ["newton_schulz"]
     if method == "newton_schulz" and normalization == "frobenius":
         methods.append("gram_newton_schulz")  # the AOL start has no Gram-space form here
@@ -320,14 +348,26 @@ def triton_gram_ops() -> GramOps:
     return GramOps(ops.sym_poly, congruence, product)
 
 
-def symmetric_gram_ops() -> GramOps:
-    """b·R + c·R² on ``fpolar::sym_poly`` while a CUDA graph is captured, else on cuBLAS; the congruence
-    P·R·P and P·Q on cuBLAS (``kernels`` "symmetric")."""
+def cublas_congruence(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """P·R·P as two full batched products."""
+    return torch.bmm(p, torch.bmm(r, p))
+
+
+def symmetric_gram_ops(in_graphs_only: bool) -> GramOps:
+    """b·R + c·R² on ``fpolar::sym_poly`` and the congruence P·R·P as U = P·R on cuBLAS, then P·Uᵀ from
+    its lower tiles on ``fpolar::sym_cross`` (``in_graphs_only``: only while a CUDA graph is captured,
+    else both on cuBLAS); P·Q on cuBLAS (``kernels`` "symmetric" / "symmetric_in_graphs")."""
     from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
 
+    ops = torch.ops.fpolar
+
+    def lower_tile_congruence(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return ops.sym_cross(p, torch.bmm(p, r))
+
+    lower_tiles = _lower_tiles_where(in_graphs_only)
     return GramOps(
-        when_captured(torch.ops.fpolar.sym_poly, TORCH_OPS.poly),
-        lambda p, r: torch.bmm(p, torch.bmm(r, p)),
+        lower_tiles(ops.sym_poly, TORCH_OPS.poly),
+        lower_tiles(lower_tile_congruence, cublas_congruence),
         torch.bmm,
     )
 
@@ -336,14 +376,14 @@ def gram_ops_for(kernels: NSKernels) -> Optional[GramOps]:
     """The m×m products of Gram Newton–Schulz for a ``PolarImpl.kernels`` choice (None: batched matmul)."""
     if kernels == "triton":
         return triton_gram_ops()
-    if kernels == "symmetric":
-        return symmetric_gram_ops()
+    if kernels in ("symmetric", "symmetric_in_graphs"):
+        return symmetric_gram_ops(in_graphs_only=kernels == "symmetric_in_graphs")
     return None
 
 
 def check_kernels_device(kernels: str, device: torch.device) -> None:
     """Raise ValueError if ``kernels`` cannot run on ``device`` (the Triton kernels need CUDA)."""
-    if kernels in ("triton", "symmetric") and device.type != "cuda":
+    if kernels in ("triton", "symmetric", "symmetric_in_graphs") and device.type != "cuda":
         raise ValueError(f"kernels={kernels!r} needs CUDA tensors, got a tensor on {device}; use 'auto' or 'torch'")
 
 
@@ -352,4 +392,6 @@ def ns_ops(kernels: NSKernels, device: torch.device) -> NSOps:
     check_kernels_device(kernels, device)
     if kernels == "triton":
         return triton_ops()
-    return symmetric_ops() if kernels == "symmetric" else TORCH_OPS
+    if kernels in ("symmetric", "symmetric_in_graphs"):
+        return symmetric_ops(in_graphs_only=kernels == "symmetric_in_graphs")
+    return TORCH_OPS

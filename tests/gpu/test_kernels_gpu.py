@@ -180,7 +180,7 @@ def _has_tma() -> bool:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("shape", [(12, 768, 3072), (3, 1000, 1536), (2, 40, 72)], ids=_id)
 def test_tma_and_pointer_loads_both_match_float64(shape, dtype):
-    """The lower-tile kernels through TMA (the default on sm90) and through pointer loads: each against
+    """The lower-tile kernels (X Xᵀ, b·A + c·A², A·Bᵀ) through TMA (the default on sm90) and through pointer loads: each against
     float64, exactly symmetric, edge tiles included (1000 and 40 are not multiples of the tile)."""
     batch, m, n = shape
     tol = REL_TOL[dtype]
@@ -194,3 +194,8 @@ def test_tma_and_pointer_loads_both_match_float64(shape, dtype):
         poly = K.launch_sym_poly(a, _poison((batch, m, m), dtype), NS_B, NS_C, tma=tma)
         assert _rel_err(poly, NS_B * a64 + NS_C * (a64 @ a64)) < tol, tma
         assert torch.equal(poly, poly.mT)
+        # the congruence's second half: P·Uᵀ with U = P·R, = P·R·P for symmetric P and R
+        u = torch.bmm(a, gram)
+        cross = K.launch_sym_cross(a, u, _poison((batch, m, m), dtype), tma=tma)
+        assert _rel_err(cross, a64 @ u.double().mT) < tol, tma
+        assert torch.equal(cross, cross.mT)
