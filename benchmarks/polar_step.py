@@ -169,6 +169,9 @@ def whole_step_rows(shapes, floor_ms: float, only: Optional[str] = None) -> List
         rows.append(row(f"{label} step eager", bench(step), floor_ms, t_muon))
         try:
             mark_static(ps, grads, state, hp)  # every tensor the step mutates (step count, skip counter, …)
+            # each configuration's step is the same code object: a fresh Dynamo cache, else the
+            # configurations add up to its recompile limit
+            torch._dynamo.reset()
             cstep = torch.compile(step, fullgraph=True)
             for _ in range(3):
                 cstep()

@@ -390,7 +390,7 @@ def test_triton_kernels_appear_as_fpolar_ops_in_the_graph(kernels):
     torch.compile(mode="reduce-overhead") records it as a CUDA graph without skips; "symmetric" traces
     the lower-tile ops (Gram space here: 512 = 2·256) and leaves the full products to aten."""
     try:
-        from fpolar import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
+        import fpolar.kernels  # noqa: F401  (registers torch.ops.fpolar.*)
     except Exception as e:  # the kernels package is optional for this file
         pytest.skip(f"fpolar.kernels unavailable: {e}")
     if not hasattr(torch.ops.fpolar, "sym_gram"):

@@ -133,5 +133,7 @@ def test_symmetric_gram_ops_products():
     congruence = ops.congruence(p, r)
     assert torch.equal(congruence, congruence.mT)  # from its lower tiles: exactly symmetric
     torch.testing.assert_close(ops.product(p, r).double(), p.double() @ r.double(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ops.poly(r, 2.0, -0.5).double(), 2.0 * r.double() - 0.5 * r.double() @ r.double(),
-                               rtol=1e-5, atol=1e-5)
+    eye = torch.eye(16, dtype=torch.float64)
+    for ops in (ops, symmetric_gram_ops(in_graphs_only=True), triton_gram_ops()):
+        torch.testing.assert_close(ops.poly(r, 1.5, 2.0, -0.5).double(),
+                                   1.5 * eye + 2.0 * r.double() - 0.5 * r.double() @ r.double(), rtol=1e-5, atol=1e-5)

@@ -64,9 +64,11 @@ def exact_sym_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x64 @ x64.mT, x64.abs() @ x64.abs().mT
 
 
-def exact_sym_poly(a: torch.Tensor, b: float, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_sym_poly(a: torch.Tensor, b: float, c: float, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     a64 = a.double()
-    return b * a64 + c * (a64 @ a64), abs(b) * a64.abs() + abs(c) * (a64.abs() @ a64.abs())
+    eye = torch.eye(a.shape[-1], dtype=torch.float64)
+    exact = shift * eye + b * a64 + c * (a64 @ a64)
+    return exact, abs(shift) * eye + abs(b) * a64.abs() + abs(c) * (a64.abs() @ a64.abs())
 
 
 def exact_sym_cross(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +122,14 @@ def _interpreter_cases() -> list[str]:
         for dtype in INTERPRETER_DTYPES
         for tile in (None, 16)
     ]
+    # The shift (Gram Newton–Schulz's a·I) on the diagonal tiles: several tiles, edges, and through TMA.
+    cases += [
+        f"sym_poly-{shape}-{dtype}-tile16{tma}-shift"
+        for shape in ("2x40x72", "3x24x40", "1x1x9")
+        for dtype in INTERPRETER_DTYPES
+        for tma in ("", "-tma")
+        if not (tma and shape == "1x1x9")  # a 1-wide row is not 16-byte aligned
+    ]
     # Every candidate config of the autotune gives the twin's result: a matrix over 64 wide (the
     # 64/128-tile candidates) and one under it (the small-matrix candidates).
     for op in ("sym_gram", "sym_poly", "sym_cross", "ns_apply"):
@@ -134,14 +144,14 @@ def _interpreter_cases() -> list[str]:
 CANDIDATE_SHAPES = [(2, 70, 90), (1, 20, 24)]
 
 
-def _parse_case(case: str) -> tuple[str, tuple[int, int, int], torch.dtype, int | str | None, bool, bool]:
+def _parse_case(case: str) -> tuple[str, tuple[int, int, int], torch.dtype, int | str | None, bool, bool, bool]:
     op, shape, dtype, tile, *rest = case.split("-")
     if tile.startswith("cand"):  # "candI": the I-th autotune candidate
         tile_size: int | str | None = tile
     else:
         tile_size = None if tile == "tileNone" else int(tile.removeprefix("tile"))
     shape_t = tuple(int(v) for v in shape.split("x"))
-    return op, shape_t, getattr(torch, dtype), tile_size, "strided" in rest, "tma" in rest
+    return op, shape_t, getattr(torch, dtype), tile_size, "strided" in rest, "tma" in rest, "shift" in rest
 
 
 def _strided(t: torch.Tensor) -> torch.Tensor:
@@ -152,7 +162,7 @@ def _strided(t: torch.Tensor) -> torch.Tensor:
 def _run_kernel_case(case: str) -> dict:
     import triton
 
-    op, (batch, m, n), dtype, tile, strided, tma = _parse_case(case)
+    op, (batch, m, n), dtype, tile, strided, tma, shifted = _parse_case(case)
     through = {"tma": True} if tma else {}  # else the launcher's own choice (pointer loads on CPU)
     seed = zlib.crc32(case.encode())
     tol = INTERPRETER_TOL[str(dtype).removeprefix("torch.")]
@@ -182,9 +192,10 @@ def _run_kernel_case(case: str) -> dict:
         a = _random_symmetric(batch, m, dtype, seed)
         if strided:
             a = _strided(a)
-        out = K.launch_sym_poly(a, poisoned((batch, m, m)), NS_B, NS_C, config=config, **through)
-        twin = K.sym_poly_reference(a, NS_B, NS_C)
-        bound = exact_sym_poly(a, NS_B, NS_C)[1]
+        shift = NS_A if shifted else 0.0
+        out = K.launch_sym_poly(a, poisoned((batch, m, m)), NS_B, NS_C, config=config, shift=shift, **through)
+        twin = K.sym_poly_reference(a, NS_B, NS_C, shift)
+        bound = exact_sym_poly(a, NS_B, NS_C, shift)[1]
         result["err"] = _bounds_error(out, twin.double(), bound, tol)
         result["symmetric"] = bool(torch.equal(out, out.mT))
     elif op == "sym_cross":
@@ -272,6 +283,7 @@ def test_opcheck(shape, dtype):
     bm = K.sym_poly_reference(a, NS_B, NS_C)
     torch.library.opcheck(K.sym_gram, (x,))
     torch.library.opcheck(K.sym_poly, (a, NS_B, NS_C))
+    torch.library.opcheck(K.sym_poly, (a, NS_B, NS_C, NS_A))
     torch.library.opcheck(K.ns_apply, (x, bm, NS_A))
     torch.library.opcheck(K.sym_cross, (x, _random(shape, dtype, seed=5)))
 
@@ -291,6 +303,8 @@ def test_cpu_ops_match_float64(shape, dtype):
     poly = K.sym_poly(a, NS_B, NS_C)
     assert poly.shape == (batch, m, m) and poly.dtype == dtype
     assert _bounds_error(poly, *exact_sym_poly(a, NS_B, NS_C), tol) <= 1.0
+    shifted = K.sym_poly(a, NS_B, NS_C, NS_A)
+    assert _bounds_error(shifted, *exact_sym_poly(a, NS_B, NS_C, NS_A), tol) <= 1.0
 
     bm = K.sym_poly_reference(a, NS_B, NS_C)
     applied = K.ns_apply(x, bm, NS_A)

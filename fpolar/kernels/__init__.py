@@ -3,7 +3,7 @@
 One Newton–Schulz step on a batch of wide matrices X (B, m, n), m ≤ n, is three ops:
 
     A  = X Xᵀ                 fpolar::sym_gram(Tensor x) -> Tensor                  (B, m, m)
-    Bm = b·A + c·A·A          fpolar::sym_poly(Tensor a, float b, float c) -> Tensor (B, m, m)
+    Bm = b·A + c·A·A          fpolar::sym_poly(Tensor a, float b, float c, float shift=0) -> Tensor (B, m, m)
     X  ← a·X + Bm·X           fpolar::ns_apply(Tensor x, Tensor bm, float a) -> Tensor (B, m, n)
 
 The AOL ("Turbo-Muon") row scaling of the "aol" schedule runs in torch
@@ -31,7 +31,8 @@ What each kernel computes and fuses:
   in place and transposed into its mirror. Half the FLOPs of ``x @ x.mT``; the result is exactly
   symmetric (a diagonal tile is stored once, its lower triangle reflected onto the upper one).
 - sym_poly: A symmetric means A·A = A·Aᵀ, a Gram product of A's rows: the same lower-tile kernel,
-  with b·A added in the epilogue before the mirrored store. Half the FLOPs, exactly symmetric output.
+  with b·A (and shift·I: Gram Newton–Schulz's a·I) added in the epilogue before the mirrored store.
+  Half the FLOPs, exactly symmetric output.
   The kernel assumes A symmetric (the twin computes A·A as written).
 - ns_apply: one batched matmul Bm·X with a·X added in the epilogue (no separate pass over X);
   output tiles visited in groups of 8 tile-rows for L2 reuse.

@@ -1,4 +1,5 @@
-"""``fpolar::sym_poly``: b·A + c·A·A for symmetric A (Newton–Schulz line 2).
+"""``fpolar::sym_poly``: s·I + b·A + c·A·A for symmetric A (Newton–Schulz line 2; with the shift s = a,
+Gram Newton–Schulz's whole polynomial p(R) = a·I + b·R + c·R²).
 
 For symmetric A, A·A = A·Aᵀ: the product is a Gram matrix of A's rows, so it reuses the lower-tile
 Gram kernel (half the FLOPs, contiguous row loads for both operands) with b·A fused into the epilogue.
@@ -6,7 +7,9 @@ The result is symmetric and written exactly symmetric. On sm90 and later the til
 TMA (``_tma``), elsewhere through pointer loads; the two kernels compute the same sums.
 
 Unlike cuBLAS's ``baddbmm``, which first copies A into its output to add b·A, the kernel reads the
-b·A tile itself just before it stores the result: no copy of A.
+b·A tile itself just before it stores the result: no copy of A. The shift is added to the diagonal
+in fp32 before the one rounding to A's dtype: no separate a·I launch, and one rounding fewer than
+adding it to the rounded b·A + c·A².
 """
 
 from __future__ import annotations
@@ -38,10 +41,13 @@ from ..inductor_fallbacks import register_before_lowering
 __all__ = ["sym_poly", "sym_poly_reference", "launch_sym_poly"]
 
 
-def sym_poly_reference(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
-    """b·A + c·A·A per batch entry in fp32. a: (B, m, m) -> (B, m, m), dtype of a."""
+def sym_poly_reference(a: torch.Tensor, b: float, c: float, shift: float = 0.0) -> torch.Tensor:
+    """shift·I + b·A + c·A·A per batch entry in fp32. a: (B, m, m) -> (B, m, m), dtype of a."""
     af = a.float()
-    return (b * af + c * (af @ af)).to(a.dtype)
+    value = b * af + c * (af @ af)
+    if shift != 0.0:
+        value.diagonal(dim1=-2, dim2=-1).add_(shift)
+    return value.to(a.dtype)
 
 
 @triton.jit
@@ -50,6 +56,7 @@ def _sym_poly_kernel(
     out_ptr,
     coef_b,
     coef_c,
+    shift,
     m,
     stride_ab,
     stride_am,
@@ -76,6 +83,8 @@ def _sym_poly_kernel(
         a_base + rows_i[:, None] * stride_am + rows_j[None, :] * stride_an, mask=in_bounds, other=0.0
     )
     value = coef_b * a_tile.to(tl.float32) + coef_c * a_squared
+    if ti == tj:
+        value += tl.where(rows_i[:, None] == rows_j[None, :], shift, 0.0)
     store_mirrored(
         out_base, value.to(out_ptr.dtype.element_ty), rows_i, rows_j, ti == tj, m, stride_om, stride_on
     )
@@ -88,6 +97,7 @@ def _sym_poly_tma_kernel(
     out_desc,
     coef_b,
     coef_c,
+    shift,
     m,
     lower_tiles,
     BLOCK: tl.constexpr,
@@ -101,6 +111,9 @@ def _sym_poly_tma_kernel(
     a_squared = gram_tile_tma(a_rows_desc, batch, ti, tj, m, BLOCK, BLOCK_K, PRECISION, UPCAST)
     a_tile = a_tile_desc.load([batch, ti * BLOCK, tj * BLOCK]).reshape(BLOCK, BLOCK)
     value = coef_b * a_tile.to(tl.float32) + coef_c * a_squared
+    if ti == tj:
+        r = tl.arange(0, BLOCK)
+        value += tl.where(r[:, None] == r[None, :], shift, 0.0)
     store_mirrored_tma(out_desc, value.to(out_desc.dtype), batch, ti, tj, BLOCK)
 
 
@@ -112,8 +125,9 @@ def launch_sym_poly(
     config: triton.Config | None = None,
     *,
     tma: bool | None = None,
+    shift: float = 0.0,
 ) -> torch.Tensor:
-    """Runs the Triton kernel: out[k] = b·a[k] + c·a[k]·a[k], fp32 accumulation.
+    """Runs the Triton kernel: out[k] = shift·I + b·a[k] + c·a[k]·a[k], fp32 accumulation.
 
     a: (B, m, m), symmetric (the kernel computes A·Aᵀ and reads only A's lower-tile entries for the
     b·A term); out: (B, m, m), written in full and exactly symmetric. ``config`` overrides the
@@ -131,7 +145,8 @@ def launch_sym_poly(
         return out
     if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
         config = get_tuner().config_for(
-            "sym_poly", batch, m, m, a.dtype, a.device, lambda cfg: launch_sym_poly(a, out, b, c, cfg, tma=tma)
+            "sym_poly", batch, m, m, a.dtype, a.device,
+            lambda cfg: launch_sym_poly(a, out, b, c, cfg, tma=tma, shift=shift),
         )
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
     if use_tma((a, out), tma):
@@ -142,6 +157,7 @@ def launch_sym_poly(
             descriptor(out, block, block),
             float(b),
             float(c),
+            float(shift),
             m,
             lower_tiles,
             **dot_options(a.dtype, a.device),
@@ -153,6 +169,7 @@ def launch_sym_poly(
         out,
         float(b),
         float(c),
+        float(shift),
         m,
         *a.stride(),
         *out.stride(),
@@ -163,33 +180,35 @@ def launch_sym_poly(
     return out
 
 
-def _check(a: torch.Tensor, b: float, c: float) -> None:
+def _check(a: torch.Tensor, b: float, c: float, shift: float) -> None:
     check_batched_matrix("a", a)
     if a.shape[-1] != a.shape[-2]:
         raise ValueError(f"a must be a batch of square matrices (B, m, m), got shape {tuple(a.shape)}")
     check_finite_scalar("b", b)
     check_finite_scalar("c", c)
+    check_finite_scalar("shift", shift)
 
 
 @torch.library.custom_op("fpolar::sym_poly", mutates_args=())
-def sym_poly(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
-    """b·A + c·A·A for symmetric a of shape (B, m, m) -> (B, m, m), same dtype, fp32 accumulation.
+def sym_poly(a: torch.Tensor, b: float, c: float, shift: float = 0.0) -> torch.Tensor:
+    """shift·I + b·A + c·A·A for symmetric a of shape (B, m, m) -> (B, m, m), same dtype, fp32
+    accumulation, one rounding.
 
     This body is the implementation for devices without a kernel (CPU): the torch twin.
     """
-    _check(a, b, c)
-    return sym_poly_reference(a, b, c)
+    _check(a, b, c, shift)
+    return sym_poly_reference(a, b, c, shift)
 
 
 @sym_poly.register_kernel("cuda")
-def _sym_poly_cuda(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
-    _check(a, b, c)
+def _sym_poly_cuda(a: torch.Tensor, b: float, c: float, shift: float = 0.0) -> torch.Tensor:
+    _check(a, b, c, shift)
     a = a.contiguous()
-    return launch_sym_poly(a, torch.empty_like(a), b, c)
+    return launch_sym_poly(a, torch.empty_like(a), b, c, shift=shift)
 
 
 @sym_poly.register_fake
-def _sym_poly_fake(a: torch.Tensor, b: float, c: float) -> torch.Tensor:
+def _sym_poly_fake(a: torch.Tensor, b: float, c: float, shift: float = 0.0) -> torch.Tensor:
     register_before_lowering(torch.ops.fpolar.sym_poly.default)  # see fpolar/inductor_fallbacks.py
-    _check(a, b, c)
+    _check(a, b, c, shift)
     return torch.empty_like(a, memory_format=torch.contiguous_format)

@@ -70,7 +70,7 @@ from typing import Callable, List, Literal, NamedTuple, Optional
 
 import torch
 
-from .gram_newton_schulz import GramOps
+from .gram_newton_schulz import TORCH_GRAM_OPS, GramOps, torch_congruence, torch_polynomial
 from .newton_schulz import TORCH_OPS, NSOps
 
 GRAM_MIN_ASPECT = 2.0
@@ -332,7 +332,7 @@ def tune_before_use(key: tuple, device: torch.device, run_once: Callable[[], obj
 
 
 def triton_gram_ops() -> GramOps:
-    """fpolar's Triton kernels for the m×m products of Gram Newton–Schulz: b·R + c·R² and P·R·P
+    """fpolar's Triton kernels for the m×m products of Gram Newton–Schulz: a·I + b·R + c·R² and P·R·P
     from their lower triangles (``sym_poly``; ``ns_apply`` for U = P·R then ``sym_cross`` for P·Uᵀ),
     P·Q as a full product (``ns_apply`` with a = 0)."""
     from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
@@ -345,40 +345,41 @@ def triton_gram_ops() -> GramOps:
     def product(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return ops.ns_apply(q, p, 0.0)
 
-    return GramOps(ops.sym_poly, congruence, product)
+    def polynomial(r: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
+        return ops.sym_poly(r, b, c, a)
 
-
-def cublas_congruence(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """P·R·P as two full batched products."""
-    return torch.bmm(p, torch.bmm(r, p))
+    return GramOps(polynomial, congruence, product)
 
 
 def symmetric_gram_ops(in_graphs_only: bool) -> GramOps:
-    """b·R + c·R² on ``fpolar::sym_poly`` and the congruence P·R·P as U = P·R on cuBLAS, then P·Uᵀ from
-    its lower tiles on ``fpolar::sym_cross`` (``in_graphs_only``: only while a CUDA graph is captured,
-    else both on cuBLAS); P·Q on cuBLAS (``kernels`` "symmetric" / "symmetric_in_graphs")."""
+    """a·I + b·R + c·R² on ``fpolar::sym_poly`` and the congruence P·R·P as U = P·R on cuBLAS, then P·Uᵀ
+    from its lower tiles on ``fpolar::sym_cross`` (``in_graphs_only``: only while a CUDA graph is
+    captured, else both on cuBLAS); P·Q on cuBLAS (``kernels`` "symmetric" / "symmetric_in_graphs")."""
     from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
 
     ops = torch.ops.fpolar
+
+    def lower_tile_polynomial(r: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
+        return ops.sym_poly(r, b, c, a)
 
     def lower_tile_congruence(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return ops.sym_cross(p, torch.bmm(p, r))
 
     lower_tiles = _lower_tiles_where(in_graphs_only)
     return GramOps(
-        lower_tiles(ops.sym_poly, TORCH_OPS.poly),
-        lower_tiles(lower_tile_congruence, cublas_congruence),
+        lower_tiles(lower_tile_polynomial, torch_polynomial),
+        lower_tiles(lower_tile_congruence, torch_congruence),
         torch.bmm,
     )
 
 
-def gram_ops_for(kernels: NSKernels) -> Optional[GramOps]:
-    """The m×m products of Gram Newton–Schulz for a ``PolarImpl.kernels`` choice (None: batched matmul)."""
+def gram_ops_for(kernels: NSKernels) -> GramOps:
+    """The m×m products of Gram Newton–Schulz for a ``PolarImpl.kernels`` choice."""
     if kernels == "triton":
         return triton_gram_ops()
     if kernels in ("symmetric", "symmetric_in_graphs"):
         return symmetric_gram_ops(in_graphs_only=kernels == "symmetric_in_graphs")
-    return None
+    return TORCH_GRAM_OPS
 
 
 def check_kernels_device(kernels: str, device: torch.device) -> None:
