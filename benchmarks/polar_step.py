@@ -298,7 +298,7 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write all rows to this JSON file")
     ap.add_argument("--step-configs", default=None,
                     help='comma list of substrings of the whole-step configurations to run (default: all), e.g. "Muon"')
-    ap.add_argument("--parts", default="groups,step,large,profile,ops",
+    ap.add_argument("--parts", default="groups,step,large,profile,graphprofile,ops",
                     help="comma list of: groups (polar per shape group), step (whole optimizer step), large "
                          "(single large matrices), profile (the compiled step's top kernels), graphprofile (the "
                          "kernels of the step captured in a CUDA graph, per step), ops (each NS line)")
