@@ -157,13 +157,15 @@ def test_triton_on_cpu_is_refused_clearly():
     assert ns_ops(auto.kernels, cpu) is TORCH_OPS
 
 
-def test_triton_on_cpu_is_refused_before_any_tensor_changes():
-    params = [torch.randn(4, 8)]
-    grads = [torch.randn(4, 8)]
-    hp = fpolar.PolarGradHParams(lr=0.1, kernels="triton")
+@pytest.mark.parametrize("kernels", ["triton", "symmetric"])
+@pytest.mark.parametrize("shape", [(4, 8), (4, 16)], ids=["plain", "gram space"])
+def test_triton_on_cpu_is_refused_before_any_tensor_changes(kernels, shape):
+    params = [torch.randn(*shape)]
+    grads = [torch.randn(*shape)]
+    hp = fpolar.PolarGradHParams(lr=0.1, kernels=kernels)
     state = fpolar.init_state(params, hp)
     before = params[0].clone()
-    with pytest.raises(ValueError, match="kernels='triton' needs CUDA tensors, got a tensor on cpu"):
+    with pytest.raises(ValueError, match=f"kernels='{kernels}' needs CUDA tensors, got a tensor on cpu"):
         fpolar.polargrad_step(params, grads, state, hp)
     assert torch.equal(params[0], before) and not state.buffers[0].any() and state.step.item() == 0
 
