@@ -3,7 +3,8 @@
 A symmetric (m, m) result split into square BLOCK×BLOCK tiles has T(T+1)/2 tiles on or below the
 diagonal (T = ceil(m / BLOCK)). One program computes one such tile and writes it twice: in place and
 mirrored across the diagonal (a diagonal tile once, symmetrized). That is about half the products of
-the full matrix for the same bytes out. Each tile has a pointer-load form and a TMA form (``_tma``). Tile indices are int32: T(T+1)/2 < 2**28 (m up to millions).
+the full matrix for the same bytes out. Each tile has a pointer-load form and a TMA form (``_tma``).
+Tile indices are int32: T(T+1)/2 < 2**28 (m up to millions).
 """
 
 from __future__ import annotations
