@@ -18,9 +18,10 @@ fpolar's lower-tile kernels when Triton is chosen):
   i of R·P).
 - Q' = P·Q is symmetric only in exact arithmetic (P and Q are both polynomials in the block's
   first R, so they commute); in rounding they commute only approximately, so it stays a full product.
-  Measured on the kernels' torch twins (bf16, 4 × 128 × 512, against the float64 iteration of the
-  same schedule): taking Q' from its lower triangle raised the rounding error by 1–10% (polar_express
-  on a decaying spectrum: 0.170 against 0.154), so it is not done.
+  Measured on the kernels' torch twins (``benchmarks/rounding_error.py``: bf16, 4 × 128 × 512,
+  against the float64 iteration of the same schedule): taking Q' from its lower triangle raised the
+  rounding error by 2–6% (polar_express on a decaying spectrum: 0.157 against 0.149), so it is not
+  done.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ class GramOps(NamedTuple):
 def torch_polynomial(r: Tensor, a: float, b: float, c: float) -> Tensor:
     """a·I + b·R + c·R² with batched matmul: ``baddbmm`` fuses b·R into the product's epilogue, and a·I
     is added to the rounded result. (``fpolar::sym_poly`` adds it in fp32 before its one rounding:
-    on the torch twins, bf16, 4 × 128 × 512, that took the rounding error of polar_express Gram NS5
-    against the float64 iteration from 0.062 to 0.019 on Gaussian inputs, 0.153 to 0.144 on a
-    decaying spectrum.)"""
+    on the torch twins, bf16, 4 × 128 × 512, that takes the rounding error of polar_express Gram NS5
+    against the float64 iteration from 0.062 to 0.019 on Gaussian inputs and from 0.154 to 0.149 on
+    a decaying spectrum; ``benchmarks/rounding_error.py``.)"""
     p = torch.baddbmm(r, r, r, beta=b, alpha=c)
     p.diagonal(dim1=-2, dim2=-1).add_(a)  # a·I in place on a fresh tensor: the m diagonal entries only
     return p

@@ -42,8 +42,8 @@ def _torch_poly(a: Tensor, b: float, c: float) -> Tensor:
 
 def _torch_apply(x: Tensor, bm: Tensor, a: float) -> Tensor:
     # a·X in the epilogue, in fp32. Folding a·I into B instead ((B + a·I)·X, no copy of X as baddbmm's
-    # β operand) rounds B + a·I to bf16: 1.6–3.6× the rounding error against the float64 iteration
-    # on a Gaussian 4 × 192 × 192 batch (muon and polar_express schedules, the kernels' torch twins).
+    # β operand) rounds B + a·I to bf16: 1.7× (muon) and 3.6× (polar_express) the rounding error
+    # against the float64 iteration on Gaussian 4 × 192 × 192 batches (benchmarks/rounding_error.py).
     return torch.baddbmm(x, bm, x, beta=a, alpha=1.0)
 
 
