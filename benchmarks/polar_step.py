@@ -321,15 +321,17 @@ def main(argv: List[str] | None = None) -> int:
     polar_rows: list = []
     if "groups" in parts:
         time_polar(polar_rows, GPT2_SMALL, ceiling)
-    print("\npolar step per shape group, CUDA-graph replays (ms; ×floor = / dense NS5 FLOPs at the ceiling; "
-          "×plain = / plain stacked NS5)")
+    if "groups" in parts:  # a part's header only where it ran
+        print("\npolar step per shape group, CUDA-graph replays (ms; ×floor = / dense NS5 FLOPs at the ceiling; "
+              "×plain = / plain stacked NS5)")
     for r in polar_rows:
         if "error" in r:
             print(f"  {r['group']:>14}  {r['name']:<28} error: {r['error']}")
         else:
             print(f"  {r['group']:>14}  {r['name']:<28} {r['ms']:8.3f} ms  ×floor {r['x_floor']:5.2f}  ×plain {r['x_ref']:5.2f}")
     # whole set: sum of groups per variant
-    print("\nwhole GPT-2-small set, polar only (sum of groups)")
+    if "groups" in parts:
+        print("\nwhole GPT-2-small set, polar only (sum of groups)")
     sums: Dict[str, float] = {}
     for r in polar_rows:
         if "error" not in r:
@@ -337,7 +339,8 @@ def main(argv: List[str] | None = None) -> int:
     for name, ms in sums.items():
         print(f"  {name:<28} {ms:8.3f} ms  ×floor {ms / floor_ms:5.2f}")
     step_rows = whole_step_rows(GPT2_SMALL, floor_ms, args.step_configs) if "step" in parts else []
-    print("\nwhole optimizer step, GPT-2-small set, fp32 params (×ref = / torch.optim.Muon eager)")
+    if "step" in parts:
+        print("\nwhole optimizer step, GPT-2-small set, fp32 params (×ref = / torch.optim.Muon eager)")
     for r in step_rows:
         if "error" in r:
             print(f"  {r['name']:<34} error: {r['error']}")
@@ -346,7 +349,8 @@ def main(argv: List[str] | None = None) -> int:
         else:
             print(f"  {r['name']:<34} {r['ms']:8.3f} ms  ×floor {r['x_floor']:5.2f}  ×Muon {r['x_ref']:5.3f}")
     tf_rows = tflops_rows(ceiling) if "large" in parts else []
-    print("\nsingle large matrices, NS5 (dense-equivalent TFLOP/s: dense NS5 FLOPs / time)")
+    if "large" in parts:
+        print("\nsingle large matrices, NS5 (dense-equivalent TFLOP/s: dense NS5 FLOPs / time)")
     for r in tf_rows:
         if "error" in r:
             print(f"  {r['shape']:>14}  {r['name']:<28} error: {r['error']}")
@@ -362,7 +366,8 @@ def main(argv: List[str] | None = None) -> int:
         )
         print("\n" + text)
     op_rows = per_op_rows() if "ops" in parts else []
-    print("\nper NS line (µs): X Xᵀ | b·A + c·A² | a·X + B·X")
+    if "ops" in parts:
+        print("\nper NS line (µs): X Xᵀ | b·A + c·A² | a·X + B·X")
     for r in op_rows:
         print(f"  {r['shape']:>14}  {r['impl']:<7} {r['gram_us']:8.1f} {r['poly_us']:8.1f} {r['apply_us']:8.1f}")
     if args.json:
