@@ -164,6 +164,24 @@ def _interpreter_cases() -> list[str]:
     return cases
 
 
+class _PoisonedEmpty:
+    """Inside the block, ``torch.empty`` of a floating dtype returns NaNs: a buffer a launcher allocates
+    and a kernel leaves partly unwritten shows as NaN downstream."""
+
+    def __enter__(self):
+        real = self.real = torch.empty
+
+        def empty(*args, **kwargs):
+            t = real(*args, **kwargs)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+
+        torch.empty = empty
+        return self
+
+    def __exit__(self, *exc):
+        torch.empty = self.real
+
+
 def _parse(case: str) -> dict:
     parts = case.split("-")
     launch = parts.pop() if parts[-1] in ("percall", "mixed") else "single"
@@ -219,9 +237,13 @@ def _run_interpreted(case_name: str) -> dict:
         def kernel(momentum, grads, found):
             b, m, n = momentum.shape
             x = torch.full((b, min(m, n), max(m, n)), float("nan"), dtype=case["polar_dtype"])  # poisoned
-            tmax, tsum = K.launch_momentum_polar_input(
-                momentum, restride(grads), x, case["beta"], case["nesterov"], found, config, single_launch=single
-            )
+            with _PoisonedEmpty():  # every tile statistic must be written by its program
+                tmax, tsum = K.launch_momentum_polar_input(
+                    momentum, restride(grads), x, case["beta"], case["nesterov"], found, config, single_launch=single
+                )
+            finite = bool(torch.isfinite(momentum).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+            if finite and (torch.isnan(tmax).any() or torch.isnan(tsum).any()):
+                raise AssertionError("a tile statistic was left unwritten")
             v = x.clone()
             scale = launch_scale_polar_input(x, tmax, tsum, SAFETY, EPS, block=64, part_len=256)  # several parts
             # the Triton combine of the tile statistics against its torch twin, and the scale pass

@@ -316,8 +316,9 @@ def launch_momentum_polar_input(
     block_r, block_c = config.kwargs["BLOCK_R"], config.kwargs["BLOCK_C"]
     tiles_c = triton.cdiv(cols, block_c)
     tiles = triton.cdiv(rows, block_r) * tiles_c
-    tile_max = torch.zeros((batch, tiles), dtype=torch.float32, device=momentum.device)
-    tile_sumsq = torch.zeros((batch, tiles), dtype=torch.float32, device=momentum.device)
+    # Every program stores its tile's two statistics (skipped or not), so every entry is written: no fill.
+    tile_max = torch.empty((batch, tiles), dtype=torch.float32, device=momentum.device)
+    tile_sumsq = torch.empty((batch, tiles), dtype=torch.float32, device=momentum.device)
     if momentum.numel() == 0:
         return tile_max, tile_sumsq
     views = [matrix_view(g, rows, cols, writable=False) for g in grads]
