@@ -120,6 +120,21 @@ def make_params(shapes) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     return params, grads
 
 
+def captured(step: Callable[[], object], warmup: int = 3) -> torch.cuda.CUDAGraph:
+    """``step`` captured in a CUDA graph after ``warmup`` eager runs on a side stream (Triton compiles,
+    the allocator settles); the graph is not replayed here."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
+
+
 def whole_step_rows(shapes, floor_ms: float, only: Optional[str] = None) -> List[Dict[str, object]]:
     """torch.optim.Muon and each fpolar configuration (those whose label holds one of the comma-separated
     ``only`` substrings; all when None): eager, compiled, reduce-overhead, CUDA graph."""
@@ -183,15 +198,7 @@ def whole_step_rows(shapes, floor_ms: float, only: Optional[str] = None) -> List
         except Exception as e:  # noqa: BLE001
             rows.append({"name": f"{label} step compiled", "error": repr(e)[:160]})
         try:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    step()
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step()
+            graph = captured(step)
             rows.append(row(f"{label} step CUDA graph", bench(graph.replay), floor_ms, t_muon))
         except Exception as e:  # noqa: BLE001
             rows.append({"name": f"{label} step CUDA graph", "error": repr(e)[:160]})
@@ -244,15 +251,7 @@ def profile_captured_step(shapes, label: str, kw: dict, steps: int = 5) -> Tuple
     def step():
         fpolar.polargrad_step(params, grads, state, hp)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph = captured(step)
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()

@@ -331,6 +331,11 @@ def tune_before_use(key: tuple, device: torch.device, run_once: Callable[[], obj
     return True
 
 
+def lower_tile_polynomial(r: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
+    """a·I + b·R + c·R² on ``fpolar::sym_poly`` (a as its shift: added in fp32 before the one rounding)."""
+    return torch.ops.fpolar.sym_poly(r, b, c, a)
+
+
 def triton_gram_ops() -> GramOps:
     """fpolar's Triton kernels for the m×m products of Gram Newton–Schulz: a·I + b·R + c·R² and P·R·P
     from their lower triangles (``sym_poly``; ``ns_apply`` for U = P·R then ``sym_cross`` for P·Uᵀ),
@@ -345,10 +350,7 @@ def triton_gram_ops() -> GramOps:
     def product(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return ops.ns_apply(q, p, 0.0)
 
-    def polynomial(r: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
-        return ops.sym_poly(r, b, c, a)
-
-    return GramOps(polynomial, congruence, product)
+    return GramOps(lower_tile_polynomial, congruence, product)
 
 
 def symmetric_gram_ops(in_graphs_only: bool) -> GramOps:
@@ -358,9 +360,6 @@ def symmetric_gram_ops(in_graphs_only: bool) -> GramOps:
     from .. import kernels  # noqa: F401  (registers torch.ops.fpolar.*)
 
     ops = torch.ops.fpolar
-
-    def lower_tile_polynomial(r: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
-        return ops.sym_poly(r, b, c, a)
 
     def lower_tile_congruence(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return ops.sym_cross(p, torch.bmm(p, r))
