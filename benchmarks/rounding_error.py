@@ -12,6 +12,10 @@ the CPU's only below bf16's rounding.
 
 Inputs: "gauss" (i.i.d. normal) and "decay" (singular values from 1 down to 1e-4, log-spaced), a
 batch of 4 per trial. Gram space on 128 × 512, the plain iteration on 192 × 192.
+
+The Gram-space rows normalize in one rounding (``frobenius_normalize``) except the two "glue" rows,
+which start the way the fused step does: V rounded to bf16, then either X = V·s rounded again (the
+scale pass) or the scale s deferred into the first X Xᵀ and the first block's last polynomial.
 """
 
 from __future__ import annotations
@@ -46,9 +50,17 @@ def identity_after_rounding(r: torch.Tensor, a: float, b: float, c: float) -> to
     return p
 
 
-def identity_inside(r: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
-    """a·I + b·R + c·R² in fp32, rounded once (``fpolar::sym_poly`` with its shift)."""
-    return sym_poly_reference(r, b, c, a)
+def identity_after_rounding_scaled(r, a, b, c, scale=None):
+    return identity_after_rounding(r, a, b, c) if scale is None else _times(identity_after_rounding(r, a, b, c), scale)
+
+
+def identity_inside(r: torch.Tensor, a: float, b: float, c: float, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """scale·(a·I + b·R + c·R²) in fp32, rounded once (``fpolar::sym_poly`` with its shift and scale)."""
+    return sym_poly_reference(r, b, c, a, scale)
+
+
+def _times(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (t.float() * scale[:, None, None]).to(t.dtype)
 
 
 def shifted_product(x: torch.Tensor, bm: torch.Tensor, a: float) -> torch.Tensor:
@@ -60,10 +72,35 @@ def shifted_product(x: torch.Tensor, bm: torch.Tensor, a: float) -> torch.Tensor
 
 GRAM_VARIANTS: Dict[str, GramOps] = {
     "cuBLAS products (a·I added after rounding)": TORCH_GRAM_OPS,
-    "lower tiles, a·I added after rounding": GramOps(identity_after_rounding, lower_tile_congruence, torch.bmm),
-    "lower tiles, a·I inside sym_poly (the step's)": GramOps(identity_inside, lower_tile_congruence, torch.bmm),
-    "the same, P·Q from its lower triangle": GramOps(identity_inside, lower_tile_congruence, sym_cross_reference),
+    "lower tiles, a·I added after rounding": GramOps(
+        identity_after_rounding_scaled, lower_tile_congruence, torch.bmm, sym_gram_reference
+    ),
+    "lower tiles, a·I inside sym_poly (the step's)": GramOps(
+        identity_inside, lower_tile_congruence, torch.bmm, sym_gram_reference
+    ),
+    "the same, P·Q from its lower triangle": GramOps(
+        identity_inside, lower_tile_congruence, sym_cross_reference, sym_gram_reference
+    ),
 }
+STEP_GRAM_OPS = GRAM_VARIANTS["lower tiles, a·I inside sym_poly (the step's)"]
+GLUE_SCALED = "glue: V rounded, X = V·s rounded (the scale pass)"
+GLUE_DEFERRED = "glue: V rounded, s deferred into sym_gram/sym_poly"
+
+
+def glue_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V rounded to bf16 and its scale s = 1/(‖V‖_F + eps), as the fused glue forms them."""
+    v = x.to(torch.bfloat16)
+    return v, (1.0 / (x.double().norm(dim=(-2, -1)) + 1e-7)).float()
+
+
+def glue_scaled(x: torch.Tensor, schedule) -> torch.Tensor:
+    v, s = glue_input(x)
+    return gram_newton_schulz(_times(v, s), schedule, polar_dtype=torch.bfloat16, gram_ops=STEP_GRAM_OPS, normalized=True)
+
+
+def glue_deferred(x: torch.Tensor, schedule) -> torch.Tensor:
+    v, s = glue_input(x)
+    return gram_newton_schulz(v, schedule, polar_dtype=torch.bfloat16, gram_ops=STEP_GRAM_OPS, normalized=True, input_scale=s)
 
 PLAIN_VARIANTS: Dict[str, NSOps] = {
     "lower tiles, a·X + B·X (the step's)": NSOps(sym_gram_reference, sym_poly_reference, TORCH_OPS.apply),
@@ -91,7 +128,7 @@ def rows(trials: int, seed: int) -> List[Dict[str, object]]:
         ("Gram space", GRAM_SHAPE, {
             name: (lambda x, s, ops=ops: gram_newton_schulz(x, s, polar_dtype=torch.bfloat16, gram_ops=ops))
             for name, ops in GRAM_VARIANTS.items()
-        }),
+        } | {GLUE_SCALED: glue_scaled, GLUE_DEFERRED: glue_deferred}),
         ("plain", PLAIN_SHAPE, {
             name: (lambda x, s, ops=ops: newton_schulz(x, s, polar_dtype=torch.bfloat16, ops=ops))
             for name, ops in PLAIN_VARIANTS.items()

@@ -3,11 +3,16 @@
 The same math as ``polargrad.py``'s three phases (``pre_orthogonalize`` → ``orthogonalize`` →
 ``post_orthogonalize``) for a group whose ``PolarImpl.glue`` is "fused":
 
-    X, scale = momentum_polar_input(M, G, …)     M ← β·M + (1−β)·G in place; X = V/‖V‖, V = G.lerp(M, β)
+    X, scale, d = momentum_polar_input(M, G, …)  M ← β·M + (1−β)·G in place; d·X = V/‖V‖, V = G.lerp(M, β)
                                                  or M, wide, in the polar dtype (fpolar.kernels)
-    O        = polar_wide(X, normalized=True)   the Newton–Schulz family, without its normalization pass
-    s        = lr·rule·extra, or lr·⟨O, X⟩/scale·extra for "nuclear" (⟨O, V⟩ from the normalized X)
+    O        = polar_wide(X, normalized=True,   the Newton–Schulz family, without its normalization pass,
+                          input_scale=d)         on d·X
+    s        = lr·rule·extra, or lr·⟨O, X⟩·d/scale·extra for "nuclear" (⟨O, V⟩ from the normalized X)
     W        ← decay·W − s·O                     scaled_update_ (tall groups transposed back in tiles)
+
+d is 1 except in Gram space on the lower-tile kernels (``dispatch.defers_input_scale``): there the
+iteration's first X Xᵀ and a polynomial apply the Frobenius scale in their epilogues, and the pass
+that would scale X is not made for matrices whose scale is in a safe range (d = scale there).
 
 The skip (``found``) is inside both ops: M and W are not written, X is zero. So the group needs no
 snapshot of its momentum buffer (the torch glue copies it and selects it back).
@@ -23,6 +28,7 @@ from torch import Tensor
 from .hparams import PolarGradHParams
 from .kernels._glue_common import viewable
 from .polar import PolarImpl, polar_wide
+from .polar.dispatch import defers_input_scale
 from .scale import nuclear_scale, shape_scale
 from .state import PolarGradState, ShapeGroup
 
@@ -63,15 +69,19 @@ def fused_group_step(
 
     ops = torch.ops.fpolar
     spec = hp.polar_spec
-    x, scale = ops.momentum_polar_input(
-        buffer, list(grads), hp.momentum, hp.nesterov, impl.polar_dtype, spec.safety, spec.eps, found
+    device = buffer.device
+    defer = defers_input_scale(impl, device)
+    x, scale, deferred = ops.momentum_polar_input(
+        buffer, list(grads), hp.momentum, hp.nesterov, impl.polar_dtype, spec.safety, spec.eps, found, defer
     )
     # X is read again only by the nuclear scale: otherwise the polar step may reuse its memory.
-    o = polar_wide(x, spec, impl, normalized=True, consume_input=hp.scale != "nuclear")
-    device = buffer.device
+    o = polar_wide(
+        x, spec, impl, normalized=True, consume_input=hp.scale != "nuclear", input_scale=deferred if defer else None
+    )
     if hp.scale == "nuclear":
-        # ⟨O, V⟩ = ⟨O, X⟩ / scale; X is V·scale rounded to the polar dtype.
-        step = nuclear_scale(o, x) / scale * (hp.lr * hp.extra_scale)
+        # ⟨O, V⟩ = ⟨O, X₀⟩ / scale with X₀ = deferred·X the normalized input (V·scale up to rounding);
+        # deferred is exactly 1 where nothing was deferred, so the product changes no bit there.
+        step = nuclear_scale(o, x) * deferred / scale * (hp.lr * hp.extra_scale)
     else:
         step = _as_tensor(hp.lr * (shape_scale(hp.scale, group.m, group.n) * hp.extra_scale), device)
     ops.scaled_update_(list(params), o, step.float(), _decay_factor(hp, device), found)

@@ -218,3 +218,21 @@ def test_describe_plan_lists_groups():
     assert all(r["glue"] == "torch" for r in rows)  # CPU: the fused glue is CUDA only
     hp_q = fpolar.PolarGradHParams(lr=0.1, polar="qdwh")
     assert fpolar.describe_plan(fpolar.init_state(params, hp_q), hp_q)[0]["implementation"] == "qdwh"
+
+
+def test_the_input_scale_is_deferred_where_lower_tile_kernels_run_in_gram_space(monkeypatch):
+    """``defers_input_scale``: Gram space on "triton"/"symmetric" always, on "symmetric_in_graphs"
+    only while a CUDA graph is captured; never on cuBLAS ("torch") nor outside Gram space."""
+    import fpolar.side_streams
+    from fpolar.polar.dispatch import PolarImpl, defers_input_scale
+
+    cuda = torch.device("cuda")
+    gram = lambda kernels: PolarImpl("gram_newton_schulz", kernels, torch.bfloat16, glue="fused")  # noqa: E731
+    for captured in (False, True):
+        monkeypatch.setattr(fpolar.side_streams, "being_captured", lambda device, c=captured: c)
+        assert defers_input_scale(gram("triton"), cuda)
+        assert defers_input_scale(gram("symmetric"), cuda)
+        assert defers_input_scale(gram("symmetric_in_graphs"), cuda) == captured
+        assert not defers_input_scale(gram("torch"), cuda)
+        for kernels in ("triton", "symmetric", "symmetric_in_graphs", "torch"):
+            assert not defers_input_scale(PolarImpl("newton_schulz", kernels, torch.bfloat16, glue="fused"), cuda)

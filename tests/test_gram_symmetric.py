@@ -137,3 +137,39 @@ def test_symmetric_gram_ops_products():
     for ops in (ops, symmetric_gram_ops(in_graphs_only=True), triton_gram_ops()):
         torch.testing.assert_close(ops.poly(r, 1.5, 2.0, -0.5).double(),
                                    1.5 * eye + 2.0 * r.double() - 0.5 * r.double() @ r.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("restart", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_deferred_input_scale_equals_the_scaled_input(restart, dtype):
+    """``input_scale``: the iteration on X₀ = s·V with V given unscaled (its first X Xᵀ and a
+    polynomial carry s) equals the iteration on the scaled X₀, on every implementation of the Gram
+    ops; each matrix has its own s (norms from 1e-3 to 1e3, so a missing or doubled s shows)."""
+    from fpolar.polar.frobenius import frobenius_normalize
+    from fpolar.polar.gram_newton_schulz import TORCH_GRAM_OPS
+
+    g = torch.Generator().manual_seed(20 + restart)
+    v = torch.randn(3, 20, 70, generator=g) * torch.tensor([1e-3, 1.0, 1e3])[:, None, None]
+    scale = (1.0 / (v.double().norm(dim=(-2, -1)) * 1.02 + 1e-7)).float()
+    x0 = frobenius_normalize(v, 1.02, 1e-7, torch.float64)
+    schedule = schedule_for("quintic", 10, "repeat_last")
+    exact = _svd_polar(v)
+    kinds = [(TORCH_GRAM_OPS, None), (triton_gram_ops(), triton_ops()), (symmetric_gram_ops(False), symmetric_ops(False))]
+    for gram_ops, ops in kinds:
+        extra = {} if ops is None else {"ops": ops}
+        run = lambda x, **kw: gram_newton_schulz(  # noqa: E731
+            x, schedule, polar_dtype=dtype, gram_restart=restart, gram_ops=gram_ops, normalized=True, **extra, **kw
+        )
+        deferred = run(v.to(dtype), input_scale=scale)
+        scaled = run(x0.to(dtype))
+        assert deferred.dtype == dtype and deferred.shape == v.shape
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        err = ((deferred.double() - exact).norm() / exact.norm()).item()
+        assert err < tol, (gram_ops, err)
+        torch.testing.assert_close(deferred.float(), scaled.float(), rtol=0, atol=1e-5 if dtype == torch.float32 else 5e-2)
+
+
+def test_deferred_input_scale_needs_a_normalized_input():
+    x = torch.randn(2, 4, 9)
+    with pytest.raises(ValueError, match="input_scale is the deferred scale of a normalized input: it needs normalized=True"):
+        gram_newton_schulz(x, schedule_for("quintic", 5, "repeat_last"), input_scale=torch.ones(2))

@@ -130,6 +130,15 @@ def _interpreter_cases() -> list[str]:
         for tma in ("", "-tma")
         if not (tma and shape == "1x1x9")  # a 1-wide row is not 16-byte aligned
     ]
+    # A per-matrix scale in the epilogue (Gram Newton–Schulz's deferred input scale): s²·X Xᵀ and
+    # s·p(A), each matrix its own s, through both load paths.
+    cases += [
+        f"{op}-{shape}-{dtype}-tile16{tma}-scaled"
+        for op in ("sym_gram", "sym_poly")
+        for shape in ("3x40x72", "2x24x40")
+        for dtype in INTERPRETER_DTYPES
+        for tma in ("", "-tma")
+    ]
     # Every candidate config of the autotune gives the twin's result: a matrix over 64 wide (the
     # 64/128-tile candidates) and one under it (the small-matrix candidates).
     for op in ("sym_gram", "sym_poly", "sym_cross", "ns_apply"):
@@ -144,14 +153,19 @@ def _interpreter_cases() -> list[str]:
 CANDIDATE_SHAPES = [(2, 70, 90), (1, 20, 24)]
 
 
-def _parse_case(case: str) -> tuple[str, tuple[int, int, int], torch.dtype, int | str | None, bool, bool, bool]:
+def _parse_case(case: str) -> tuple[str, tuple[int, int, int], torch.dtype, int | str | None, bool, bool, bool, bool]:
     op, shape, dtype, tile, *rest = case.split("-")
     if tile.startswith("cand"):  # "candI": the I-th autotune candidate
         tile_size: int | str | None = tile
     else:
         tile_size = None if tile == "tileNone" else int(tile.removeprefix("tile"))
     shape_t = tuple(int(v) for v in shape.split("x"))
-    return op, shape_t, getattr(torch, dtype), tile_size, "strided" in rest, "tma" in rest, "shift" in rest
+    return op, shape_t, getattr(torch, dtype), tile_size, "strided" in rest, "tma" in rest, "shift" in rest, "scaled" in rest
+
+
+# Per-matrix scales of the "scaled" cases: one below 1, one large, one small, none a power of two (so
+# the multiply rounds), each matrix a different one (a kernel reading the wrong matrix's scale fails).
+CASE_SCALES = (0.37, 1.3 * 2.0**11, 0.7 * 2.0**-9)
 
 
 def _strided(t: torch.Tensor) -> torch.Tensor:
@@ -162,7 +176,10 @@ def _strided(t: torch.Tensor) -> torch.Tensor:
 def _run_kernel_case(case: str) -> dict:
     import triton
 
-    op, (batch, m, n), dtype, tile, strided, tma, shifted = _parse_case(case)
+    op, (batch, m, n), dtype, tile, strided, tma, shifted, scaled = _parse_case(case)
+    scale = torch.tensor(CASE_SCALES[:batch], dtype=torch.float32) if scaled else None
+    # the bound of s·(…) or s²·(…) is the unscaled bound times s or s²
+    once = torch.ones(batch, 1, 1, dtype=torch.float64) if scale is None else scale.double()[:, None, None]
     through = {"tma": True} if tma else {}  # else the launcher's own choice (pointer loads on CPU)
     seed = zlib.crc32(case.encode())
     tol = INTERPRETER_TOL[str(dtype).removeprefix("torch.")]
@@ -183,9 +200,9 @@ def _run_kernel_case(case: str) -> dict:
         )
     result: dict = {"case": case}
     if op == "sym_gram":
-        out = K.launch_sym_gram(x, poisoned((batch, m, m)), config=config, **through)
-        twin = K.sym_gram_reference(x)
-        bound = exact_sym_gram(x)[1]
+        out = K.launch_sym_gram(x, poisoned((batch, m, m)), config=config, scale=scale, **through)
+        twin = K.sym_gram_reference(x, scale)
+        bound = exact_sym_gram(x)[1] * once * once
         result["err"] = _bounds_error(out, twin.double(), bound, tol)
         result["symmetric"] = bool(torch.equal(out, out.mT))
     elif op == "sym_poly":
@@ -193,9 +210,11 @@ def _run_kernel_case(case: str) -> dict:
         if strided:
             a = _strided(a)
         shift = NS_A if shifted else 0.0
-        out = K.launch_sym_poly(a, poisoned((batch, m, m)), NS_B, NS_C, config=config, shift=shift, **through)
-        twin = K.sym_poly_reference(a, NS_B, NS_C, shift)
-        bound = exact_sym_poly(a, NS_B, NS_C, shift)[1]
+        out = K.launch_sym_poly(
+            a, poisoned((batch, m, m)), NS_B, NS_C, config=config, shift=shift, scale=scale, **through
+        )
+        twin = K.sym_poly_reference(a, NS_B, NS_C, shift, scale)
+        bound = exact_sym_poly(a, NS_B, NS_C, shift)[1] * once
         result["err"] = _bounds_error(out, twin.double(), bound, tol)
         result["symmetric"] = bool(torch.equal(out, out.mT))
     elif op == "sym_cross":
@@ -284,6 +303,9 @@ def test_opcheck(shape, dtype):
     torch.library.opcheck(K.sym_gram, (x,))
     torch.library.opcheck(K.sym_poly, (a, NS_B, NS_C))
     torch.library.opcheck(K.sym_poly, (a, NS_B, NS_C, NS_A))
+    scale = torch.rand(batch) + 0.5
+    torch.library.opcheck(K.sym_gram, (x, scale))
+    torch.library.opcheck(K.sym_poly, (a, NS_B, NS_C, NS_A, scale))
     torch.library.opcheck(K.ns_apply, (x, bm, NS_A))
     torch.library.opcheck(K.sym_cross, (x, _random(shape, dtype, seed=5)))
 
@@ -310,6 +332,15 @@ def test_cpu_ops_match_float64(shape, dtype):
     applied = K.ns_apply(x, bm, NS_A)
     assert applied.shape == shape and applied.dtype == dtype
     assert _bounds_error(applied, *exact_ns_apply(x, bm, NS_A), tol) <= 1.0
+
+    # a per-matrix scale: s²·X Xᵀ and s·p(A), each matrix its own s, against float64
+    scales = CASE_SCALES if dtype != torch.float16 else (0.37, 3.1, 0.21)  # fp16 overflows at 65504
+    scale = torch.tensor(scales * batch, dtype=torch.float32)[:batch]
+    s64 = scale.double()[:, None, None]
+    exact, bound = exact_sym_gram(x)
+    assert _bounds_error(K.sym_gram(x, scale), exact * s64 * s64, bound * s64 * s64, tol) <= 1.0
+    exact, bound = exact_sym_poly(a, NS_B, NS_C, NS_A)
+    assert _bounds_error(K.sym_poly(a, NS_B, NS_C, NS_A, scale), exact * s64, bound * s64, tol) <= 1.0
 
     y = _random(shape, dtype, seed=5)
     cross = K.sym_cross(x, y)
@@ -458,6 +489,18 @@ def test_rejects_bad_scalars_and_non_square_a():
         K.sym_poly(torch.randn(2, 3, 3), NS_B, math.nan)
     with pytest.raises(ValueError, match=r"a must be finite, got inf"):
         K.ns_apply(torch.randn(2, 3, 5), torch.randn(2, 3, 3), math.inf)
+
+
+def test_rejects_bad_per_matrix_scale():
+    x, a = torch.randn(2, 3, 5), torch.randn(2, 3, 3)
+    with pytest.raises(ValueError, match=r"scale must be a contiguous float32 tensor of shape \(2,\), one factor per matrix; got torch.float32 of shape \(3,\)"):
+        K.sym_gram(x, torch.ones(3))
+    with pytest.raises(ValueError, match=r"scale must be a contiguous float32 tensor of shape \(2,\).*got torch.float64 of shape \(2,\)"):
+        K.sym_poly(a, NS_B, NS_C, NS_A, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"not contiguous"):
+        K.sym_gram(x, torch.ones(4)[::2])
+    with pytest.raises(TypeError, match=r"scale must be a torch.Tensor or None, got float"):
+        K.launch_sym_gram(x, torch.empty(2, 3, 3), scale=2.0)
 
 
 def test_fake_tensor_path_validates_too():

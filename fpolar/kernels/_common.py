@@ -64,6 +64,22 @@ def check_batched_matrix(name: str, t: object) -> torch.Tensor:
     return t
 
 
+def check_batch_scale(name: str, scale: object, batch: int, device: torch.device) -> None:
+    """``scale`` is None or a (batch,) fp32 contiguous tensor on ``device``: one factor per matrix of the
+    batch, read by a kernel's epilogue. Raises naming ``name`` and what it got."""
+    if scale is None:
+        return
+    if not isinstance(scale, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(scale).__name__}")
+    if scale.dtype != torch.float32 or tuple(scale.shape) != (batch,) or not scale.is_contiguous():
+        raise ValueError(
+            f"{name} must be a contiguous float32 tensor of shape ({batch},), one factor per matrix; got "
+            f"{scale.dtype} of shape {tuple(scale.shape)}{'' if scale.is_contiguous() else ', not contiguous'}"
+        )
+    if scale.device != device:
+        raise ValueError(f"{name} is on {scale.device}, expected {device}")
+
+
 def check_finite_scalar(name: str, value: object) -> float | torch.SymFloat:
     """Checks that ``value`` is a finite real Python number (the op schemas take ``float``).
 

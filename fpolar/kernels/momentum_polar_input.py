@@ -23,6 +23,14 @@ twice (V to the polar dtype, then V·scale): at most one more half-ulp than ``fr
 which rounds once. The unnormalized V must fit the polar dtype: the fused path is only chosen for
 bf16 and fp32, whose range is fp32's (bf16 tops out at 3.39e38 against fp32's 3.40e38), not fp16
 (it overflows above 65504).
+
+``defer_scale``: the scale pass skips a matrix whose scale lies in [2⁻³⁰, 2³⁰] and leaves X_b = V_b
+(rounded once) with ``deferred_b`` = scale_b, the factor X_b still owes: Gram Newton–Schulz then
+applies it in the epilogues of its first X Xᵀ and of a polynomial (``fpolar.fused_glue``), and the
+pass over a Gram group's X is not made. The bounds keep that product safe: ‖V‖_F ≈ 1/scale ≤ 2³⁰
+bounds every entry of V Vᵀ by 2⁶⁰ (fp32 overflows at 2¹²⁸), and ‖V‖_F ≥ 2⁻³⁰ keeps the products
+that matter (above 2⁻⁹⁰) normal. Outside the bounds (and for NaN) the scale is applied as without
+``defer_scale`` and deferred_b = 1.
 """
 
 from __future__ import annotations
@@ -53,7 +61,13 @@ __all__ = [
     "launch_momentum_polar_input",
     "frobenius_scale_from_tiles",
     "launch_scale_polar_input",
+    "DEFER_MIN_SCALE",
+    "DEFER_MAX_SCALE",
 ]
+
+# The scales a matrix's normalization may be deferred at (module doc).
+DEFER_MIN_SCALE = 2.0**-30
+DEFER_MAX_SCALE = 2.0**30
 
 
 def momentum_polar_input_reference(
@@ -65,10 +79,11 @@ def momentum_polar_input_reference(
     safety: float,
     eps: float,
     found: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    defer_scale: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The op's math in torch, written as the torch glue computes it (the twin the kernel is tested
     against): stacked lerps, ``torch.where`` for the skip, ``frobenius_normalize``. Mutates
-    ``momentum``; returns (X, scale)."""
+    ``momentum``; returns (X, scale, deferred)."""
     _, m, n = momentum.shape
     g = torch.cat([t.reshape(-1, m, n) for t in grads]).to(momentum.dtype)
     new = momentum.lerp(g, 1 - beta)
@@ -87,7 +102,12 @@ def momentum_polar_input_reference(
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))
     norm = torch.linalg.vector_norm(va / peak[:, None, None], dim=(-2, -1))
     scale = (1.0 / (peak * (norm * safety + eps))).float()
-    return x, scale
+    deferred = torch.ones_like(scale)
+    if defer_scale:
+        defer = (scale >= DEFER_MIN_SCALE) & (scale <= DEFER_MAX_SCALE)
+        deferred = torch.where(defer, scale, deferred)
+        x = torch.where(defer[:, None, None], v.to(polar_dtype), x).contiguous()
+    return x, scale, deferred
 
 
 @triton.jit
@@ -218,12 +238,16 @@ def _scale_polar_input_kernel(
     tile_max_ptr,
     tile_sumsq_ptr,
     scale_ptr,
+    deferred_ptr,
     numel,
     parts,
     part_len,
     tiles,
     safety,
     eps,
+    defer_min,
+    defer_max,
+    DEFER: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -237,12 +261,20 @@ def _scale_polar_input_kernel(
     scale = _frobenius_scale_of_matrix(
         tile_max_ptr + b * tiles, tile_sumsq_ptr + b * tiles, tiles, safety, eps, BLOCK_T
     )
+    todo = part_len
+    owed = 1.0
+    if DEFER:
+        # A matrix whose scale is in range keeps X = V and owes the scale (NaN compares False: applied).
+        defer = (scale >= defer_min) & (scale <= defer_max)
+        todo = tl.where(defer, 0, part_len)
+        owed = tl.where(defer, scale, 1.0)
     if part == 0:
         tl.store(scale_ptr + b, scale)
+        tl.store(deferred_ptr + b, owed)
     x_base = x_ptr + b * numel
     lo = part * part_len
     # X is contiguous: each matrix is one flat run of numel elements, read and written in wide vectors.
-    for start in range(lo, lo + part_len, BLOCK):
+    for start in range(lo, lo + todo, BLOCK):
         idx = start + tl.arange(0, BLOCK)
         inside = idx < numel
         x = tl.load(x_base + idx, mask=inside, other=0.0)
@@ -262,17 +294,21 @@ def launch_scale_polar_input(
     eps: float,
     block: int = _SCALE_BLOCK,
     part_len: Optional[int] = None,
-) -> torch.Tensor:
+    defer_scale: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """X_b ← X_b·scale_b in place for every matrix b of the contiguous ``x`` (B, r, c) (fp32 math,
     one rounding to x's dtype), with scale_b = ``frobenius_scale_from_tiles``'s formula on the (B, T)
-    fp32 contiguous tile statistics, computed inside the same launch. Returns scale, (B,) fp32.
+    fp32 contiguous tile statistics, computed inside the same launch. ``defer_scale``: matrices whose
+    scale is in [DEFER_MIN_SCALE, DEFER_MAX_SCALE] are left as they are (module doc). Returns
+    (scale, deferred), (B,) fp32 each: deferred_b = scale_b where X_b was left, else 1.
     ``block`` (a power of 2) and ``part_len`` (elements per program, rounded up to a multiple of
     ``block``) override the launch shape."""
     require_triton()
     batch, tiles = tile_max.shape
     scale = torch.empty((batch,), dtype=torch.float32, device=tile_max.device)
+    deferred = torch.empty((batch,), dtype=torch.float32, device=tile_max.device)  # every entry stored
     if batch == 0:
-        return scale
+        return scale, deferred
     numel = x[0].numel()
     block_t = min(1024, triton.next_power_of_2(max(tiles, 1)))
     if part_len is None:
@@ -282,10 +318,11 @@ def launch_scale_polar_input(
     part_len = max(1, triton.cdiv(max(part_len, 1), block)) * block
     parts = max(1, triton.cdiv(numel, part_len))
     _scale_polar_input_kernel[(batch * parts,)](
-        x, tile_max, tile_sumsq, scale, numel, parts, part_len, tiles, float(safety), float(eps),
-        BLOCK_T=block_t, BLOCK=block, num_warps=4, num_stages=1,
+        x, tile_max, tile_sumsq, scale, deferred, numel, parts, part_len, tiles, float(safety), float(eps),
+        DEFER_MIN_SCALE, DEFER_MAX_SCALE, DEFER=bool(defer_scale), BLOCK_T=block_t, BLOCK=block,
+        num_warps=4, num_stages=1,
     )
-    return scale
+    return scale, deferred
 
 
 def launch_momentum_polar_input(
@@ -397,7 +434,8 @@ def momentum_polar_input(
     safety: float,
     eps: float,
     found: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    defer_scale: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """M ← β·M + (1−β)·G in place and the group's normalized polar input, in one pass (module docstring).
 
     Args:
@@ -410,15 +448,19 @@ def momentum_polar_input(
         polar_dtype: bfloat16 or float32, the dtype of X.
         safety, eps: the Frobenius normalization's (X = V / (safety·‖V‖_F + eps·max|V|)).
         found: optional 0-d bool on momentum's device; True: momentum unchanged, X zero.
+        defer_scale: leave the scale of matrices in the safe range to the caller (module docstring).
 
     Returns:
         X: (B, min(m, n), max(m, n)) contiguous in ``polar_dtype`` (tall groups transposed);
-        scale: (B,) fp32, X = scale·V up to rounding.
+        scale: (B,) fp32, deferred·X = scale·V up to rounding;
+        deferred: (B,) fp32, what X_b still owes: scale_b where it was deferred, else 1.
 
     This body is the implementation for devices without a kernel (CPU): the torch twin.
     """
     _check(momentum, grads, beta, polar_dtype, safety, eps, found)
-    return momentum_polar_input_reference(momentum, grads, beta, nesterov, polar_dtype, safety, eps, found)
+    return momentum_polar_input_reference(
+        momentum, grads, beta, nesterov, polar_dtype, safety, eps, found, defer_scale
+    )
 
 
 @momentum_polar_input.register_kernel("cuda")
@@ -431,12 +473,13 @@ def _momentum_polar_input_cuda(
     safety: float,
     eps: float,
     found: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    defer_scale: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check(momentum, grads, beta, polar_dtype, safety, eps, found)
     x = torch.empty(_output_shape(momentum), dtype=polar_dtype, device=momentum.device)
     tile_max, tile_sumsq = launch_momentum_polar_input(momentum, grads, x, beta, nesterov, found)
-    scale = launch_scale_polar_input(x, tile_max, tile_sumsq, safety, eps)
-    return x, scale
+    scale, deferred = launch_scale_polar_input(x, tile_max, tile_sumsq, safety, eps, defer_scale=defer_scale)
+    return x, scale, deferred
 
 
 @momentum_polar_input.register_fake
@@ -449,8 +492,10 @@ def _momentum_polar_input_fake(
     safety: float,
     eps: float,
     found: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    defer_scale: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     register_before_lowering(torch.ops.fpolar.momentum_polar_input.default)  # see fpolar/inductor_fallbacks.py
     _check(momentum, grads, beta, polar_dtype, safety, eps, found)
     x = momentum.new_empty(_output_shape(momentum), dtype=polar_dtype)
-    return x, momentum.new_empty((momentum.shape[0],), dtype=torch.float32)
+    batch = momentum.shape[0]
+    return x, momentum.new_empty((batch,), dtype=torch.float32), momentum.new_empty((batch,), dtype=torch.float32)

@@ -3,6 +3,10 @@
 A is symmetric, so only its lower-triangle tiles are computed and each is also written mirrored:
 half the FLOPs of ``x @ x.mT``. On sm90 and later the tiles move through TMA (``_tma``), elsewhere
 through pointer loads; the two kernels compute the same sums.
+
+With a per-matrix ``scale`` (B,) fp32 the result is s_b²·X_b X_bᵀ, multiplied in fp32 before the
+one rounding: Gram Newton–Schulz's first R₀ = X₀X₀ᵀ of X₀ = s·V, read from the unscaled V
+(``fpolar.fused_glue``: the Frobenius scale of the polar input is then not a pass over V).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (
+    check_batch_scale,
     check_batched_matrix,
     check_int32_addressable,
     dot_options,
@@ -33,16 +38,31 @@ from ..inductor_fallbacks import register_before_lowering
 __all__ = ["sym_gram", "sym_gram_reference", "launch_sym_gram"]
 
 
-def sym_gram_reference(x: torch.Tensor) -> torch.Tensor:
-    """X Xᵀ per batch entry, as a plain fp32 matmul. x: (B, m, n) -> (B, m, m), dtype of x."""
+def sym_gram_reference(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """X Xᵀ per batch entry, as a plain fp32 matmul, times scale_b² (as (·s)·s, in fp32) when given.
+    x: (B, m, n) -> (B, m, m), dtype of x; scale: (B,) fp32."""
     xf = x.float()
-    return (xf @ xf.mT).to(x.dtype)
+    value = xf @ xf.mT
+    if scale is not None:
+        s = scale.float()[:, None, None]
+        value = value * s * s
+    return value.to(x.dtype)
+
+
+@triton.jit
+def scaled_twice(acc, scale_ptr, batch, HAS_SCALE: tl.constexpr):
+    """acc·s·s with s = scale[batch] (fp32; two multiplies, so s² itself never overflows), or acc."""
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + batch)
+        acc = acc * s * s
+    return acc
 
 
 @triton.jit
 def _sym_gram_kernel(
     x_ptr,
     out_ptr,
+    scale_ptr,
     m,
     n,
     stride_xb,
@@ -52,6 +72,7 @@ def _sym_gram_kernel(
     stride_om,
     stride_on,
     lower_tiles,
+    HAS_SCALE: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -64,7 +85,7 @@ def _sym_gram_kernel(
     rows_i = ti * BLOCK + tl.arange(0, BLOCK)
     rows_j = tj * BLOCK + tl.arange(0, BLOCK)
     acc = gram_tile(x_base, rows_i, rows_j, m, n, stride_xm, stride_xn, BLOCK, BLOCK_K, PRECISION, UPCAST)
-    value = acc.to(out_ptr.dtype.element_ty)
+    value = scaled_twice(acc, scale_ptr, batch, HAS_SCALE).to(out_ptr.dtype.element_ty)
     store_mirrored(out_base, value, rows_i, rows_j, ti == tj, m, stride_om, stride_on)
 
 
@@ -72,8 +93,10 @@ def _sym_gram_kernel(
 def _sym_gram_tma_kernel(
     x_desc,
     out_desc,
+    scale_ptr,
     n,
     lower_tiles,
+    HAS_SCALE: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -82,13 +105,19 @@ def _sym_gram_tma_kernel(
     # The same tiles as _sym_gram_kernel, loaded and stored through TMA.
     batch, ti, tj = program_tile(lower_tiles)
     acc = gram_tile_tma(x_desc, batch, ti, tj, n, BLOCK, BLOCK_K, PRECISION, UPCAST)
-    store_mirrored_tma(out_desc, acc.to(out_desc.dtype), batch, ti, tj, BLOCK)
+    value = scaled_twice(acc, scale_ptr, batch, HAS_SCALE)
+    store_mirrored_tma(out_desc, value.to(out_desc.dtype), batch, ti, tj, BLOCK)
 
 
 def launch_sym_gram(
-    x: torch.Tensor, out: torch.Tensor, config: triton.Config | None = None, *, tma: bool | None = None
+    x: torch.Tensor,
+    out: torch.Tensor,
+    config: triton.Config | None = None,
+    *,
+    tma: bool | None = None,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Runs the Triton kernel: out[b] = x[b] @ x[b]ᵀ.
+    """Runs the Triton kernel: out[b] = x[b] @ x[b]ᵀ, times scale[b]² when ``scale`` ((B,) fp32) is given.
 
     x: (B, m, n), any strides; out: (B, m, m), written in full (every element). fp32 accumulation.
     ``config`` overrides the tile heuristic (kwargs BLOCK, BLOCK_K). ``tma``: load and store through
@@ -101,22 +130,27 @@ def launch_sym_gram(
         raise ValueError(f"out must have shape {(batch, m, m)}, got {tuple(out.shape)}")
     check_int32_addressable("x", x)
     check_int32_addressable("out", out)
+    check_batch_scale("scale", scale, batch, x.device)
     if out.numel() == 0:
         return out
     if n == 0:  # an empty sum; also keeps a null data pointer away from the kernel
         return out.zero_()
     if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
         config = get_tuner().config_for(
-            "sym_gram", batch, m, n, x.dtype, x.device, lambda c: launch_sym_gram(x, out, c, tma=tma)
+            "sym_gram", batch, m, n, x.dtype, x.device, lambda c: launch_sym_gram(x, out, c, tma=tma, scale=scale)
         )
+    has_scale = scale is not None
+    scale_arg = scale if has_scale else out  # never read without HAS_SCALE
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
     if use_tma((x, out), tma):
         block, block_k = config.kwargs["BLOCK"], config.kwargs["BLOCK_K"]
         _sym_gram_tma_kernel[(batch * lower_tiles,)](
             descriptor(x, block, block_k),
             descriptor(out, block, block),
+            scale_arg,
             n,
             lower_tiles,
+            HAS_SCALE=has_scale,
             **dot_options(x.dtype, x.device),
             **launch_options(config),
         )
@@ -124,41 +158,45 @@ def launch_sym_gram(
     _sym_gram_kernel[(batch * lower_tiles,)](
         x,
         out,
+        scale_arg,
         m,
         n,
         *x.stride(),
         *out.stride(),
         lower_tiles,
+        HAS_SCALE=has_scale,
         **dot_options(x.dtype, x.device),
         **launch_options(config),
     )
     return out
 
 
-def _check(x: torch.Tensor) -> None:
+def _check(x: torch.Tensor, scale: torch.Tensor | None) -> None:
     check_batched_matrix("x", x)
+    check_batch_scale("scale", scale, x.shape[0], x.device)
 
 
 @torch.library.custom_op("fpolar::sym_gram", mutates_args=())
-def sym_gram(x: torch.Tensor) -> torch.Tensor:
-    """A = X Xᵀ for x of shape (B, m, n) -> (B, m, m), same dtype, fp32 accumulation.
+def sym_gram(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """A = X Xᵀ for x of shape (B, m, n) -> (B, m, m), same dtype, fp32 accumulation; with ``scale``
+    ((B,) fp32, x's device) A_b = scale_b²·X_b X_bᵀ, scaled in fp32 before the one rounding.
 
     This body is the implementation for devices without a kernel (CPU): the torch twin.
     """
-    _check(x)
-    return sym_gram_reference(x)
+    _check(x, scale)
+    return sym_gram_reference(x, scale)
 
 
 @sym_gram.register_kernel("cuda")
-def _sym_gram_cuda(x: torch.Tensor) -> torch.Tensor:
-    _check(x)
+def _sym_gram_cuda(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    _check(x, scale)
     x = x.contiguous()
     out = torch.empty((x.shape[0], x.shape[1], x.shape[1]), dtype=x.dtype, device=x.device)
-    return launch_sym_gram(x, out)
+    return launch_sym_gram(x, out, scale=scale)
 
 
 @sym_gram.register_fake
-def _sym_gram_fake(x: torch.Tensor) -> torch.Tensor:
+def _sym_gram_fake(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     register_before_lowering(torch.ops.fpolar.sym_gram.default)  # see fpolar/inductor_fallbacks.py
-    _check(x)
+    _check(x, scale)
     return x.new_empty((x.shape[0], x.shape[1], x.shape[1]))

@@ -10,6 +10,10 @@ Unlike cuBLAS's ``baddbmm``, which first copies A into its output to add b·A, t
 b·A tile itself just before it stores the result: no copy of A. The shift is added to the diagonal
 in fp32 before the one rounding to A's dtype: no separate a·I launch, and one rounding fewer than
 adding it to the rounded b·A + c·A².
+
+With a per-matrix ``scale`` (B,) fp32 the whole polynomial is multiplied by s_b in fp32 before that
+rounding: the last polynomial of Gram Newton–Schulz's first block carries the deferred Frobenius
+scale of the polar input (X₁ = (s·P)·Q·V; ``fpolar.polar.gram_newton_schulz``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (
+    check_batch_scale,
     check_batched_matrix,
     check_finite_scalar,
     check_int32_addressable,
@@ -41,19 +46,33 @@ from ..inductor_fallbacks import register_before_lowering
 __all__ = ["sym_poly", "sym_poly_reference", "launch_sym_poly"]
 
 
-def sym_poly_reference(a: torch.Tensor, b: float, c: float, shift: float = 0.0) -> torch.Tensor:
-    """shift·I + b·A + c·A·A per batch entry in fp32. a: (B, m, m) -> (B, m, m), dtype of a."""
+def sym_poly_reference(
+    a: torch.Tensor, b: float, c: float, shift: float = 0.0, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """shift·I + b·A + c·A·A per batch entry in fp32, times scale_b when given. a: (B, m, m) -> (B, m, m),
+    dtype of a; scale: (B,) fp32."""
     af = a.float()
     value = b * af + c * (af @ af)
     if shift != 0.0:
         value.diagonal(dim1=-2, dim2=-1).add_(shift)
+    if scale is not None:
+        value = value * scale.float()[:, None, None]
     return value.to(a.dtype)
+
+
+@triton.jit
+def scaled_once(value, scale_ptr, batch, HAS_SCALE: tl.constexpr):
+    """value·s with s = scale[batch] (fp32), or value."""
+    if HAS_SCALE:
+        value = value * tl.load(scale_ptr + batch)
+    return value
 
 
 @triton.jit
 def _sym_poly_kernel(
     a_ptr,
     out_ptr,
+    scale_ptr,
     coef_b,
     coef_c,
     shift,
@@ -65,6 +84,7 @@ def _sym_poly_kernel(
     stride_om,
     stride_on,
     lower_tiles,
+    HAS_SCALE: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -85,6 +105,7 @@ def _sym_poly_kernel(
     value = coef_b * a_tile.to(tl.float32) + coef_c * a_squared
     if ti == tj:
         value += tl.where(rows_i[:, None] == rows_j[None, :], shift, 0.0)
+    value = scaled_once(value, scale_ptr, batch, HAS_SCALE)
     store_mirrored(
         out_base, value.to(out_ptr.dtype.element_ty), rows_i, rows_j, ti == tj, m, stride_om, stride_on
     )
@@ -95,11 +116,13 @@ def _sym_poly_tma_kernel(
     a_rows_desc,
     a_tile_desc,
     out_desc,
+    scale_ptr,
     coef_b,
     coef_c,
     shift,
     m,
     lower_tiles,
+    HAS_SCALE: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -114,6 +137,7 @@ def _sym_poly_tma_kernel(
     if ti == tj:
         r = tl.arange(0, BLOCK)
         value += tl.where(r[:, None] == r[None, :], shift, 0.0)
+    value = scaled_once(value, scale_ptr, batch, HAS_SCALE)
     store_mirrored_tma(out_desc, value.to(out_desc.dtype), batch, ti, tj, BLOCK)
 
 
@@ -126,8 +150,10 @@ def launch_sym_poly(
     *,
     tma: bool | None = None,
     shift: float = 0.0,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Runs the Triton kernel: out[k] = shift·I + b·a[k] + c·a[k]·a[k], fp32 accumulation.
+    """Runs the Triton kernel: out[k] = shift·I + b·a[k] + c·a[k]·a[k], fp32 accumulation, times
+    scale[k] when ``scale`` ((B,) fp32) is given.
 
     a: (B, m, m), symmetric (the kernel computes A·Aᵀ and reads only A's lower-tile entries for the
     b·A term); out: (B, m, m), written in full and exactly symmetric. ``config`` overrides the
@@ -141,13 +167,16 @@ def launch_sym_poly(
         raise ValueError(f"out must have shape {tuple(a.shape)}, got {tuple(out.shape)}")
     check_int32_addressable("a", a)
     check_int32_addressable("out", out)
+    check_batch_scale("scale", scale, batch, a.device)
     if out.numel() == 0:
         return out
     if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
         config = get_tuner().config_for(
             "sym_poly", batch, m, m, a.dtype, a.device,
-            lambda cfg: launch_sym_poly(a, out, b, c, cfg, tma=tma, shift=shift),
+            lambda cfg: launch_sym_poly(a, out, b, c, cfg, tma=tma, shift=shift, scale=scale),
         )
+    has_scale = scale is not None
+    scale_arg = scale if has_scale else out  # never read without HAS_SCALE
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
     if use_tma((a, out), tma):
         block, block_k = config.kwargs["BLOCK"], config.kwargs["BLOCK_K"]
@@ -155,11 +184,13 @@ def launch_sym_poly(
             descriptor(a, block, block_k),
             descriptor(a, block, block),
             descriptor(out, block, block),
+            scale_arg,
             float(b),
             float(c),
             float(shift),
             m,
             lower_tiles,
+            HAS_SCALE=has_scale,
             **dot_options(a.dtype, a.device),
             **launch_options(config),
         )
@@ -167,6 +198,7 @@ def launch_sym_poly(
     _sym_poly_kernel[(batch * lower_tiles,)](
         a,
         out,
+        scale_arg,
         float(b),
         float(c),
         float(shift),
@@ -174,41 +206,50 @@ def launch_sym_poly(
         *a.stride(),
         *out.stride(),
         lower_tiles,
+        HAS_SCALE=has_scale,
         **dot_options(a.dtype, a.device),
         **launch_options(config),
     )
     return out
 
 
-def _check(a: torch.Tensor, b: float, c: float, shift: float) -> None:
+def _check(a: torch.Tensor, b: float, c: float, shift: float, scale: torch.Tensor | None) -> None:
     check_batched_matrix("a", a)
     if a.shape[-1] != a.shape[-2]:
         raise ValueError(f"a must be a batch of square matrices (B, m, m), got shape {tuple(a.shape)}")
     check_finite_scalar("b", b)
     check_finite_scalar("c", c)
     check_finite_scalar("shift", shift)
+    check_batch_scale("scale", scale, a.shape[0], a.device)
 
 
 @torch.library.custom_op("fpolar::sym_poly", mutates_args=())
-def sym_poly(a: torch.Tensor, b: float, c: float, shift: float = 0.0) -> torch.Tensor:
+def sym_poly(
+    a: torch.Tensor, b: float, c: float, shift: float = 0.0, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """shift·I + b·A + c·A·A for symmetric a of shape (B, m, m) -> (B, m, m), same dtype, fp32
-    accumulation, one rounding.
+    accumulation, one rounding; with ``scale`` ((B,) fp32, a's device) matrix k is multiplied by
+    scale[k] in fp32 before that rounding.
 
     This body is the implementation for devices without a kernel (CPU): the torch twin.
     """
-    _check(a, b, c, shift)
-    return sym_poly_reference(a, b, c, shift)
+    _check(a, b, c, shift, scale)
+    return sym_poly_reference(a, b, c, shift, scale)
 
 
 @sym_poly.register_kernel("cuda")
-def _sym_poly_cuda(a: torch.Tensor, b: float, c: float, shift: float = 0.0) -> torch.Tensor:
-    _check(a, b, c, shift)
+def _sym_poly_cuda(
+    a: torch.Tensor, b: float, c: float, shift: float = 0.0, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    _check(a, b, c, shift, scale)
     a = a.contiguous()
-    return launch_sym_poly(a, torch.empty_like(a), b, c, shift=shift)
+    return launch_sym_poly(a, torch.empty_like(a), b, c, shift=shift, scale=scale)
 
 
 @sym_poly.register_fake
-def _sym_poly_fake(a: torch.Tensor, b: float, c: float, shift: float = 0.0) -> torch.Tensor:
+def _sym_poly_fake(
+    a: torch.Tensor, b: float, c: float, shift: float = 0.0, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     register_before_lowering(torch.ops.fpolar.sym_poly.default)  # see fpolar/inductor_fallbacks.py
-    _check(a, b, c, shift)
+    _check(a, b, c, shift, scale)
     return torch.empty_like(a, memory_format=torch.contiguous_format)

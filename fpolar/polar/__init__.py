@@ -213,6 +213,7 @@ def polar_wide(
     *,
     normalized: bool = False,
     consume_input: bool = False,
+    input_scale: Optional[Tensor] = None,
 ) -> Tensor:
     """Polar factor of each matrix of a wide batch ``x`` (B, m, n), m ≤ n, in ``impl.polar_dtype``.
 
@@ -223,10 +224,14 @@ def polar_wide(
     the Newton–Schulz family skips that pass.
     ``consume_input``: the caller does not read ``x`` after this call; Gram Newton–Schulz may then
     reuse its memory for a later iterate (less workspace; ``x``'s values are then undefined).
+    ``input_scale``: (B,) fp32, with ``normalized``: the normalized input is input_scale_b·x_b, its
+    scale deferred to the iteration (Gram Newton–Schulz only; ``dispatch.defers_input_scale``).
     """
     if impl is None:
         impl = spec.impl_for(x.size(-2), x.size(-1), x.dtype, x.device)
     dtype = impl.polar_dtype
+    if input_scale is not None and impl.method != "gram_newton_schulz":
+        raise ValueError(f"input_scale (a deferred input scale) is taken by gram_newton_schulz only, not {impl.method}")
     if impl.method == "newton_schulz":
         return newton_schulz(
             x,
@@ -250,6 +255,7 @@ def polar_wide(
             normalized=normalized,
             gram_ops=gram_ops_for(impl.kernels),
             consume_input=consume_input,
+            input_scale=input_scale,
         )
     if impl.method == "qdwh":
         return qdwh_polar(

@@ -70,7 +70,7 @@ from typing import Callable, List, Literal, NamedTuple, Optional
 
 import torch
 
-from .gram_newton_schulz import TORCH_GRAM_OPS, GramOps, torch_congruence, torch_polynomial
+from .gram_newton_schulz import TORCH_GRAM_OPS, GramOps, torch_congruence, torch_polynomial, torch_scaled_gram
 from .newton_schulz import TORCH_OPS, NSOps
 
 GRAM_MIN_ASPECT = 2.0
@@ -331,9 +331,34 @@ def tune_before_use(key: tuple, device: torch.device, run_once: Callable[[], obj
     return True
 
 
-def lower_tile_polynomial(r: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
-    """a·I + b·R + c·R² on ``fpolar::sym_poly`` (a as its shift: added in fp32 before the one rounding)."""
-    return torch.ops.fpolar.sym_poly(r, b, c, a)
+def lower_tile_polynomial(
+    r: torch.Tensor, a: float, b: float, c: float, scale: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """scale·(a·I + b·R + c·R²) on ``fpolar::sym_poly`` (a as its shift, and the per-matrix scale,
+    applied in fp32 before the one rounding)."""
+    return torch.ops.fpolar.sym_poly(r, b, c, a, scale)
+
+
+def lower_tile_scaled_gram(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """s²·V Vᵀ on ``fpolar::sym_gram`` (the scale applied in fp32 before the one rounding)."""
+    return torch.ops.fpolar.sym_gram(v, scale)
+
+
+def defers_input_scale(impl: PolarImpl, device: torch.device) -> bool:
+    """Whether the fused glue leaves the polar input's Frobenius scale to the iteration
+    (``gram_newton_schulz``'s ``input_scale``): Gram space whose first X Xᵀ and last polynomial run
+    on the lower-tile kernels at this launch, which apply the scale in their epilogues for free. On
+    cuBLAS the scale would cost two passes over m×m matrices, about the bytes of the pass over the
+    m×n input it replaces, so the glue applies it there as before."""
+    if impl.method != "gram_newton_schulz":
+        return False
+    if impl.kernels in ("triton", "symmetric"):
+        return True
+    if impl.kernels == "symmetric_in_graphs":
+        from ..side_streams import being_captured
+
+        return being_captured(device)
+    return False
 
 
 def triton_gram_ops() -> GramOps:
@@ -350,7 +375,7 @@ def triton_gram_ops() -> GramOps:
     def product(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return ops.ns_apply(q, p, 0.0)
 
-    return GramOps(lower_tile_polynomial, congruence, product)
+    return GramOps(lower_tile_polynomial, congruence, product, lower_tile_scaled_gram)
 
 
 def symmetric_gram_ops(in_graphs_only: bool) -> GramOps:
@@ -369,6 +394,7 @@ def symmetric_gram_ops(in_graphs_only: bool) -> GramOps:
         lower_tiles(lower_tile_polynomial, torch_polynomial),
         lower_tiles(lower_tile_congruence, torch_congruence),
         torch.bmm,
+        lower_tiles(lower_tile_scaled_gram, torch_scaled_gram),
     )
 
 

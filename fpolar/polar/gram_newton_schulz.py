@@ -22,11 +22,16 @@ fpolar's lower-tile kernels when Triton is chosen):
   against the float64 iteration of the same schedule): taking Q' from its lower triangle raised the
   rounding error by 2–6% (polar_express on a decaying spectrum: 0.157 against 0.149), so it is not
   done.
+
+A deferred input scale (``input_scale``; ``fpolar.fused_glue``): X₀ = diag(s)·V with V given unscaled.
+Only the first block reads X₀, through R₀ = X₀X₀ᵀ = s²·VVᵀ and X₁ = Q·X₀ = (s·P_last)⋯P₀·V, so s
+goes into the first Gram product and into the block's last polynomial (which no congruence reads),
+both in fp32 inside the kernels' epilogues: no pass over the m×n V to scale it.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -36,22 +41,40 @@ from .newton_schulz import TORCH_OPS, NSOps, frobenius_normalize
 
 
 class GramOps(NamedTuple):
-    """The m×m products of Gram Newton–Schulz (the symmetric ones may use their symmetry: module doc)."""
+    """The m×m products of Gram Newton–Schulz (the symmetric ones may use their symmetry: module doc),
+    and the Gram product of a deferred-scale input. ``scale`` arguments are (B,) fp32, one per matrix."""
 
-    poly: Callable[[Tensor, float, float, float], Tensor]  # (R, a, b, c) -> a·I + b·R + c·R², R symmetric
+    # (R, a, b, c, scale) -> scale·(a·I + b·R + c·R²), R symmetric; scale None: 1
+    poly: Callable[[Tensor, float, float, float, Optional[Tensor]], Tensor]
     congruence: Callable[[Tensor, Tensor], Tensor]  # (P, R) -> P·R·P, P and R symmetric
     product: Callable[[Tensor, Tensor], Tensor]  # (P, Q) -> P·Q
+    scaled_gram: Callable[[Tensor, Tensor], Tensor]  # (V, s) -> s²·V Vᵀ, V (B, m, n)
 
 
-def torch_polynomial(r: Tensor, a: float, b: float, c: float) -> Tensor:
+def _times(t: Tensor, scale: Optional[Tensor]) -> Tensor:
+    """t_b·scale_b for each matrix of t, multiplied in fp32 and rounded back to t's dtype (scale None: t)."""
+    if scale is None:
+        return t
+    return (t.float() * scale.float()[:, None, None]).to(t.dtype)
+
+
+def torch_scaled_gram(v: Tensor, scale: Tensor) -> Tensor:
+    """s²·V Vᵀ with batched matmul: the product rounded to V's dtype, then ·s·s in fp32 and rounded again
+    (``fpolar::sym_gram`` scales before its one rounding)."""
+    r = torch.bmm(v, v.mT)
+    s = scale.float()[:, None, None]
+    return (r.float() * s * s).to(r.dtype)
+
+
+def torch_polynomial(r: Tensor, a: float, b: float, c: float, scale: Optional[Tensor] = None) -> Tensor:
     """a·I + b·R + c·R² with batched matmul: ``baddbmm`` fuses b·R into the product's epilogue, and a·I
-    is added to the rounded result. (``fpolar::sym_poly`` adds it in fp32 before its one rounding:
+    is added to the rounded result; ``scale`` then multiplies the rounded polynomial. (``fpolar::sym_poly`` adds it in fp32 before its one rounding:
     on the torch twins, bf16, 4 × 128 × 512, that takes the rounding error of polar_express Gram NS5
     against the float64 iteration from 0.062 to 0.019 on Gaussian inputs and from 0.154 to 0.149 on
     a decaying spectrum; ``benchmarks/rounding_error.py``.)"""
     p = torch.baddbmm(r, r, r, beta=b, alpha=c)
     p.diagonal(dim1=-2, dim2=-1).add_(a)  # a·I in place on a fresh tensor: the m diagonal entries only
-    return p
+    return _times(p, scale)
 
 
 def torch_congruence(p: Tensor, r: Tensor) -> Tensor:
@@ -59,7 +82,7 @@ def torch_congruence(p: Tensor, r: Tensor) -> Tensor:
     return torch.bmm(p, torch.bmm(r, p))
 
 
-TORCH_GRAM_OPS = GramOps(torch_polynomial, torch_congruence, torch.bmm)
+TORCH_GRAM_OPS = GramOps(torch_polynomial, torch_congruence, torch.bmm, torch_scaled_gram)
 
 
 def gram_newton_schulz(
@@ -74,6 +97,7 @@ def gram_newton_schulz(
     gram_ops: GramOps = TORCH_GRAM_OPS,
     normalized: bool = False,
     consume_input: bool = False,
+    input_scale: Optional[Tensor] = None,
 ) -> Tensor:
     """Polar factor of each wide matrix in ``x`` (B, m, n), m ≤ n; same result as ``newton_schulz``
     with the same schedule, up to rounding. Returns (B, m, n) in ``polar_dtype``.
@@ -81,11 +105,15 @@ def gram_newton_schulz(
     ``ops`` runs the two products that touch the m×n matrix (R = XXᵀ and X ← Q·X, as
     ``ops.apply(x, q, 0)``); ``gram_ops`` runs the m×m products.
     ``consume_input``: the caller gives ``x`` up (it is not read after this call), so its memory may
-    hold a later iterate, and the result may share it; else ``x`` is not modified."""
+    hold a later iterate, and the result may share it; else ``x`` is not modified.
+    ``input_scale``: (B,) fp32 on x's device, with ``normalized``: the normalized input is
+    X₀ = input_scale_b·x_b, its scale not yet applied (module doc)."""
     if x.size(-2) > x.size(-1):
         raise ValueError(f"gram_newton_schulz expects wide matrices (m ≤ n), got shape {tuple(x.shape)}")
     if gram_restart < 1:
         raise ValueError(f"gram_restart must be ≥ 1, got {gram_restart}")
+    if input_scale is not None and not normalized:
+        raise ValueError("input_scale is the deferred scale of a normalized input: it needs normalized=True")
     # normalized: X arrives divided by its norm already (the fused glue), in the iteration dtype.
     given = x
     x = x.to(polar_dtype) if normalized else frobenius_normalize(x, safety, eps, polar_dtype)
@@ -106,10 +134,12 @@ def gram_newton_schulz(
     )
     for start in range(0, len(schedule), gram_restart):
         block = schedule[start : start + gram_restart]
-        r = ops.gram(x)
+        owed = input_scale if start == 0 else None  # X₀ = owed·x (module doc)
+        r = ops.gram(x) if owed is None else gram_ops.scaled_gram(x, owed)
         q = None
         for k, (a, b, c) in enumerate(block):
-            p = gram_ops.poly(r, a, b, c)  # p = a·I + b·R + c·R²
+            # p = a·I + b·R + c·R²; the block's last p, read only by Q, also carries what X₀ owes
+            p = gram_ops.poly(r, a, b, c, owed if k + 1 == len(block) else None)
             q = p if q is None else gram_ops.product(p, q)
             if k + 1 < len(block):  # the last step of a block needs no new R
                 r = gram_ops.congruence(p, r)

@@ -44,8 +44,8 @@ def test_momentum_polar_input_matches_twin_and_float64(shape, nesterov):
     grads = [_random((m, n), seed=10 + i) for i in range(batch)]
     m_fused, m_twin = mom.clone(), mom.clone()
     found = torch.zeros((), dtype=torch.bool, device="cuda")
-    x, scale = K.momentum_polar_input(m_fused, grads, 0.95, nesterov, torch.bfloat16, SAFETY, EPS, found)
-    x_t, scale_t = K.momentum_polar_input_reference(m_twin, grads, 0.95, nesterov, torch.bfloat16, SAFETY, EPS, found)
+    x, scale, _ = K.momentum_polar_input(m_fused, grads, 0.95, nesterov, torch.bfloat16, SAFETY, EPS, found)
+    x_t, scale_t, _ = K.momentum_polar_input_reference(m_twin, grads, 0.95, nesterov, torch.bfloat16, SAFETY, EPS, found)
     assert x.shape == x_t.shape == (batch, min(m, n), max(m, n)) and x.is_contiguous()
     torch.testing.assert_close(m_fused, m_twin, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(scale, scale_t, rtol=1e-5, atol=0)
@@ -72,7 +72,7 @@ def test_skip_leaves_momentum_and_params_bitwise(shape):
     params = [_random((m, n), seed=30 + i) for i in range(3)]
     before_m, before_p = mom.clone(), [p.clone() for p in params]
     found = torch.ones((), dtype=torch.bool, device="cuda")
-    x, _ = K.momentum_polar_input(mom, grads, 0.95, True, torch.bfloat16, SAFETY, EPS, found)
+    x, _, _ = K.momentum_polar_input(mom, grads, 0.95, True, torch.bfloat16, SAFETY, EPS, found)
     assert torch.equal(mom.view(torch.int32), before_m.view(torch.int32))
     assert bool((x == 0).all())
     K.scaled_update_(params, _random(x.shape, torch.bfloat16, 3), torch.rand(3, device="cuda"), torch.tensor(0.99, device="cuda"), found)
@@ -119,7 +119,7 @@ def _glue_by_launchers(grads, params, mom, o, single):
     x = torch.empty((b, min(m, n), max(m, n)), dtype=torch.bfloat16, device="cuda")
     tmax, tsum = K.launch_momentum_polar_input(mom, grads, x, 0.95, True, None, single_launch=single)
     v = x.clone()
-    scale = launch_scale_polar_input(x, tmax, tsum, SAFETY, EPS)
+    scale, _ = launch_scale_polar_input(x, tmax, tsum, SAFETY, EPS)
     K.launch_scaled_update(params, o, STEP, DECAY, None, single_launch=single)
     return mom, v, x, tmax, tsum, scale, params
 
@@ -142,8 +142,8 @@ def test_one_launch_per_group_equals_one_per_tensor(shape):
     assert torch.equal(x, v.clone().mul_(scale[:, None, None]))
     # and the op against its twin on these grads (a 3-D grad in the list)
     m_op, m_twin = mom.clone(), mom.clone()
-    x_op, s_op = K.momentum_polar_input(m_op, grads, 0.95, True, torch.bfloat16, SAFETY, EPS, None)
-    x_t, s_t = K.momentum_polar_input_reference(m_twin, grads, 0.95, True, torch.bfloat16, SAFETY, EPS, None)
+    x_op, s_op, _ = K.momentum_polar_input(m_op, grads, 0.95, True, torch.bfloat16, SAFETY, EPS, None)
+    x_t, s_t, _ = K.momentum_polar_input_reference(m_twin, grads, 0.95, True, torch.bfloat16, SAFETY, EPS, None)
     torch.testing.assert_close(m_op, m_twin, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(s_op, s_t, rtol=1e-5, atol=0)
     assert (x_op.float() - x_t.float()).abs().amax() <= 2.0**-7 * x_t.float().abs().amax()

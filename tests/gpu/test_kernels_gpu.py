@@ -199,3 +199,16 @@ def test_tma_and_pointer_loads_both_match_float64(shape, dtype):
         cross = K.launch_sym_cross(a, u, _poison((batch, m, m), dtype), tma=tma)
         assert _rel_err(cross, a64 @ u.double().mT) < tol, tma
         assert torch.equal(cross, cross.mT)
+        # a per-matrix scale in the epilogue (Gram NS's deferred input scale): s²·X Xᵀ and s·p(A)
+        scale = torch.linspace(0.01, 40.0, batch, device="cuda", dtype=torch.float32)
+        s64 = scale.double()[:, None, None]
+        v = x * 7.5  # an unnormalized input, X = s·V in exact arithmetic for s = 1/7.5
+        scaled = K.launch_sym_gram(v, _poison((batch, m, m), dtype), tma=tma, scale=scale)
+        v64 = v.double()
+        want = s64 * s64 * (v64 @ v64.mT)
+        assert max(_rel_err(scaled[b], want[b]) for b in range(batch)) < tol, tma  # per matrix: scales differ
+        assert torch.equal(scaled, scaled.mT)
+        poly = K.launch_sym_poly(a, _poison((batch, m, m), dtype), NS_B, NS_C, tma=tma, shift=NS_A, scale=scale)
+        eye = torch.eye(m, device="cuda", dtype=torch.float64)
+        want = s64 * (NS_A * eye + NS_B * a64 + NS_C * (a64 @ a64))
+        assert max(_rel_err(poly[b], want[b]) for b in range(batch)) < tol, tma
