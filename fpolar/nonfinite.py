@@ -21,21 +21,23 @@ exactly 0 applied to values known to be finite):
 * step counts add ``keep`` (0 or 1) instead of 1.
 
 Detection is one max-abs reduction over the grads of the call (``found_nonfinite``), before anything is
-written: one multi-tensor kernel per (device, dtype) for all grads, plus a stack and a reduce, eagerly
-and under torch.compile (there as the opaque op ``fpolar::max_abs``). A max-abs does not overflow on
-large finite grads (1e38 in fp32 is finite, its square is not), and max reductions propagate NaN.
+written: one per (device, dtype) for all grads, the op ``fpolar::max_abs`` (``fpolar.kernels.max_abs``).
+On CUDA it is one Triton launch over the whole list plus a tiny combine, eagerly, inside a CUDA graph
+(its table built before the capture: ``build_max_abs_tables``) and under torch.compile (there as the
+opaque op); elsewhere, and where the kernel does not apply, its torch twin: one multi-tensor
+``_foreach_norm``, a stack and a reduce. A max-abs does not overflow on large finite grads (1e38 in
+fp32 is finite, its square is not), and both propagate NaN.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .dtensor import local_tensor
-from .inductor_fallbacks import register_before_lowering
+from .kernels.max_abs import build_max_abs_table, max_abs, max_abs_on_cuda, max_abs_reference
 
 NonfiniteMode = Literal["skip", "propagate"]
 NONFINITE_MODES: tuple[str, ...] = ("skip", "propagate")
@@ -59,15 +61,10 @@ def found_nonfinite(
     ``None`` grads are ignored; a DTensor grad is read through its local shard (this rank's verdict:
     ``fpolar.nonfinite_ranks.agree`` makes it every rank's). Grads are only read.
     """
-    buckets: Dict[tuple, List[Tensor]] = {}
-    for g in grads:
-        g = None if g is None else local_tensor(g)
-        if g is not None and g.numel() > 0:  # an empty tensor holds nothing to check (and max has no identity)
-            buckets.setdefault((g.device, g.dtype), []).append(g)
     flags: List[Tensor] = []
-    for (dev, _), gs in buckets.items():
-        # Per (device, dtype): one multi-tensor max-abs, one stack, one reduce. A max-abs cannot
-        # overflow on finite values, and max reductions propagate NaN.
+    for (dev, _), gs in _buckets(grads).items():
+        # Per (device, dtype): one max-abs over the whole list. A max-abs cannot overflow on finite
+        # values, and it is NaN if any element is.
         flag = ~torch.isfinite(_max_abs(gs))
         flags.append(flag if dev == device else flag.to(device))
     if found_inf is not None:
@@ -80,58 +77,34 @@ def found_nonfinite(
     return found
 
 
+def build_max_abs_tables(grads: Sequence[Optional[Tensor]]) -> None:
+    """Builds now, eagerly, the device tables ``found_nonfinite(grads, …)`` will look up for its
+    one-launch max-abs on CUDA: call it with the same list right before capturing that call in a CUDA
+    graph (a capture cannot copy a table to the device; without one the capture runs the twin).
+    Reads only addresses and metadata; changes nothing but the table cache."""
+    for gs in _buckets(grads).values():
+        build_max_abs_table(gs)
+
+
+def _buckets(grads: Sequence[Optional[Tensor]]) -> Dict[tuple, List[Tensor]]:
+    """The non-empty grads (DTensors as their local shards) by (device, dtype), in order."""
+    buckets: Dict[tuple, List[Tensor]] = {}
+    for g in grads:
+        g = None if g is None else local_tensor(g)
+        if g is not None and g.numel() > 0:  # an empty tensor holds nothing to check (and max has no identity)
+            buckets.setdefault((g.device, g.dtype), []).append(g)
+    return buckets
+
+
 def _max_abs(gs: List[Tensor]) -> Tensor:
     """max |g| over every element of every tensor of ``gs`` (one device and dtype, none empty), 0-d in
-    their dtype; NaN if any element is NaN."""
+    their dtype; NaN if any element is NaN. Eagerly on CUDA the op's CUDA implementation without its
+    dispatch (``gs`` is already checked)."""
     if torch.compiler.is_compiling():
         return max_abs(gs)
+    if gs[0].is_cuda:
+        return max_abs_on_cuda(gs)
     return max_abs_reference(gs)
-
-
-def max_abs_reference(tensors: Sequence[Tensor]) -> Tensor:
-    """The math of ``fpolar::max_abs``: one multi-tensor max-abs (``_foreach_norm`` with ord=inf), one
-    stack, one reduce."""
-    return torch.stack(torch._foreach_norm(list(tensors), ord=math.inf)).amax()
-
-
-@torch.library.custom_op("fpolar::max_abs", mutates_args=())
-def max_abs(tensors: List[Tensor]) -> Tensor:
-    """max |t| over every element of ``tensors``: a 0-d tensor in their dtype on their device, NaN if any
-    element is NaN, +inf if one is ±inf (else finite: no squares, so no overflow). Nothing is mutated.
-
-    Args:
-        tensors: a non-empty list of non-empty floating tensors of one device and one dtype, any shapes.
-
-    Why an op: under torch.compile the per-tensor ``abs().amax()`` is one reduction kernel per tensor
-    (one launch per grad, 48 on GPT-2-small's matrices), and Inductor's lowering of the multi-tensor
-    ``_foreach_norm`` asserts on CUDA (torch < 2.13) once a foreach node fuses with a neighbour (see
-    ``fpolar.tensor_lists``). Opaque to Inductor, the op runs the eager multi-tensor kernel inside the
-    compiled graph (and inside its CUDA graph).
-    """
-    _check_max_abs(tensors)
-    return max_abs_reference(tensors)
-
-
-@max_abs.register_fake
-def _max_abs_fake(tensors: List[Tensor]) -> Tensor:
-    register_before_lowering(torch.ops.fpolar.max_abs.default)  # see fpolar/inductor_fallbacks.py
-    _check_max_abs(tensors)
-    return tensors[0].new_empty(())
-
-
-def _check_max_abs(tensors: Sequence[Tensor]) -> None:
-    if not isinstance(tensors, (list, tuple)) or not tensors:
-        raise ValueError("max_abs takes a non-empty list of tensors")
-    first = tensors[0]
-    for i, t in enumerate(tensors):
-        if not t.is_floating_point():
-            raise TypeError(f"max_abs: tensors[{i}] has dtype {t.dtype}; a floating dtype is required")
-        if t.dtype != first.dtype or t.device != first.device:
-            raise ValueError(
-                f"max_abs: tensors[{i}] is {t.dtype} on {t.device}, tensors[0] is {first.dtype} on {first.device}"
-            )
-        if t.numel() == 0:
-            raise ValueError(f"max_abs: tensors[{i}] is empty (a max over nothing has no value)")
 
 
 def unscale_grads(grads: Sequence[Optional[Tensor]], grad_scale: Optional[Tensor]) -> List[Optional[Tensor]]:

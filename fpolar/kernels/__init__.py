@@ -85,6 +85,12 @@ Launchers (``launch_sym_gram(x, out)``, ``launch_sym_poly(a, out, b, c)``,
 ``launch_ns_apply(x, bm, out, a)``) run the Triton kernels on caller-provided outputs. They accept
 CUDA tensors, and CPU tensors when the Triton interpreter is on (``TRITON_INTERPRET=1`` set before triton is imported), which is how CI checks the
 kernels' logic without a GPU.
+
+The non-finite skip's detection (``fpolar.nonfinite``) has one op here too,
+``fpolar::max_abs(Tensor[] tensors) -> Tensor`` (``max_abs``): max |t| over a whole list of
+tensors, one launch over all of them through a cached (start, length) table of their chunks, plus
+one tiny combine. An integer max of the sign-cleared bits, with no atomics: the twin's value
+(``max_abs_reference``) bit for bit where it is finite, NaN or +inf where the twin's is.
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ from .momentum_polar_input import (
     momentum_polar_input,
     momentum_polar_input_reference,
 )
+from .max_abs import launch_max_abs, max_abs, max_abs_reference
 from .ns_apply import launch_ns_apply, ns_apply, ns_apply_reference
 from .scaled_update import launch_scaled_update, scaled_update_, scaled_update_reference
 from .sym_gram import launch_sym_gram, sym_gram, sym_gram_reference
@@ -113,6 +120,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "candidate_configs",
     "get_tuner",
+    "launch_max_abs",
     "launch_momentum_polar_input",
     "launch_ns_apply",
     "launch_scaled_update",
@@ -120,6 +128,8 @@ __all__ = [
     "launch_sym_gram",
     "launch_sym_poly",
     "matmul_tile_config",
+    "max_abs",
+    "max_abs_reference",
     "momentum_polar_input",
     "momentum_polar_input_reference",
     "ns_apply",

@@ -18,7 +18,8 @@ device, sets the pace. ``StepProgram`` runs it as one program instead:
   (1.02 ms of add kernels per step in a profile of GPT-2-small's train step on the H200; a copy
   would move 2 × 0.65 GB, ≈ 0.3 ms at the bandwidth, an estimate). When a step's grads
   come back elsewhere the layout is captured again on them (the fused glue's one-launch tables are
-  built first, ``build_offsets_tables``: a capture cannot build them), and the earlier graphs are
+  built first, ``build_offsets_tables``, and the skip check's, ``build_max_abs_tables``: a capture
+  cannot build them), and the earlier graphs are
   kept: a loop whose grads cycle between a few places (a grad allocated while the last one is alive
   takes the other of two blocks) replays the graph captured for where they are now. The graphs of
   a layout share one memory pool, since they run one at a time and their workspace is scratch.
@@ -53,7 +54,7 @@ from ..adamw import adamw_step_prechecked
 from ..adamw_fused import fused_adamw_available, fused_adamw_step_prechecked
 from ..dtensor import is_dtensor, local_tensor
 from ..inductor_options import inductor_options
-from ..nonfinite import found_nonfinite
+from ..nonfinite import build_max_abs_tables, found_nonfinite
 from ..nonfinite_ranks import agree, shard_groups
 from ..fused_glue import build_offsets_tables
 from ..polargrad import polargrad_step_prechecked
@@ -118,9 +119,7 @@ def run_math(work: Work, fused_adamw: bool, skipped: Optional[Tensor] = None) ->
     (``fpolar.nonfinite_ranks``), so every rank skips, or steps, together."""
     found = None
     if skipped is not None:
-        every = [g for _, grads, _ in work for g in grads]
-        every += [t for rt, _, _ in work for t in (rt.lr, rt.weight_decay) if isinstance(t, Tensor)]
-        found = found_nonfinite(every, skipped.device)
+        found = found_nonfinite(_checked_tensors(work), skipped.device)
         found = agree(found, shard_groups([p for rt, _, _ in work for p in rt.params]))
         skipped.add_(found)
     # Every group's inputs passed the optimizer's checks in ``_prepare``: the steps do not check again.
@@ -131,6 +130,12 @@ def run_math(work: Work, fused_adamw: bool, skipped: Optional[Tensor] = None) ->
     if adamw:
         jobs.append(partial(_adamw_groups, adamw, fused_adamw, found))
     side_by_side(work[0][0].params[0].device, jobs)
+
+
+def _checked_tensors(work: Work) -> List[Optional[Tensor]]:
+    """What the skip decision reads: every grad and every scheduled lr / weight-decay tensor."""
+    every = [g for _, grads, _ in work for g in grads]
+    return every + [t for rt, _, _ in work for t in (rt.lr, rt.weight_decay) if isinstance(t, Tensor)]
 
 
 def _polar_groups(work: Work, found: Optional[Tensor]) -> None:
@@ -371,6 +376,8 @@ class StepProgram:
         for rt, grads, _ in work:  # the one-launch glue tables, which a capture cannot build
             if rt.algorithm == "polargrad":
                 build_offsets_tables(rt.params, grads, rt.state, rt.hparams)  # type: ignore[arg-type]
+        if skipped is not None:  # and the skip check's max-abs tables
+            build_max_abs_tables(_checked_tensors(work))
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
