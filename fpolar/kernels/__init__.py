@@ -2,8 +2,9 @@
 
 One Newton–Schulz step on a batch of wide matrices X (B, m, n), m ≤ n, is three ops:
 
-    A  = X Xᵀ                 fpolar::sym_gram(Tensor x) -> Tensor                  (B, m, m)
-    Bm = b·A + c·A·A          fpolar::sym_poly(Tensor a, float b, float c, float shift=0) -> Tensor (B, m, m)
+    A  = X Xᵀ                 fpolar::sym_gram(Tensor x, Tensor? scale=None) -> Tensor        (B, m, m)
+    Bm = b·A + c·A·A          fpolar::sym_poly(Tensor a, float b, float c, float shift=0,
+                                               Tensor? scale=None) -> Tensor              (B, m, m)
     X  ← a·X + Bm·X           fpolar::ns_apply(Tensor x, Tensor bm, float a) -> Tensor (B, m, n)
 
 The AOL ("Turbo-Muon") row scaling of the "aol" schedule runs in torch
@@ -30,6 +31,8 @@ What each kernel computes and fuses:
 - sym_gram: only the lower-triangle tiles (tile_i ≥ tile_j) of the symmetric A; each tile is stored
   in place and transposed into its mirror. Half the FLOPs of ``x @ x.mT``; the result is exactly
   symmetric (a diagonal tile is stored once, its lower triangle reflected onto the upper one).
+- sym_gram and sym_poly take an optional per-matrix ``scale`` (B,) fp32, applied in fp32 before the one
+  rounding (s²·X Xᵀ; s·(shift·I + b·A + c·A²)): Gram Newton–Schulz's deferred input scale.
 - sym_poly: A symmetric means A·A = A·Aᵀ, a Gram product of A's rows: the same lower-tile kernel,
   with b·A (and shift·I: Gram Newton–Schulz's a·I) added in the epilogue before the mirrored store.
   Half the FLOPs, exactly symmetric output.
