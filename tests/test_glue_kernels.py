@@ -695,3 +695,36 @@ def test_step_with_the_deferred_scale_equals_the_step_without(scale, polar_dtype
     for a, b, w0 in zip(ps, ps_fused, start):
         update = (a - w0).norm()
         assert ((b - a).norm() / update).item() < DEFERRED_STEP_TOL[polar_dtype]
+
+
+def test_deferred_scale_step_compiles_in_one_graph_and_matches_eager(monkeypatch):
+    """The deferred-scale step under ``torch.compile(fullgraph=True)``: the op's third output and the
+    scaled Gram products trace without a break, and the compiled step equals the eager one."""
+    import fpolar.fused_glue
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    deferred = []
+
+    def deferring(impl, device):
+        deferred.append(impl.method == "gram_newton_schulz")
+        return deferred[-1]
+
+    monkeypatch.setattr(fpolar.fused_glue, "defers_input_scale", deferring)
+    torch._dynamo.reset()
+    torch.manual_seed(2)
+    hp = PolarGradHParams(lr=0.02, momentum=0.9, nesterov=True, scale="nuclear", polar_dtype=torch.float32)
+    shapes = [(24, 80), (80, 24)]
+    ps = [torch.randn(s) for s in shapes]
+    ps_eager = [p.clone() for p in ps]
+    states = [init_state(p, hp) for p in (ps, ps_eager)]
+    for st in states:
+        st.polar_impls = tuple(i._replace(method="gram_newton_schulz", kernels="torch", glue="fused") for i in st.polar_impls)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda p, g: polargrad_step(p, g, states[0], hp), fullgraph=True, backend=counter)
+    for _ in range(2):
+        gs = [torch.randn(s) for s in shapes]
+        compiled(ps, gs)
+        polargrad_step(ps_eager, [g.clone() for g in gs], states[1], hp)
+    assert counter.frame_count == 1 and deferred and all(deferred)
+    for a, b in zip(ps, ps_eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -240,9 +240,21 @@ def _runner(glue: str, mode: str):
 
 
 @pytest.mark.parametrize("mode", ["eager", "compile", "graph"])
-def test_muon_step_fused_glue_matches_torch_glue(mode):
+def test_muon_step_fused_glue_matches_torch_glue(mode, monkeypatch):
     """Three steps (the second with a NaN grad: skipped) of Muon on GPT-2-small shapes, fused glue
-    vs torch glue, from the same params and state."""
+    vs torch glue, from the same params and state. On Hopper the captured graph's Gram groups defer
+    their Frobenius scale into the iteration (``defers_input_scale``), and the comparison covers it."""
+    import fpolar.fused_glue
+    from fpolar.polar.dispatch import hopper_with_tma
+
+    decisions = []
+    real = fpolar.fused_glue.defers_input_scale
+
+    def recorded(impl, device):
+        decisions.append((impl.method, real(impl, device)))
+        return decisions[-1][1]
+
+    monkeypatch.setattr(fpolar.fused_glue, "defers_input_scale", recorded)
     results = {}
     _, grads_per_step = _problem()
     for glue in ("torch", "fused"):
@@ -260,6 +272,10 @@ def test_muon_step_fused_glue_matches_torch_glue(mode):
             if k == 1:
                 assert all(torch.equal(a, b) for a, b in zip(params, before)), f"{glue}: a skipped step wrote"
         results[glue] = ([p.clone() for p in params], [b.clone() for b in state.buffers], start)
+    if mode == "graph" and hopper_with_tma(torch.device("cuda")):
+        assert ("gram_newton_schulz", True) in decisions, decisions  # captured: deferred
+    if mode == "eager":
+        assert all(not deferred for _, deferred in decisions), decisions  # cuBLAS outside graphs
     (p_t, m_t, s_t), (p_f, m_f, s_f) = results["torch"], results["fused"]
     for a, b in zip(s_t, s_f):
         assert torch.equal(a, b)
