@@ -14,7 +14,8 @@ Per recipe, with the model eager and with ``torch.compile(model)``: median ms pe
 step each, after the first and ``--warmup-steps`` more), first-step seconds (building the optimizer,
 compiling and capturing land here, or in the warm-up steps' seconds, also kept, for a capture made at a
 later step; the compiled model's own compile is done before the column starts and reported apart), the peak allocated memory over the timed steps, and the optimizer overhead = step
-− the AdamW-only step of the same model mode in the same run. The loss of the first and last step is
+− the AdamW-only step of the same model mode in the same run (measured first and again after the other
+recipes, the lower of the two: ``floor_again``). The loss of the first and last step is
 kept as a check that the recipe trains (the batch is fixed, so it must fall).
 
 Recipes whose package is missing print "n/a (not installed)"; one that fails (or a compiled model that
@@ -730,7 +731,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                       flush=True)
                 _print_detail(row)
                 _print_profile(row)
-            floors = {r["name"]: r.get("ms") for r in column["rows"] if r["kind"] == "floor"}
+            floor_again(column, all_recipes, run, batch, args, deadline, model, initial, t_start)
+            # the lower of the floor's two measurements: a transient slowdown must not shrink overheads
+            floors = {r["name"]: min(r["ms"], r.get("ms_again", r["ms"])) for r in column["rows"]
+                      if r["kind"] == "floor" and "ms" in r}
             for r in column["rows"]:
                 floor = floors.get(r["floor"])
                 if "ms" in r and floor is not None:
@@ -749,6 +753,30 @@ def main(argv: Optional[List[str]] = None) -> int:
             f.write(md + "\n")
         print(f"wrote {args.md}")
     return 0
+
+
+def floor_again(column: Dict[str, object], all_recipes: Sequence[Recipe], run: Run, batch: Tuple[Tensor, Tensor],
+                args: argparse.Namespace, deadline: float, model: nn.Module, initial: List[Tensor], t_start: float) -> None:
+    """Measures the fused-AdamW floor of a column a second time, after its other recipes, into its row's
+    ``ms_again``. Why: the floor runs first, right after the model's compile, and one run (H200,
+    2026-12-03) measured it 1.2 ms slower there than in the next run, which would have shrunk every
+    overhead of the column by as much. The overheads are taken against the lower of the two."""
+    row = next((r for r in column["rows"] if r["name"] == Recipe.floor and "ms" in r), None)
+    recipe = next((r for r in all_recipes if r.name == Recipe.floor), None)
+    left = deadline - time.perf_counter()
+    if row is None or recipe is None or len(column["rows"]) < 2 or left < 5:
+        return
+    try:
+        with time_limit(min(args.recipe_timeout_s, left)):
+            again = measure(recipe, run, batch, args)
+    except Exception as e:  # noqa: BLE001 - the first measurement stands
+        row["again_error"] = f"{type(e).__name__}: {str(e).strip()[:160]}"
+        return
+    finally:
+        _cleanup(model, initial, run.device)
+    row["ms_again"] = again["ms"]
+    print(f"[{time.perf_counter() - t_start:6.1f} s] the floor again, after the other recipes: {again['ms']:.2f} "
+          f"ms/step (first: {row['ms']:.2f}); overheads are taken against {min(row['ms'], again['ms']):.2f}", flush=True)
 
 
 DETAIL_LINES = 15
@@ -819,7 +847,8 @@ def markdown(results: Dict[str, object], modes: Sequence[str]) -> str:
                 elif "error" in r:
                     cells += [r["error"].replace("|", "/"), "", "", ""]
                 else:
-                    cells += [f"{r['ms']:.2f}", f"{r.get('overhead_ms', float('nan')):+.2f}",
+                    again = f" (again: {r['ms_again']:.2f})" if "ms_again" in r else ""
+                    cells += [f"{r['ms']:.2f}{again}", f"{r.get('overhead_ms', float('nan')):+.2f}",
                               f"{r['first_step_s']:.1f}", f"{r['peak_gib']:.2f}" if "peak_gib" in r else "—"]
                     loss = loss or f"{r['loss_first']:.3f} → {r['loss_last']:.3f}"
             cells.append(loss)

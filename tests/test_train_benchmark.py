@@ -23,11 +23,14 @@ def test_quick_cpu_run(tmp_path):
     rows = {r["name"]: r for r in res["models"]["tiny"]["columns"]["eager"]["rows"]}
 
     floor = rows["AdamW fused, everything (the floor)"]
-    assert floor["overhead_ms"] == 0.0
+    # measured twice (first and after the other recipes); overheads against the lower of the two
+    assert floor["ms_again"] > 0
+    floor_ms = min(floor["ms"], floor["ms_again"])
+    assert abs(floor["overhead_ms"] - (floor["ms"] - floor_ms)) < 1e-9 and floor["overhead_ms"] >= 0
     for name in ("torch.optim.Muon + fused AdamW", "fpolar.optim.Muon(param_groups(model))"):
         r = rows[name]
         assert r["ms"] > 0 and r["first_step_s"] > 0
-        assert abs(r["overhead_ms"] - (r["ms"] - floor["ms"])) < 1e-9
+        assert abs(r["overhead_ms"] - (r["ms"] - floor_ms)) < 1e-9
     ran = [r for r in rows.values() if "ms" in r]
     assert len(ran) >= 3
     for r in ran:  # --profile 1: one more step, profiled; its costliest host ops listed, costliest first
@@ -48,6 +51,7 @@ def test_quick_cpu_run(tmp_path):
     assert rows["fpolar make_train_step + capture_cuda_graph"]["error"] == "n/a (needs CUDA)"
     text = md.read_text()
     assert "| fpolar.optim.Muon(param_groups(model)) |" in text and "overhead ms" in text
+    assert f"(again: {floor['ms_again']:.2f})" in text
     assert torch.__version__ in res["env"]["torch"]
 
 
