@@ -7,6 +7,12 @@ per tile. Hopper's tensor-memory accelerator loads a tile with one instruction a
 arithmetic or masks (``fpolar/kernels/_tma.py``). µs per call from CUDA-graph replays, median.
 
     python3 benchmarks/tma_gram_probe.py [--json out.json]
+    python3 benchmarks/tma_gram_probe.py --poly [--json out.json]   # sym_poly's configs instead
+
+``--poly`` sweeps ``fpolar::sym_poly``'s TMA kernel (a·I + b·A + c·A², A symmetric, the Gram-space
+polynomial) over tile, K step, stages and warps on the m × m shapes of the GPT-2 steps, against
+cuBLAS's ``baddbmm`` (which copies A into its output first) and the kernel's default config: the
+captured GPT-2-small step launches it 20 times at m = 768, where it runs at about half its ceiling.
 """
 
 from __future__ import annotations
@@ -25,17 +31,69 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import triton  # noqa: E402
 
 SHAPES = [(12, 768, 3072), (12, 768, 2304), (12, 768, 768), (12, 1024, 4096)]
+POLY_SHAPES = [(12, 768), (24, 768), (24, 1024)]
+NS_A, NS_B, NS_C = 3.4445, -4.7750, 2.0315
+
+
+def poly_sweep(cuda_graph_ms) -> Dict[str, Dict[str, float]]:
+    """µs per ``sym_poly`` call (TMA) per config, and cuBLAS's ``baddbmm`` + a·I, on POLY_SHAPES."""
+    from fpolar.kernels.sym_poly import launch_sym_poly
+
+    rows: Dict[str, Dict[str, float]] = {}
+    for b, m in POLY_SHAPES:
+        y = torch.randn(b, m, m + 64, device="cuda") / (m + 64) ** 0.5
+        a = (y @ y.mT).to(torch.bfloat16)  # symmetric, spectral norm about 4
+        a = (a + a.mT) / 2
+        af = a.float()
+        ref = NS_B * af + NS_C * (af @ af) + NS_A * torch.eye(m, device="cuda")
+        out = torch.empty_like(a)
+        row: Dict[str, float] = {}
+
+        def cublas():
+            p = torch.baddbmm(a, a, a, beta=NS_B, alpha=NS_C)
+            p.diagonal(dim1=-2, dim2=-1).add_(NS_A)
+
+        row["cublas baddbmm + a·I"] = cuda_graph_ms(cublas, 200) * 1e3
+        row["sym_poly (TMA, default config)"] = cuda_graph_ms(
+            lambda: launch_sym_poly(a, out, NS_B, NS_C, tma=True, shift=NS_A), 200) * 1e3
+        best = (float("inf"), "")
+        for block, block_k, stages, warps in itertools.product((64, 128), (32, 64, 128), (2, 3, 4, 5), (4, 8)):
+            config = triton.Config({"BLOCK": block, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages)
+            name = f"tma {block}/{block_k} s{stages} w{warps}"
+            try:
+                out.fill_(float("nan"))
+                launch_sym_poly(a, out, NS_B, NS_C, config, tma=True, shift=NS_A)
+                err = (out.float() - ref).abs().max().item() / ref.abs().max().item()
+                if not err < 1e-2:
+                    print(f"  {b}×{m} {name}: wrong, rel err {err:.2e}")
+                    continue
+                us = cuda_graph_ms(lambda: launch_sym_poly(a, out, NS_B, NS_C, config, tma=True, shift=NS_A), 200) * 1e3
+            except Exception as e:  # noqa: BLE001 - a config that does not compile or fit
+                print(f"  {b}×{m} {name}: {type(e).__name__}: {str(e)[:120]}")
+                continue
+            row[name] = us
+            best = min(best, (us, name))
+        rows[f"{b}x{m}"] = row
+        print(f"{b}×{m}: cuBLAS {row['cublas baddbmm + a·I']:.1f} µs, default {row['sym_poly (TMA, default config)']:.1f} µs, "
+              f"best {best[0]:.1f} µs ({best[1]})", flush=True)
+        for name, us in sorted(row.items(), key=lambda kv: kv[1])[:6]:
+            print(f"    {name:<36} {us:8.1f}")
+    return rows
 
 
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
+    ap.add_argument("--poly", action="store_true", help="sweep sym_poly's configs instead of sym_gram's")
     args = ap.parse_args(argv)
     from common import cuda_graph_ms, environment, print_header, save_json
     from fpolar.kernels.sym_gram import launch_sym_gram
 
     env = environment(torch.device("cuda"))
     print_header(env)
+    if args.poly:
+        save_json(args.json, {"environment": env, "poly_rows": poly_sweep(cuda_graph_ms)})
+        return 0
     rows: Dict[str, Dict[str, float]] = {}
     for b, m, n in SHAPES:
         x = torch.randn(b, m, n, device="cuda", dtype=torch.bfloat16) / n**0.5
