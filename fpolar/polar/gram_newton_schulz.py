@@ -67,11 +67,12 @@ def torch_scaled_gram(v: Tensor, scale: Tensor) -> Tensor:
 
 
 def torch_polynomial(r: Tensor, a: float, b: float, c: float, scale: Optional[Tensor] = None) -> Tensor:
-    """a·I + b·R + c·R² with batched matmul: ``baddbmm`` fuses b·R into the product's epilogue, and a·I
-    is added to the rounded result; ``scale`` then multiplies the rounded polynomial. (``fpolar::sym_poly`` adds it in fp32 before its one rounding:
-    on the torch twins, bf16, 4 × 128 × 512, that takes the rounding error of polar_express Gram NS5
-    against the float64 iteration from 0.062 to 0.019 on Gaussian inputs and from 0.154 to 0.149 on
-    a decaying spectrum; ``benchmarks/rounding_error.py``.)"""
+    """scale·(a·I + b·R + c·R²) with batched matmul: ``baddbmm`` fuses b·R into the product's epilogue,
+    a·I is added to the rounded result, and ``scale`` (if given) multiplies the rounded polynomial.
+    (``fpolar::sym_poly`` adds a·I and applies the scale in fp32 before its one rounding: on the torch
+    twins, bf16, 4 × 128 × 512, a·I inside takes the rounding error of polar_express Gram NS5 against
+    the float64 iteration from 0.062 to 0.019 on Gaussian inputs and from 0.154 to 0.149 on a
+    decaying spectrum; ``benchmarks/rounding_error.py``.)"""
     p = torch.baddbmm(r, r, r, beta=b, alpha=c)
     p.diagonal(dim1=-2, dim2=-1).add_(a)  # a·I in place on a fresh tensor: the m diagonal entries only
     return _times(p, scale)
