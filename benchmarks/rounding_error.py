@@ -50,8 +50,12 @@ def identity_after_rounding(r: torch.Tensor, a: float, b: float, c: float) -> to
     return p
 
 
-def identity_after_rounding_scaled(r, a, b, c, scale=None):
-    return identity_after_rounding(r, a, b, c) if scale is None else _times(identity_after_rounding(r, a, b, c), scale)
+def identity_after_rounding_scaled(
+    r: torch.Tensor, a: float, b: float, c: float, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``identity_after_rounding`` as a ``GramOps.poly``: the rounded polynomial times ``scale`` if given."""
+    p = identity_after_rounding(r, a, b, c)
+    return p if scale is None else _times(p, scale)
 
 
 def identity_inside(r: torch.Tensor, a: float, b: float, c: float, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,6 +64,7 @@ def identity_inside(r: torch.Tensor, a: float, b: float, c: float, scale: torch.
 
 
 def _times(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """t_b·scale_b per matrix, in fp32, rounded back to t's dtype."""
     return (t.float() * scale[:, None, None]).to(t.dtype)
 
 
