@@ -21,6 +21,7 @@ __all__ = [
     "cross_tile_tma",
     "store_mirrored",
     "store_mirrored_tma",
+    "times_matrix_scale",
 ]
 
 
@@ -121,6 +122,19 @@ def cross_tile(
         ptr_i += BLOCK_K * stride_a_col
         ptr_j += BLOCK_K * stride_b_col
     return acc
+
+
+@triton.jit
+def times_matrix_scale(value, scale_ptr, batch, HAS_SCALE: tl.constexpr, SQUARED: tl.constexpr):
+    """value·s (``SQUARED``: value·s·s, two fp32 multiplies, so s² itself never overflows) with
+    s = scale[batch], the optional per-matrix scale of the lower-tile ops' epilogues; value as it is
+    without ``HAS_SCALE``."""
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + batch)
+        value = value * s
+        if SQUARED:
+            value = value * s
+    return value
 
 
 @triton.jit

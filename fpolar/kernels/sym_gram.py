@@ -31,6 +31,7 @@ from ._lower_tiles import (
     program_tile,
     store_mirrored,
     store_mirrored_tma,
+    times_matrix_scale,
 )
 from ._tma import descriptor, use_tma
 from ..inductor_fallbacks import register_before_lowering
@@ -47,15 +48,6 @@ def sym_gram_reference(x: torch.Tensor, scale: torch.Tensor | None = None) -> to
         s = scale.float()[:, None, None]
         value = value * s * s
     return value.to(x.dtype)
-
-
-@triton.jit
-def scaled_twice(acc, scale_ptr, batch, HAS_SCALE: tl.constexpr):
-    """acc·s·s with s = scale[batch] (fp32; two multiplies, so s² itself never overflows), or acc."""
-    if HAS_SCALE:
-        s = tl.load(scale_ptr + batch)
-        acc = acc * s * s
-    return acc
 
 
 @triton.jit
@@ -85,7 +77,7 @@ def _sym_gram_kernel(
     rows_i = ti * BLOCK + tl.arange(0, BLOCK)
     rows_j = tj * BLOCK + tl.arange(0, BLOCK)
     acc = gram_tile(x_base, rows_i, rows_j, m, n, stride_xm, stride_xn, BLOCK, BLOCK_K, PRECISION, UPCAST)
-    value = scaled_twice(acc, scale_ptr, batch, HAS_SCALE).to(out_ptr.dtype.element_ty)
+    value = times_matrix_scale(acc, scale_ptr, batch, HAS_SCALE, True).to(out_ptr.dtype.element_ty)
     store_mirrored(out_base, value, rows_i, rows_j, ti == tj, m, stride_om, stride_on)
 
 
@@ -105,7 +97,7 @@ def _sym_gram_tma_kernel(
     # The same tiles as _sym_gram_kernel, loaded and stored through TMA.
     batch, ti, tj = program_tile(lower_tiles)
     acc = gram_tile_tma(x_desc, batch, ti, tj, n, BLOCK, BLOCK_K, PRECISION, UPCAST)
-    value = scaled_twice(acc, scale_ptr, batch, HAS_SCALE)
+    value = times_matrix_scale(acc, scale_ptr, batch, HAS_SCALE, True)
     store_mirrored_tma(out_desc, value.to(out_desc.dtype), batch, ti, tj, BLOCK)
 
 

@@ -39,6 +39,7 @@ from ._lower_tiles import (
     program_tile,
     store_mirrored,
     store_mirrored_tma,
+    times_matrix_scale,
 )
 from ._tma import descriptor, use_tma
 from ..inductor_fallbacks import register_before_lowering
@@ -58,14 +59,6 @@ def sym_poly_reference(
     if scale is not None:
         value = value * scale.float()[:, None, None]
     return value.to(a.dtype)
-
-
-@triton.jit
-def scaled_once(value, scale_ptr, batch, HAS_SCALE: tl.constexpr):
-    """value·s with s = scale[batch] (fp32), or value."""
-    if HAS_SCALE:
-        value = value * tl.load(scale_ptr + batch)
-    return value
 
 
 @triton.jit
@@ -105,7 +98,7 @@ def _sym_poly_kernel(
     value = coef_b * a_tile.to(tl.float32) + coef_c * a_squared
     if ti == tj:
         value += tl.where(rows_i[:, None] == rows_j[None, :], shift, 0.0)
-    value = scaled_once(value, scale_ptr, batch, HAS_SCALE)
+    value = times_matrix_scale(value, scale_ptr, batch, HAS_SCALE, False)
     store_mirrored(
         out_base, value.to(out_ptr.dtype.element_ty), rows_i, rows_j, ti == tj, m, stride_om, stride_on
     )
@@ -137,7 +130,7 @@ def _sym_poly_tma_kernel(
     if ti == tj:
         r = tl.arange(0, BLOCK)
         value += tl.where(r[:, None] == r[None, :], shift, 0.0)
-    value = scaled_once(value, scale_ptr, batch, HAS_SCALE)
+    value = times_matrix_scale(value, scale_ptr, batch, HAS_SCALE, False)
     store_mirrored_tma(out_desc, value.to(out_desc.dtype), batch, ti, tj, BLOCK)
 
 
