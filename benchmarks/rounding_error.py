@@ -29,7 +29,7 @@ import torch
 
 from fpolar.coefficients import schedule_for
 from fpolar.kernels import sym_cross_reference, sym_gram_reference, sym_poly_reference
-from fpolar.polar.gram_newton_schulz import TORCH_GRAM_OPS, GramOps, gram_newton_schulz
+from fpolar.polar.gram_newton_schulz import TORCH_GRAM_OPS, GramOps, gram_newton_schulz, times_per_matrix
 from fpolar.polar.newton_schulz import TORCH_OPS, NSOps, newton_schulz
 
 BATCH = 4
@@ -54,18 +54,13 @@ def identity_after_rounding_scaled(
     r: torch.Tensor, a: float, b: float, c: float, scale: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``identity_after_rounding`` as a ``GramOps.poly``: the rounded polynomial times ``scale`` if given."""
-    p = identity_after_rounding(r, a, b, c)
-    return p if scale is None else _times(p, scale)
+    return times_per_matrix(identity_after_rounding(r, a, b, c), scale)
 
 
 def identity_inside(r: torch.Tensor, a: float, b: float, c: float, scale: torch.Tensor | None = None) -> torch.Tensor:
     """scale·(a·I + b·R + c·R²) in fp32, rounded once (``fpolar::sym_poly`` with its shift and scale)."""
     return sym_poly_reference(r, b, c, a, scale)
 
-
-def _times(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """t_b·scale_b per matrix, in fp32, rounded back to t's dtype."""
-    return (t.float() * scale[:, None, None]).to(t.dtype)
 
 
 def shifted_product(x: torch.Tensor, bm: torch.Tensor, a: float) -> torch.Tensor:
@@ -100,7 +95,7 @@ def glue_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def glue_scaled(x: torch.Tensor, schedule) -> torch.Tensor:
     v, s = glue_input(x)
-    return gram_newton_schulz(_times(v, s), schedule, polar_dtype=torch.bfloat16, gram_ops=STEP_GRAM_OPS, normalized=True)
+    return gram_newton_schulz(times_per_matrix(v, s), schedule, polar_dtype=torch.bfloat16, gram_ops=STEP_GRAM_OPS, normalized=True)
 
 
 def glue_deferred(x: torch.Tensor, schedule) -> torch.Tensor:

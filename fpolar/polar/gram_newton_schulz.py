@@ -51,7 +51,7 @@ class GramOps(NamedTuple):
     scaled_gram: Callable[[Tensor, Tensor], Tensor]  # (V, s) -> s²·V Vᵀ, V (B, m, n)
 
 
-def _times(t: Tensor, scale: Optional[Tensor]) -> Tensor:
+def times_per_matrix(t: Tensor, scale: Optional[Tensor]) -> Tensor:
     """t_b·scale_b for each matrix of t, multiplied in fp32 and rounded back to t's dtype (scale None: t)."""
     if scale is None:
         return t
@@ -75,7 +75,7 @@ def torch_polynomial(r: Tensor, a: float, b: float, c: float, scale: Optional[Te
     decaying spectrum; ``benchmarks/rounding_error.py``.)"""
     p = torch.baddbmm(r, r, r, beta=b, alpha=c)
     p.diagonal(dim1=-2, dim2=-1).add_(a)  # a·I in place on a fresh tensor: the m diagonal entries only
-    return _times(p, scale)
+    return times_per_matrix(p, scale)
 
 
 def torch_congruence(p: Tensor, r: Tensor) -> Tensor:
