@@ -35,6 +35,34 @@ POLY_SHAPES = [(12, 768), (24, 768), (24, 1024)]
 NS_A, NS_B, NS_C = 3.4445, -4.7750, 2.0315
 
 
+def sweep(label: str, configs, launch, out: torch.Tensor, ref: torch.Tensor, cuda_graph_ms,
+          row: Dict[str, float]) -> tuple:
+    """Times ``launch(config)`` (writing ``out``) for each (name, config) from CUDA-graph replays into
+    ``row`` (µs), after checking its result against ``ref`` (a config that fails to compile, fit or
+    agree is printed and skipped). Returns (best µs, its name)."""
+    best = (float("inf"), "")
+    for name, config in configs:
+        try:
+            out.fill_(float("nan"))
+            launch(config)
+            err = (out.float() - ref).abs().max().item() / ref.abs().max().item()
+            if not err < 1e-2:
+                print(f"  {label} {name}: wrong, rel err {err:.2e}")
+                continue
+            us = cuda_graph_ms(lambda: launch(config), 200) * 1e3
+        except Exception as e:  # noqa: BLE001 - a config that does not compile or fit
+            print(f"  {label} {name}: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        row[name] = us
+        best = min(best, (us, name))
+    return best
+
+
+def print_fastest(row: Dict[str, float]) -> None:
+    for name, us in sorted(row.items(), key=lambda kv: kv[1])[:6]:
+        print(f"    {name:<36} {us:8.1f}")
+
+
 def poly_sweep(cuda_graph_ms) -> Dict[str, Dict[str, float]]:
     """µs per ``sym_poly`` call (TMA) per config, and cuBLAS's ``baddbmm`` + a·I, on POLY_SHAPES."""
     from fpolar.kernels.sym_poly import launch_sym_poly
@@ -56,28 +84,18 @@ def poly_sweep(cuda_graph_ms) -> Dict[str, Dict[str, float]]:
         row["cublas baddbmm + a·I"] = cuda_graph_ms(cublas, 200) * 1e3
         row["sym_poly (TMA, default config)"] = cuda_graph_ms(
             lambda: launch_sym_poly(a, out, NS_B, NS_C, tma=True, shift=NS_A), 200) * 1e3
-        best = (float("inf"), "")
-        for block, block_k, stages, warps in itertools.product((64, 128), (32, 64, 128), (2, 3, 4, 5), (4, 8)):
-            config = triton.Config({"BLOCK": block, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages)
-            name = f"tma {block}/{block_k} s{stages} w{warps}"
-            try:
-                out.fill_(float("nan"))
-                launch_sym_poly(a, out, NS_B, NS_C, config, tma=True, shift=NS_A)
-                err = (out.float() - ref).abs().max().item() / ref.abs().max().item()
-                if not err < 1e-2:
-                    print(f"  {b}×{m} {name}: wrong, rel err {err:.2e}")
-                    continue
-                us = cuda_graph_ms(lambda: launch_sym_poly(a, out, NS_B, NS_C, config, tma=True, shift=NS_A), 200) * 1e3
-            except Exception as e:  # noqa: BLE001 - a config that does not compile or fit
-                print(f"  {b}×{m} {name}: {type(e).__name__}: {str(e)[:120]}")
-                continue
-            row[name] = us
-            best = min(best, (us, name))
+        configs = [
+            (f"tma {block}/{block_k} s{stages} w{warps}",
+             triton.Config({"BLOCK": block, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages))
+            for block, block_k, stages, warps in itertools.product((64, 128), (32, 64, 128), (2, 3, 4, 5), (4, 8))
+        ]
+        best = sweep(f"{b}×{m}", configs,
+                     lambda config: launch_sym_poly(a, out, NS_B, NS_C, config, tma=True, shift=NS_A),
+                     out, ref, cuda_graph_ms, row)
         rows[f"{b}x{m}"] = row
         print(f"{b}×{m}: cuBLAS {row['cublas baddbmm + a·I']:.1f} µs, default {row['sym_poly (TMA, default config)']:.1f} µs, "
               f"best {best[0]:.1f} µs ({best[1]})", flush=True)
-        for name, us in sorted(row.items(), key=lambda kv: kv[1])[:6]:
-            print(f"    {name:<36} {us:8.1f}")
+        print_fastest(row)
     return rows
 
 
@@ -103,28 +121,17 @@ def main(argv: List[str] | None = None) -> int:
         row["cublas bmm"] = cuda_graph_ms(lambda: torch.bmm(x, x.mT), 200) * 1e3
         row["sym_gram (pointer loads)"] = cuda_graph_ms(lambda: launch_sym_gram(x, out, tma=False), 200) * 1e3
         row["sym_gram (TMA, default config)"] = cuda_graph_ms(lambda: launch_sym_gram(x, out, tma=True), 200) * 1e3
-        best = (float("inf"), "")
-        for block_k, stages, warps in itertools.product((64, 128), (3, 4, 5), (4, 8)):
-            config = triton.Config({"BLOCK": 128, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages)
-            name = f"tma 128/{block_k} s{stages} w{warps}"
-            try:
-                out.fill_(float("nan"))
-                launch_sym_gram(x, out, config, tma=True)
-                err = (out.float() - ref).abs().max().item() / ref.abs().max().item()
-                if not err < 1e-2:
-                    print(f"  {b}×{m}×{n} {name}: wrong, rel err {err:.2e}")
-                    continue
-                us = cuda_graph_ms(lambda: launch_sym_gram(x, out, config, tma=True), 200) * 1e3
-            except Exception as e:  # noqa: BLE001 - a config that does not compile or fit
-                print(f"  {b}×{m}×{n} {name}: {type(e).__name__}: {str(e)[:120]}")
-                continue
-            row[name] = us
-            best = min(best, (us, name))
+        configs = [
+            (f"tma 128/{block_k} s{stages} w{warps}",
+             triton.Config({"BLOCK": 128, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages))
+            for block_k, stages, warps in itertools.product((64, 128), (3, 4, 5), (4, 8))
+        ]
+        best = sweep(f"{b}×{m}×{n}", configs, lambda config: launch_sym_gram(x, out, config, tma=True),
+                     out, ref, cuda_graph_ms, row)
         rows[f"{b}x{m}x{n}"] = row
         print(f"{b}×{m}×{n}: cuBLAS {row['cublas bmm']:.1f} µs, sym_gram {row['sym_gram (pointer loads)']:.1f} µs, "
               f"best TMA {best[0]:.1f} µs ({best[1]}); ×cuBLAS {best[0] / row['cublas bmm']:.2f}", flush=True)
-        for name, us in sorted(row.items(), key=lambda kv: kv[1])[:6]:
-            print(f"    {name:<36} {us:8.1f}")
+        print_fastest(row)
     save_json(args.json, {"environment": env, "rows": rows})
     return 0
 
