@@ -548,6 +548,21 @@ def test_scaled_update_rejects_bad_inputs_before_writing():
 STEP_SHAPES = [(24, 40), (24, 40), (40, 24), (2, 40, 24), (16, 16)]
 
 
+def _three_steps_one_skipped(shapes, hp, ps, state, ps_fused, state_fused, nan_in: int, grad_size=lambda k: 1.0):
+    """Three steps of both (params, state) pairs on the same fresh grads (times ``grad_size(k)``), the
+    second with a NaN in grad ``nan_in``: the fused side's params and momentum keep their bits there."""
+    for k in range(3):
+        gs = [torch.randn(s) * grad_size(k) for s in shapes]
+        if k == 1:
+            gs[nan_in][0, 0] = float("nan")
+            skipped = [p.clone() for p in ps_fused], [b.clone() for b in state_fused.buffers]
+        polargrad_step(ps, gs, state, hp)
+        polargrad_step(ps_fused, [g.clone() for g in gs], state_fused, hp)
+        if k == 1:
+            assert all(torch.equal(a, b) for a, b in zip(ps_fused, skipped[0]))
+            assert all(torch.equal(a, b) for a, b in zip(state_fused.buffers, skipped[1]))
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("scale", ["nuclear", "shape"])
 def test_step_on_fused_glue_equals_torch_glue(nesterov, scale):
@@ -561,16 +576,7 @@ def test_step_on_fused_glue_equals_torch_glue(nesterov, scale):
     ps_fused = [p.clone() for p in ps]
     state, state_fused = init_state(ps, hp), init_state(ps_fused, hp)
     state_fused.polar_impls = tuple(i._replace(glue="fused") for i in state_fused.polar_impls)
-    for k in range(3):
-        gs = [torch.randn(s) for s in STEP_SHAPES]
-        if k == 1:
-            gs[2][0, 0] = float("nan")
-            skipped = [p.clone() for p in ps_fused], [b.clone() for b in state_fused.buffers]
-        polargrad_step(ps, gs, state, hp)
-        polargrad_step(ps_fused, [g.clone() for g in gs], state_fused, hp)
-        if k == 1:
-            assert all(torch.equal(a, b) for a, b in zip(ps_fused, skipped[0]))
-            assert all(torch.equal(a, b) for a, b in zip(state_fused.buffers, skipped[1]))
+    _three_steps_one_skipped(STEP_SHAPES, hp, ps, state, ps_fused, state_fused, nan_in=2)
     assert state.skipped.item() == state_fused.skipped.item() == 1
     for a, b in zip(state.buffers, state_fused.buffers):
         assert torch.equal(a, b)
@@ -679,16 +685,8 @@ def test_step_with_the_deferred_scale_equals_the_step_without(scale, polar_dtype
         return True
 
     monkeypatch.setattr(fpolar.fused_glue, "defers_input_scale", deferring)
-    for k in range(3):
-        gs = [torch.randn(s) * 10.0**k for s in shapes]  # norms from ~40 to ~4000
-        if k == 1:
-            gs[0][0, 0] = float("nan")
-            skipped = [p.clone() for p in ps_fused], [b.clone() for b in state_fused.buffers]
-        polargrad_step(ps, gs, state, hp)
-        polargrad_step(ps_fused, [g.clone() for g in gs], state_fused, hp)
-        if k == 1:
-            assert all(torch.equal(a, b) for a, b in zip(ps_fused, skipped[0]))
-            assert all(torch.equal(a, b) for a, b in zip(state_fused.buffers, skipped[1]))
+    # grad norms from ~40 to ~4000
+    _three_steps_one_skipped(shapes, hp, ps, state, ps_fused, state_fused, nan_in=0, grad_size=lambda k: 10.0**k)
     assert calls and set(calls) == {"gram_newton_schulz"}
     for a, b in zip(state.buffers, state_fused.buffers):
         assert torch.equal(a, b)
