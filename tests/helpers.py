@@ -58,3 +58,15 @@ def run_polargrad_steps(params, grad_seq, hp):
     for grads in grad_seq:
         fpolar.polargrad_step(params, grads, state, hp)
     return params, state
+
+
+def max_abs_agrees(out: Tensor, ref: Tensor) -> bool:
+    """``fpolar::max_abs``'s contract against its twin's ``ref``: 0-d and the same dtype; the twin's bits
+    where it is finite, else NaN for NaN and +inf for inf."""
+    if out.shape != () or out.dtype != ref.dtype:
+        return False
+    if torch.isnan(ref):
+        return bool(torch.isnan(out))
+    if torch.isinf(ref):
+        return out.item() == math.inf
+    return bitwise_equal(out, ref)

@@ -31,10 +31,10 @@ if __name__ == "__main__":  # the interpreter subprocess runs this file: make th
 
 # the module (``fpolar.kernels.max_abs`` as an attribute is the op, which the package exports)
 M = importlib.import_module("fpolar.kernels.max_abs")
+from helpers import bitwise_equal, max_abs_agrees as agrees  # noqa: E402
 from triton_interpreter import interpreter_main, run_interpreted_file  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 # Interpreter config: chunks of 32 elements (2 loads of 16), so small tensors span several chunks.
 SMALL = {"BLOCK": 16, "BLOCKS_PER_CHUNK": 2}
 SIZES = [33, 1, 32, 100, 7, 81]  # past, one, at, several chunks; the last tensor ends in a partial chunk
@@ -110,18 +110,6 @@ def float64_max_abs(ts) -> float:
     return math.nan if torch.isnan(x).any() else x.abs().max().item()
 
 
-def agrees(out: torch.Tensor, ref: torch.Tensor) -> bool:
-    """The op's contract: 0-d, the same dtype; the twin's bits where it is finite, else NaN for NaN and
-    +inf for inf."""
-    if out.shape != () or out.dtype != ref.dtype:
-        return False
-    if torch.isnan(ref):
-        return bool(torch.isnan(out))
-    if torch.isinf(ref):
-        return out.item() == math.inf
-    return torch.equal(out.view(BITS[ref.dtype]), ref.view(BITS[ref.dtype]))
-
-
 POISONS = ["clean", "nan_last", "pinf", "ninf", "nan_ninf", "huge", "negative_max", "zeros", "subnormal"]
 CASES = [(d, layout, p) for d in DTYPES for layout in ("separate", "carved", "unaligned") for p in POISONS]
 CASES += [("bf16", "heuristic", "nan_last"), ("fp16", "heuristic", "clean"), ("fp32", "many_partials", "nan_last")]
@@ -155,7 +143,7 @@ def _run_case(case) -> dict:
     exact = float64_max_abs(ts)
     twin_ok = math.isnan(exact) if math.isnan(exact) else ref.double().item() == exact
     table = M.max_abs_table(ts, M._chunk_of(config or M.max_abs_config(dtype)))
-    ok = agrees(out, ref) and torch.equal(out.view(BITS[dtype]), again.view(BITS[dtype])) and twin_ok
+    ok = agrees(out, ref) and bitwise_equal(out, again) and twin_ok
     return {"case": name, "ok": ok, "out": out.item(), "twin": ref.item(), "exact": exact,
             "programs": table.chunks.shape[0], "aligned": table.aligned}
 

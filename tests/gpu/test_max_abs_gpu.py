@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from fpolar import nonfinite
+from helpers import max_abs_agrees as agrees
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 M = importlib.import_module("fpolar.kernels.max_abs")  # the module (the package's attribute is the op)
-BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -40,16 +40,6 @@ def random_grads(shapes, dtype, seed):
         scale = 10.0 ** (6 * torch.rand((), generator=gen, device="cuda").item() - 3)
         out.append((torch.randn(s, generator=gen, device="cuda") * scale).to(dtype))
     return out
-
-
-def agrees(out: torch.Tensor, ref: torch.Tensor) -> bool:
-    if out.shape != () or out.dtype != ref.dtype:
-        return False
-    if torch.isnan(ref):
-        return bool(torch.isnan(out))
-    if torch.isinf(ref):
-        return out.item() == math.inf
-    return torch.equal(out.view(BITS[ref.dtype]), ref.view(BITS[ref.dtype]))
 
 
 @pytest.fixture
