@@ -261,26 +261,39 @@ def matrix_offsets(views: Sequence[torch.Tensor]) -> Optional[MatrixOffsets]:
     if any((a - first) % itemsize for a in addresses):
         return None
     offsets = [(a - first) // itemsize for a in addresses]
-    key = (device, itemsize, tuple(addresses))
-    table = _CAPTURED_TABLES.get(key)
+    table = cached_device_table((device, itemsize, tuple(addresses)), lambda: offsets, device)
     if table is None:
-        table = _TABLES.get(key)
-        if capturing(device):
-            if table is None:
-                return None
-            _CAPTURED_TABLES[key] = _TABLES.pop(key)
-        elif table is None:
-            table = _device_table(offsets, device)
-            _TABLES[key] = table
-            while len(_TABLES) > _TABLES_KEPT:
-                _TABLES.popitem(last=False)
-        else:
-            _TABLES.move_to_end(key)
-        if device.type == "cuda" and not capturing(device):
-            # The table may be read on another stream than the one it was made on; if the LRU drops it,
-            # the allocator must not hand its memory out before this stream's kernels have read it.
-            table.record_stream(torch.cuda.current_stream(device))
+        return None
     return MatrixOffsets(base, table, strides[0], strides[1], all(o % 16 == 0 for o in offsets))
+
+
+def cached_device_table(key: tuple, values: Callable[[], Sequence[int]], device: torch.device) -> Optional[torch.Tensor]:
+    """``values()`` as an int64 table on ``device`` from the cache (``_TABLES``; ``key`` must determine
+    the values, so a hit is always right), built and cached on a miss; None while a CUDA graph is
+    captured and no table was built for ``key`` before (a capture cannot copy one to the device). A
+    table a capture reads moves to ``_CAPTURED_TABLES`` for good. Every one-launch table (the glue
+    ops' offsets, the max-abs chunks) goes through here: one eviction order, one clean-up at exit."""
+    table = _CAPTURED_TABLES.get(key)
+    if table is not None:
+        return table
+    table = _TABLES.get(key)
+    if capturing(device):
+        if table is None:
+            return None
+        _CAPTURED_TABLES[key] = _TABLES.pop(key)
+        return table
+    if table is None:
+        table = _device_table(values(), device)
+        _TABLES[key] = table
+        while len(_TABLES) > _TABLES_KEPT:
+            _TABLES.popitem(last=False)
+    else:
+        _TABLES.move_to_end(key)
+    if device.type == "cuda":
+        # The table may be read on another stream than the one it was made on; if the LRU drops it,
+        # the allocator must not hand its memory out before this stream's kernels have read it.
+        table.record_stream(torch.cuda.current_stream(device))
+    return table
 
 
 def clear_matrix_offsets() -> None:

@@ -22,14 +22,15 @@ Deterministic, without atomics, in two launches:
 The tensors are separate allocations. One launch reads them all through a small int64 table on the
 device, (start, length) per chunk, start counted in elements from the first tensor's first element
 (negative for a tensor allocated below it: int64 pointer arithmetic). Like the glue ops' tables
-(``_glue_common.matrix_offsets``, whose cache it shares) it is built eagerly, cached by the tensors'
-addresses, and only looked up while a CUDA graph is captured (``build_max_abs_table`` before a
-capture); with no table there, or for non-contiguous tensors or another dtype, the op runs its twin.
+(``_glue_common.matrix_offsets``; both go through ``_glue_common.cached_device_table``) it is built
+eagerly, cached by the tensors' addresses, and only looked up while a CUDA graph is captured
+(``build_max_abs_table`` before a capture); with no table there, or for non-contiguous tensors or
+another dtype, the op runs its twin.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -91,34 +92,6 @@ def _chunk_rows(starts: Sequence[int], numels: Sequence[int], chunk: int) -> Lis
     return rows
 
 
-def _cached_table(key: tuple, values: Callable[[], List[int]], device: torch.device) -> Optional[torch.Tensor]:
-    """``values()`` as an int64 device table, from the cache of the glue ops' tables (keyed by content,
-    so a hit is always right; one eviction order and one clean-up at exit for every table), or None
-    while a CUDA graph is captured and no table was built for ``key`` before (a capture cannot copy
-    one to the device). ``glue.matrix_offsets``'s lookup, for another kind of key."""
-    table = glue._CAPTURED_TABLES.get(key)
-    if table is not None:
-        return table
-    table = glue._TABLES.get(key)
-    if glue.capturing(device):
-        if table is None:
-            return None
-        # a captured graph reads it at this address for as long as the graph lives: never freed
-        glue._CAPTURED_TABLES[key] = glue._TABLES.pop(key)
-        return table
-    if table is None:
-        table = glue._device_table(values(), device)
-        glue._TABLES[key] = table
-        while len(glue._TABLES) > glue._TABLES_KEPT:
-            glue._TABLES.popitem(last=False)
-    else:
-        glue._TABLES.move_to_end(key)
-    if device.type == "cuda":
-        # read on this stream; if the LRU drops it, its memory waits for this stream's kernels
-        table.record_stream(torch.cuda.current_stream(device))
-    return table
-
-
 def max_abs_table(tensors: Sequence[torch.Tensor], chunk: int) -> Optional[MaxAbsTable]:
     """The chunk table of ``tensors`` (contiguous, one device and dtype, none empty) for chunks of
     ``chunk`` elements, or None where one launch cannot read them: an address that is not a whole
@@ -132,7 +105,7 @@ def max_abs_table(tensors: Sequence[torch.Tensor], chunk: int) -> Optional[MaxAb
     starts = [(address - first) // itemsize for address, _ in spans]
     numels = [n for _, n in spans]
     key = ("max_abs", device, itemsize, chunk, spans)
-    chunks = _cached_table(key, lambda: _chunk_rows(starts, numels, chunk), device)
+    chunks = glue.cached_device_table(key, lambda: _chunk_rows(starts, numels, chunk), device)
     if chunks is None:
         return None
     return MaxAbsTable(base, chunks.view(-1, 2), chunk, all(s % 16 == 0 for s in starts))
