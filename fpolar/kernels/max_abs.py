@@ -65,10 +65,11 @@ def max_abs_config(dtype: torch.dtype) -> "triton.Config":
     """BLOCK (elements a program loads at once) and BLOCKS_PER_CHUNK (loads a program makes) for
     ``dtype``, the same for the three: 4096 × 4 with 8 warps, 16 elements a thread per load, a chunk of 16 Ki elements (64 KiB
     of fp32, 32 KiB of bf16): about 5.2 Ki programs for 85 M elements, several per SM at a time.
-    Measured (H200, torch 2.11, triton 3.6, GPT-2-small's 144 grads, 85 M elements, CUDA-graph
-    replays, medians): 79 µs fp32 (4.3 TB/s) and 45 µs bf16 (3.8 TB/s), against 114 and 97 µs for the
-    twin. 4 warps with 2048 (fp32) or 4096 (bf16) elements a load were 2 % slower, 1024 × 4 with 4
-    warps 8–10 %, 8192 × 4 with 8 warps 30 % in bf16."""
+    In the captured GPT-2-small Muon step (H200, ``benchmarks/polar_step.py --parts graphprofile``) it
+    reads the 340 MB of fp32 grads in 83 µs (4.1 TB/s), against 119 µs for the twin's launches. The
+    tile was picked by a one-off sweep on the H200 whose script is not kept: 4 warps with 2048 (fp32)
+    or 4096 (bf16) elements a load were about 2 % slower, 1024 × 4 with 4 warps 8–10 %, 8192 × 4 with
+    8 warps 30 % in bf16; read those as indications, not reproducible figures."""
     return triton.Config({"BLOCK": 4096, "BLOCKS_PER_CHUNK": 4}, num_warps=8, num_stages=1)
 
 
