@@ -24,7 +24,7 @@
 # minutes): GPT-2-small's loop with the drop-in, model eager then compiled, which grads moved at which
 # step and the drop-in graph's captures (benchmarks/grad_addresses.py).
 # "tma" (about 2.5 minutes): X Xᵀ from lower tiles through TMA, pointer loads and cuBLAS, with a config
-# sweep (benchmarks/tma_gram_probe.py); "tmapoly" the same sweep for sym_poly at m = 768 and 1024. "split" (about 1.5 minutes): GPT-2-small's train step split into
+# sweep (benchmarks/tma_gram_probe.py); "tmapoly" the same sweep for sym_poly at m = 768 and 1024, "tmacross" for sym_cross (about a minute). "split" (about 1.5 minutes): GPT-2-small's train step split into
 # forward+backward, step and zero_grad per drop-in recipe (benchmarks/step_split.py). "launch" (under a
 # minute): host µs per launch of each product, and the Python profile of an eager step
 # (benchmarks/launch_overhead.py). None of the three is in the default list.
@@ -84,6 +84,7 @@ run_part() {
     memory)  timeout 120 python3 benchmarks/step_memory.py --json "$OUT/step_memory.json" ;;
     tma)     timeout 300 python3 benchmarks/tma_gram_probe.py --json "$OUT/tma_probe.json" ;;
     tmapoly) timeout 300 python3 benchmarks/tma_gram_probe.py --poly --json "$OUT/tma_poly.json" ;;
+    tmacross) timeout 200 python3 benchmarks/tma_gram_probe.py --cross --json "$OUT/tma_cross.json" ;;
     split)   timeout 190 python3 benchmarks/step_split.py --json "$OUT/step_split.json" ;;
     launch)  timeout 180 python3 benchmarks/launch_overhead.py --profile-step ;;
     lanes)   timeout 150 python3 benchmarks/side_streams.py --json "$OUT/side_streams.json" ;;

@@ -6,7 +6,8 @@ Rows: per shape group of the GPT-2-small matrix set and for the whole set —
   * plain stacked cuBLAS NS5 (bf16 X@Xᵀ, b·A + c·A², a·X + B·X: the baseline every Muon uses),
   * fpolar's polar step through each implementation (cuBLAS ops, Triton kernels, Gram NS),
   * fpolar's whole step (polargrad_step: momentum + polar + scale + apply), eager, compiled and
-    CUDA-graph replayed, vs torch.optim.Muon eager and compiled,
+    CUDA-graph replayed (groups in order, and side by side on 4 lanes as ``capture_cuda_graph``
+    records them by default), vs torch.optim.Muon eager and compiled,
   * the dense NS5 FLOP floor at the bf16 matmul ceiling measured in this run.
 Plus TFLOP/s achieved on 4096×4096 and 4096×16384.
 """
@@ -27,6 +28,7 @@ import fpolar
 from fpolar.coefficients import SCHEDULES
 from fpolar.compile import mark_static
 from fpolar.polar import PolarSpec, polar_wide
+from fpolar.side_streams import lanes
 
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
 from common import cuda_graph_ms, products_on_cublas  # noqa: E402
@@ -202,6 +204,12 @@ def whole_step_rows(shapes, floor_ms: float, only: Optional[str] = None) -> List
             rows.append(row(f"{label} step CUDA graph", bench(graph.replay), floor_ms, t_muon))
         except Exception as e:  # noqa: BLE001
             rows.append({"name": f"{label} step CUDA graph", "error": repr(e)[:160]})
+        try:  # the shape groups' polar steps side by side, as capture_cuda_graph records them by default
+            with lanes(4):
+                graph = captured(step)
+            rows.append(row(f"{label} step CUDA graph, 4 lanes", bench(graph.replay), floor_ms, t_muon))
+        except Exception as e:  # noqa: BLE001
+            rows.append({"name": f"{label} step CUDA graph, 4 lanes", "error": repr(e)[:160]})
     return rows
 
 

@@ -8,11 +8,14 @@ arithmetic or masks (``fpolar/kernels/_tma.py``). µs per call from CUDA-graph r
 
     python3 benchmarks/tma_gram_probe.py [--json out.json]
     python3 benchmarks/tma_gram_probe.py --poly [--json out.json]   # sym_poly's configs instead
+    python3 benchmarks/tma_gram_probe.py --cross [--json out.json]  # sym_cross's configs instead
 
 ``--poly`` sweeps ``fpolar::sym_poly``'s TMA kernel (a·I + b·A + c·A², A symmetric, the Gram-space
 polynomial) over tile, K step, stages and warps on the m × m shapes of the GPT-2 steps, against
 cuBLAS's ``baddbmm`` (which copies A into its output first) and the kernel's default config: the
 captured GPT-2-small step launches it 20 times at m = 768, where it runs at about half its ceiling.
+``--cross`` does the same for ``fpolar::sym_cross``'s TMA kernel (P·Uᵀ from its lower tiles, the
+second half of Gram space's congruence P·R·P) against cuBLAS's ``bmm(P, Uᵀ)``.
 """
 
 from __future__ import annotations
@@ -99,10 +102,40 @@ def poly_sweep(cuda_graph_ms) -> Dict[str, Dict[str, float]]:
     return rows
 
 
+def cross_sweep(cuda_graph_ms) -> Dict[str, Dict[str, float]]:
+    """µs per ``sym_cross`` call (TMA) per config, and cuBLAS's full ``bmm``, on POLY_SHAPES (k = m)."""
+    from fpolar.kernels.sym_cross import launch_sym_cross
+
+    rows: Dict[str, Dict[str, float]] = {}
+    for b, m in POLY_SHAPES:
+        y = torch.randn(b, m, m + 64, device="cuda") / (m + 64) ** 0.5
+        r = y @ y.mT
+        p = (NS_B * r + NS_C * r @ r).to(torch.bfloat16)  # a polynomial in R, as Gram NS's P
+        u = (p.float() @ r).to(torch.bfloat16)  # U = P·R, so P·Uᵀ = P·R·P is symmetric
+        full = p.float() @ u.float().mT
+        ref = full.tril() + full.tril(-1).mT  # the kernel computes the lower tiles and mirrors them
+        out = torch.empty_like(p)
+        row: Dict[str, float] = {"cublas bmm": cuda_graph_ms(lambda: torch.bmm(p, u.mT), 200) * 1e3}
+        row["sym_cross (TMA, default config)"] = cuda_graph_ms(lambda: launch_sym_cross(p, u, out, tma=True), 200) * 1e3
+        configs = [
+            (f"tma 128/{block_k} s{stages} w{warps}",
+             triton.Config({"BLOCK": 128, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages))
+            for block_k, stages, warps in itertools.product((32, 64), (2, 3, 4), (4, 8))
+        ]
+        best = sweep(f"{b}×{m}", configs, lambda config: launch_sym_cross(p, u, out, config, tma=True),
+                     out, ref, cuda_graph_ms, row)
+        rows[f"{b}x{m}"] = row
+        print(f"{b}×{m}: cuBLAS {row['cublas bmm']:.1f} µs, default {row['sym_cross (TMA, default config)']:.1f} µs, "
+              f"best {best[0]:.1f} µs ({best[1]})", flush=True)
+        print_fastest(row)
+    return rows
+
+
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
     ap.add_argument("--poly", action="store_true", help="sweep sym_poly's configs instead of sym_gram's")
+    ap.add_argument("--cross", action="store_true", help="sweep sym_cross's configs instead of sym_gram's")
     args = ap.parse_args(argv)
     from common import cuda_graph_ms, environment, print_header, save_json
     from fpolar.kernels.sym_gram import launch_sym_gram
@@ -111,6 +144,9 @@ def main(argv: List[str] | None = None) -> int:
     print_header(env)
     if args.poly:
         save_json(args.json, {"environment": env, "poly_rows": poly_sweep(cuda_graph_ms)})
+        return 0
+    if args.cross:
+        save_json(args.json, {"environment": env, "cross_rows": cross_sweep(cuda_graph_ms)})
         return 0
     rows: Dict[str, Dict[str, float]] = {}
     for b, m, n in SHAPES:

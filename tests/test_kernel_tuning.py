@@ -63,7 +63,7 @@ def _tuner(tmp_path, timer, cache=True) -> T.KernelTuner:
 
 
 def test_candidates_are_a_handful_with_the_heuristic_first():
-    for kernel in ("sym_gram", "sym_poly", "sym_cross", "ns_apply"):
+    for kernel in T.SYMMETRIC_KERNELS + T.MATMUL_KERNELS:
         for m, n in ((768, 3072), (768, 768), (40, 50)):
             for dtype in (BF16, torch.float32):
                 cands = candidate_configs(kernel, m, n, dtype)

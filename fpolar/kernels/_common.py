@@ -150,19 +150,24 @@ def _k_block(dtype: torch.dtype) -> int:
     return 32 if dtype == torch.float32 else 64
 
 
-def symmetric_tile_config(m: int, dtype: torch.dtype) -> triton.Config:
-    """Tile choice for the lower-triangle kernels (sym_gram, sym_poly).
+def symmetric_tile_config(m: int, dtype: torch.dtype, tma: bool = False) -> triton.Config:
+    """Tile choice for the lower-triangle kernels (sym_gram, sym_poly, sym_cross).
 
-    Output tiles are square (mirroring a tile needs BLOCK_M == BLOCK_N): 128 wide with 8 warps and
-    3 stages, or 64 wide with 4 warps and 4 stages when one such tile covers the whole matrix
-    (m <= 64). K steps are 64 (16-bit) or 32 (fp32) wide. No autotuning: the choice is instant.
-    Measured on an H100 (bf16, torch 2.11, triton 3.6): 128-wide tiles beat 64-wide ones for every
-    m from 768 to 4096 even at 108 programs (3×1000×1537: 62 vs 97 µs); 4 warps on a 128×128 fp32
-    accumulator spill registers (up to 9× slower).
+    Output tiles are square (mirroring a tile needs BLOCK_M == BLOCK_N): 128 wide with 3 stages, or
+    64 wide with 4 warps and 4 stages when one such tile covers the whole matrix (m <= 64). K steps
+    are 64 (16-bit) or 32 (fp32) wide. No autotuning: the choice is instant.
+
+    Warps for the 128-wide tile depend on how the tiles are loaded (``tma``: the kernels' tensor-
+    descriptor variants). Pointer loads, measured on an H100 (bf16, torch 2.11, triton 3.6): 8 warps;
+    4 warps on a 128×128 fp32 accumulator spill registers (up to 9× slower), and 128-wide tiles beat
+    64-wide ones for every m from 768 to 4096 even at 108 programs (3×1000×1537: 62 vs 97 µs).
+    Through TMA, measured on an H200 (``benchmarks/tma_gram_probe.py``, its sym_gram and ``--poly``
+    sweeps): 4 warps, the fastest of 48 configs for X Xᵀ at 12×768×{768, 2304, 3072} and for
+    b·A + c·A² at 12×768, 24×768 and 24×1024 (sym_poly 13.6 vs 14.8 µs at 12×768 with 8 warps).
     """
     if m <= 64:
         return triton.Config({"BLOCK": 64, "BLOCK_K": _k_block(dtype)}, num_warps=4, num_stages=4)
-    return triton.Config({"BLOCK": 128, "BLOCK_K": _k_block(dtype)}, num_warps=8, num_stages=3)
+    return triton.Config({"BLOCK": 128, "BLOCK_K": _k_block(dtype)}, num_warps=4 if tma else 8, num_stages=3)
 
 
 def matmul_tile_config(m: int, n: int, dtype: torch.dtype) -> triton.Config:

@@ -34,7 +34,7 @@ from ._lower_tiles import (
     store_mirrored_tma,
 )
 from ._tma import descriptor, use_tma
-from .tuning import get_tuner
+from .tuning import get_tuner, loaded_through
 from ..inductor_fallbacks import register_before_lowering
 
 __all__ = ["sym_cross", "sym_cross_reference", "launch_sym_cross"]
@@ -125,12 +125,14 @@ def launch_sym_cross(
         return out
     if k == 0:  # an empty sum
         return out.zero_()
+    through_tma = use_tma((a, b, out), tma)
     if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
         config = get_tuner().config_for(
-            "sym_cross", batch, m, k, a.dtype, a.device, lambda cfg: launch_sym_cross(a, b, out, cfg, tma=tma)
+            loaded_through("sym_cross", through_tma), batch, m, k, a.dtype, a.device,
+            lambda cfg: launch_sym_cross(a, b, out, cfg, tma=through_tma),
         )
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
-    if use_tma((a, b, out), tma):
+    if through_tma:
         block, block_k = config.kwargs["BLOCK"], config.kwargs["BLOCK_K"]
         _sym_cross_tma_kernel[(batch * lower_tiles,)](
             descriptor(a, block, block_k),

@@ -23,7 +23,7 @@ from ._common import (
     tl,
     triton,
 )
-from .tuning import get_tuner
+from .tuning import get_tuner, loaded_through
 from ._lower_tiles import (
     gram_tile,
     gram_tile_tma,
@@ -127,14 +127,16 @@ def launch_sym_gram(
         return out
     if n == 0:  # an empty sum; also keeps a null data pointer away from the kernel
         return out.zero_()
+    through_tma = use_tma((x, out), tma)
     if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
         config = get_tuner().config_for(
-            "sym_gram", batch, m, n, x.dtype, x.device, lambda c: launch_sym_gram(x, out, c, tma=tma, scale=scale)
+            loaded_through("sym_gram", through_tma), batch, m, n, x.dtype, x.device,
+            lambda c: launch_sym_gram(x, out, c, tma=through_tma, scale=scale),
         )
     has_scale = scale is not None
     scale_arg = scale if has_scale else out  # never read without HAS_SCALE
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
-    if use_tma((x, out), tma):
+    if through_tma:
         block, block_k = config.kwargs["BLOCK"], config.kwargs["BLOCK_K"]
         _sym_gram_tma_kernel[(batch * lower_tiles,)](
             descriptor(x, block, block_k),

@@ -31,7 +31,7 @@ from ._common import (
     tl,
     triton,
 )
-from .tuning import get_tuner
+from .tuning import get_tuner, loaded_through
 from ._lower_tiles import (
     gram_tile,
     gram_tile_tma,
@@ -163,15 +163,16 @@ def launch_sym_poly(
     check_batch_scale("scale", scale, batch, a.device)
     if out.numel() == 0:
         return out
+    through_tma = use_tma((a, out), tma)
     if config is None:  # the tuned config for this device and shape (the heuristic when not tuning)
         config = get_tuner().config_for(
-            "sym_poly", batch, m, m, a.dtype, a.device,
-            lambda cfg: launch_sym_poly(a, out, b, c, cfg, tma=tma, shift=shift, scale=scale),
+            loaded_through("sym_poly", through_tma), batch, m, m, a.dtype, a.device,
+            lambda cfg: launch_sym_poly(a, out, b, c, cfg, tma=through_tma, shift=shift, scale=scale),
         )
     has_scale = scale is not None
     scale_arg = scale if has_scale else out  # never read without HAS_SCALE
     lower_tiles = lower_tile_count(m, config.kwargs["BLOCK"])
-    if use_tma((a, out), tma):
+    if through_tma:
         block, block_k = config.kwargs["BLOCK"], config.kwargs["BLOCK_K"]
         _sym_poly_tma_kernel[(batch * lower_tiles,)](
             descriptor(a, block, block_k),

@@ -57,8 +57,11 @@ __all__ = [
     "tuning_enabled_from_env",
 ]
 
-# Kernels whose config is one square tile (BLOCK, BLOCK_K): the lower-tile kernels.
-SYMMETRIC_KERNELS = ("sym_gram", "sym_poly", "sym_cross")
+# Kernels whose config is one square tile (BLOCK, BLOCK_K): the lower-tile kernels, with pointer loads
+# and, under the "_tma" names, through tensor descriptors (tuned apart: their fastest tiles differ).
+TMA_SUFFIX = "_tma"
+_LOWER_TILE_KERNELS = ("sym_gram", "sym_poly", "sym_cross")
+SYMMETRIC_KERNELS = _LOWER_TILE_KERNELS + tuple(k + TMA_SUFFIX for k in _LOWER_TILE_KERNELS)
 MATMUL_KERNELS = ("ns_apply",)
 CACHE_FILE = "kernel_tuning.json"
 CACHE_FORMAT = 1
@@ -96,6 +99,11 @@ def shape_bucket(v: int) -> int:
     return three_quarters if v <= three_quarters and p >= 4 else p
 
 
+def loaded_through(kernel: str, tma: bool) -> str:
+    """The tuner's name for ``kernel``'s variant that loads through TMA (``tma``) or pointers."""
+    return kernel + TMA_SUFFIX if tma else kernel
+
+
 def _k_steps(dtype: torch.dtype) -> Tuple[int, int, int]:
     # Same bytes per K step for every dtype: fp32 takes half the 16-bit K width.
     return (16, 32, 64) if dtype == torch.float32 else (32, 64, 128)
@@ -104,7 +112,7 @@ def _k_steps(dtype: torch.dtype) -> Tuple[int, int, int]:
 def default_config(kernel: str, m: int, n: int, dtype: torch.dtype) -> "triton.Config":
     """The fixed heuristic: what runs when tuning is off or not possible."""
     if kernel in SYMMETRIC_KERNELS:
-        return symmetric_tile_config(m, dtype)
+        return symmetric_tile_config(m, dtype, tma=kernel.endswith(TMA_SUFFIX))
     if kernel in MATMUL_KERNELS:
         return matmul_tile_config(m, n, dtype)
     raise ValueError(f"unknown kernel {kernel!r}; expected one of {SYMMETRIC_KERNELS + MATMUL_KERNELS}")
@@ -114,13 +122,16 @@ def candidate_configs(kernel: str, m: int, n: int, dtype: torch.dtype) -> List["
     """A handful of configs for ``kernel`` on (·, m, n) in ``dtype``; the heuristic's one first.
 
     Tiles 64/128, K steps 32/64/128 (half for fp32), 4 warps for 64-wide tiles and 8 for 128-wide
-    ones (a 128×128 fp32 accumulator in 4 warps spills registers), 3–5 pipeline stages. Matrices no
-    larger than 64 on a side only get 64-wide tiles there (a larger tile would be mostly masked).
+    ones with pointer loads (a 128×128 fp32 accumulator in 4 warps spills registers there), either
+    for 128-wide ones through TMA (4 was the faster there), 3–5 pipeline stages. Matrices no larger
+    than 64 on a side only get 64-wide tiles there (a larger tile would be mostly masked).
     """
     k_small, k_mid, k_large = _k_steps(dtype)
     first = default_config(kernel, m, n, dtype)
     if kernel in SYMMETRIC_KERNELS:
         shapes = [(128, k_mid, 8, 4), (128, k_large, 8, 3), (128, k_small, 8, 5), (64, k_mid, 4, 4)]
+        if kernel.endswith(TMA_SUFFIX):
+            shapes = [(128, k_mid, 8, 3), (128, k_small, 4, 4), (128, k_mid, 4, 4), (64, k_mid, 4, 4)]
         if m <= 64:
             shapes = [(64, k_mid, 4, 3), (64, k_large, 4, 3), (64, k_small, 4, 5)]
         rest = [triton.Config({"BLOCK": b, "BLOCK_K": k}, num_warps=w, num_stages=s) for b, k, w, s in shapes]

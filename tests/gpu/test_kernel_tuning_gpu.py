@@ -71,7 +71,10 @@ def test_every_candidate_and_the_tuned_choice_match_float64(shape, fresh_tuner):
     batch, m, n = shape
     for kernel, (launch, exact) in _cases(shape).items():
         ran = 0
-        for config in K.candidate_configs(kernel, m, m if kernel == "sym_poly" else n, BF16):
+        # the pointer-load and TMA variants' candidates (a launch loads through TMA where it can)
+        names = [kernel] + ([tuning.loaded_through(kernel, True)] if kernel.startswith("sym_") else [])
+        configs = [c for name in names for c in K.candidate_configs(name, m, m if kernel == "sym_poly" else n, BF16)]
+        for config in configs:
             try:
                 out = launch(config)
             except Exception as exc:  # a config this GPU cannot run is skipped by the tuner too
