@@ -70,9 +70,10 @@ kernel, dtype, shape bucket), caches the fastest in memory and in a JSON file, a
 fixed heuristic below when tuning is off (the default; ``FPOLAR_TUNE=1`` turns it on), off CUDA, or while a CUDA graph is
 captured / torch.compile traces and the key is not tuned yet.
 
-Tile heuristic (instant, from (m, n, dtype); ``symmetric_tile_config`` and
-``matmul_tile_config``): 128-wide output tiles (128×128 for ns_apply) with 8 warps and 3 pipeline
-stages; a side of 64 with 4 warps and 4 stages only where the matrix is at most 64 on that side.
+Tile heuristic (instant, from (m, n, dtype) and whether the tiles load through TMA;
+``symmetric_tile_config`` and ``matmul_tile_config``): 128-wide output tiles (128×128 for ns_apply)
+with 8 warps (4 for the lower-tile kernels' TMA variants) and 3 pipeline stages; a side of 64 with 4
+warps and 4 stages only where the matrix is at most 64 on that side.
 K steps of 64 for 16-bit inputs and 32 for fp32 (same shared memory per stage). Every ``launch_*``
 takes ``config=triton.Config(...)`` to override it. Through the op, eager, each call adds Python
 dispatch (custom_op + Triton launch); CUDA graphs remove it. Row strides that are not multiples of 16
