@@ -6,6 +6,7 @@ and the device name are patched, and the "launch" only records which config it w
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import warnings
@@ -368,3 +369,42 @@ def test_explicit_triton_is_tuned_once_at_plan_time(monkeypatch):
     tuner.enabled = False
     assert not dispatch.tune_before_use(key + ("other",), CUDA, lambda: runs.append(1))
     assert runs == [1]
+
+
+class _Asked(Exception):
+    """Raised by the recording tuner below once it has seen the kernel name: no kernel is launched."""
+
+
+@pytest.mark.parametrize("tma", [False, True], ids=["pointer_loads", "tma"])
+def test_lower_tile_launchers_tune_the_variant_they_launch(monkeypatch, tma):
+    """Each lower-tile launcher asks the tuner for the variant it will run: the TMA kernels' tiles
+    differ from the pointer-load kernels' (4 vs 8 warps), so a config tuned for one must not reach
+    the other, and the heuristic it falls back to must be the right one."""
+    from fpolar.kernels import _tma
+
+    # the modules (fpolar.kernels' attributes of these names are the ops)
+    sym_gram, sym_poly, sym_cross = (importlib.import_module(f"fpolar.kernels.{k}") for k in ("sym_gram", "sym_poly", "sym_cross"))
+    if tma and not _tma.HAS_TENSOR_DESCRIPTOR:
+        pytest.skip("this triton has no tensor descriptors")
+    asked = []
+
+    class Recorder:
+        def config_for(self, kernel, batch, m, n, dtype, device, run):
+            asked.append((kernel, _sig(T.default_config(kernel, 256, 256, dtype))))
+            raise _Asked
+
+    for module in (sym_gram, sym_poly, sym_cross):
+        monkeypatch.setattr(module, "get_tuner", lambda: Recorder())
+    x = torch.randn(2, 32, 48, dtype=BF16)
+    a = (x @ x.mT).contiguous()
+    launches = {
+        "sym_gram": lambda: sym_gram.launch_sym_gram(x, torch.empty_like(a), tma=tma),
+        "sym_poly": lambda: sym_poly.launch_sym_poly(a, torch.empty_like(a), -4.775, 2.0315, tma=tma),
+        "sym_cross": lambda: sym_cross.launch_sym_cross(x, x, torch.empty_like(a), tma=tma),
+    }
+    for launch in launches.values():
+        with pytest.raises(_Asked):
+            launch()
+    names = [T.loaded_through(kernel, tma) for kernel in launches]
+    assert [name for name, _ in asked] == names
+    assert {warps for (_, sig) in asked for warps in [sig[-2]]} == {4 if tma else 8}
