@@ -161,9 +161,10 @@ def symmetric_tile_config(m: int, dtype: torch.dtype, tma: bool = False) -> trit
     descriptor variants). Pointer loads, measured on an H100 (bf16, torch 2.11, triton 3.6): 8 warps;
     4 warps on a 128×128 fp32 accumulator spill registers (up to 9× slower), and 128-wide tiles beat
     64-wide ones for every m from 768 to 4096 even at 108 programs (3×1000×1537: 62 vs 97 µs).
-    Through TMA, measured on an H200 (``benchmarks/tma_gram_probe.py``, its sym_gram and ``--poly``
-    sweeps): 4 warps, the fastest of 48 configs for X Xᵀ at 12×768×{768, 2304, 3072} and for
-    b·A + c·A² at 12×768, 24×768 and 24×1024 (sym_poly 13.6 vs 14.8 µs at 12×768 with 8 warps).
+    Through TMA, measured on an H200 (``benchmarks/tma_gram_probe.py``): 4 warps. For b·A + c·A² they
+    were the fastest of the 48 configs swept (``--poly``) at 12×768, 24×768 and 24×1024 (13.6 vs 14.8
+    µs at 12×768 with 8 warps); for the congruence's P·Uᵀ (``--cross``) the fastest or tied; for
+    X Xᵀ, 8 warps cost 0.1–1.5% at 12×768×{768, 2304, 3072}.
     """
     if m <= 64:
         return triton.Config({"BLOCK": 64, "BLOCK_K": _k_block(dtype)}, num_warps=4, num_stages=4)
