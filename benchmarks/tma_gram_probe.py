@@ -61,6 +61,23 @@ def sweep(label: str, configs, launch, out: torch.Tensor, ref: torch.Tensor, cud
     return best
 
 
+def tile_grid(blocks, block_ks, stages, warps) -> list:
+    """(name, config) for every combination of square tile, K step, pipeline stages and warps."""
+    return [
+        (f"tma {block}/{block_k} s{stage} w{warp}",
+         triton.Config({"BLOCK": block, "BLOCK_K": block_k}, num_warps=warp, num_stages=stage))
+        for block, block_k, stage, warp in itertools.product(blocks, block_ks, stages, warps)
+    ]
+
+
+def print_summary(label: str, row: Dict[str, float], baseline: str, default: str, best: tuple) -> None:
+    """One line per shape (the cuBLAS baseline, the kernel's default config, the sweep's fastest),
+    then the fastest rows."""
+    print(f"{label}: cuBLAS {row[baseline]:.1f} µs, default {row[default]:.1f} µs, "
+          f"best {best[0]:.1f} µs ({best[1]})", flush=True)
+    print_fastest(row)
+
+
 def print_fastest(row: Dict[str, float]) -> None:
     for name, us in sorted(row.items(), key=lambda kv: kv[1])[:6]:
         print(f"    {name:<36} {us:8.1f}")
@@ -87,18 +104,11 @@ def poly_sweep(cuda_graph_ms) -> Dict[str, Dict[str, float]]:
         row["cublas baddbmm + a·I"] = cuda_graph_ms(cublas, 200) * 1e3
         row["sym_poly (TMA, default config)"] = cuda_graph_ms(
             lambda: launch_sym_poly(a, out, NS_B, NS_C, tma=True, shift=NS_A), 200) * 1e3
-        configs = [
-            (f"tma {block}/{block_k} s{stages} w{warps}",
-             triton.Config({"BLOCK": block, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages))
-            for block, block_k, stages, warps in itertools.product((64, 128), (32, 64, 128), (2, 3, 4, 5), (4, 8))
-        ]
-        best = sweep(f"{b}×{m}", configs,
+        best = sweep(f"{b}×{m}", tile_grid((64, 128), (32, 64, 128), (2, 3, 4, 5), (4, 8)),
                      lambda config: launch_sym_poly(a, out, NS_B, NS_C, config, tma=True, shift=NS_A),
                      out, ref, cuda_graph_ms, row)
         rows[f"{b}x{m}"] = row
-        print(f"{b}×{m}: cuBLAS {row['cublas baddbmm + a·I']:.1f} µs, default {row['sym_poly (TMA, default config)']:.1f} µs, "
-              f"best {best[0]:.1f} µs ({best[1]})", flush=True)
-        print_fastest(row)
+        print_summary(f"{b}×{m}", row, "cublas baddbmm + a·I", "sym_poly (TMA, default config)", best)
     return rows
 
 
@@ -117,17 +127,10 @@ def cross_sweep(cuda_graph_ms) -> Dict[str, Dict[str, float]]:
         out = torch.empty_like(p)
         row: Dict[str, float] = {"cublas bmm": cuda_graph_ms(lambda: torch.bmm(p, u.mT), 200) * 1e3}
         row["sym_cross (TMA, default config)"] = cuda_graph_ms(lambda: launch_sym_cross(p, u, out, tma=True), 200) * 1e3
-        configs = [
-            (f"tma 128/{block_k} s{stages} w{warps}",
-             triton.Config({"BLOCK": 128, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages))
-            for block_k, stages, warps in itertools.product((32, 64), (2, 3, 4), (4, 8))
-        ]
-        best = sweep(f"{b}×{m}", configs, lambda config: launch_sym_cross(p, u, out, config, tma=True),
-                     out, ref, cuda_graph_ms, row)
+        best = sweep(f"{b}×{m}", tile_grid((128,), (32, 64), (2, 3, 4), (4, 8)),
+                     lambda config: launch_sym_cross(p, u, out, config, tma=True), out, ref, cuda_graph_ms, row)
         rows[f"{b}x{m}"] = row
-        print(f"{b}×{m}: cuBLAS {row['cublas bmm']:.1f} µs, default {row['sym_cross (TMA, default config)']:.1f} µs, "
-              f"best {best[0]:.1f} µs ({best[1]})", flush=True)
-        print_fastest(row)
+        print_summary(f"{b}×{m}", row, "cublas bmm", "sym_cross (TMA, default config)", best)
     return rows
 
 
@@ -157,12 +160,7 @@ def main(argv: List[str] | None = None) -> int:
         row["cublas bmm"] = cuda_graph_ms(lambda: torch.bmm(x, x.mT), 200) * 1e3
         row["sym_gram (pointer loads)"] = cuda_graph_ms(lambda: launch_sym_gram(x, out, tma=False), 200) * 1e3
         row["sym_gram (TMA, default config)"] = cuda_graph_ms(lambda: launch_sym_gram(x, out, tma=True), 200) * 1e3
-        configs = [
-            (f"tma 128/{block_k} s{stages} w{warps}",
-             triton.Config({"BLOCK": 128, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages))
-            for block_k, stages, warps in itertools.product((64, 128), (3, 4, 5), (4, 8))
-        ]
-        best = sweep(f"{b}×{m}×{n}", configs, lambda config: launch_sym_gram(x, out, config, tma=True),
+        best = sweep(f"{b}×{m}×{n}", tile_grid((128,), (64, 128), (3, 4, 5), (4, 8)), lambda config: launch_sym_gram(x, out, config, tma=True),
                      out, ref, cuda_graph_ms, row)
         rows[f"{b}x{m}x{n}"] = row
         print(f"{b}×{m}×{n}: cuBLAS {row['cublas bmm']:.1f} µs, sym_gram {row['sym_gram (pointer loads)']:.1f} µs, "

@@ -121,19 +121,20 @@ def default_config(kernel: str, m: int, n: int, dtype: torch.dtype) -> "triton.C
 def candidate_configs(kernel: str, m: int, n: int, dtype: torch.dtype) -> List["triton.Config"]:
     """A handful of configs for ``kernel`` on (·, m, n) in ``dtype``; the heuristic's one first.
 
-    Tiles 64/128, K steps 32/64/128 (half for fp32), 4 warps for 64-wide tiles and 8 for 128-wide
-    ones with pointer loads (a 128×128 fp32 accumulator in 4 warps spills registers there), either
-    for 128-wide ones through TMA (4 was the faster there), 3–5 pipeline stages. Matrices no larger
-    than 64 on a side only get 64-wide tiles there (a larger tile would be mostly masked).
+    Tiles 64/128, K steps 32/64/128 (half for fp32), 3–5 pipeline stages. 4 warps for 64-wide tiles;
+    for 128-wide ones 8 with pointer loads (a 128×128 fp32 accumulator in 4 warps spills registers
+    there) and 4 or 8 through TMA (4 measured faster there). Matrices no larger than 64 on a side only
+    get 64-wide tiles there (a larger tile would be mostly masked).
     """
     k_small, k_mid, k_large = _k_steps(dtype)
     first = default_config(kernel, m, n, dtype)
     if kernel in SYMMETRIC_KERNELS:
-        shapes = [(128, k_mid, 8, 4), (128, k_large, 8, 3), (128, k_small, 8, 5), (64, k_mid, 4, 4)]
-        if kernel.endswith(TMA_SUFFIX):
-            shapes = [(128, k_mid, 8, 3), (128, k_small, 4, 4), (128, k_mid, 4, 4), (64, k_mid, 4, 4)]
         if m <= 64:
             shapes = [(64, k_mid, 4, 3), (64, k_large, 4, 3), (64, k_small, 4, 5)]
+        elif kernel.endswith(TMA_SUFFIX):
+            shapes = [(128, k_mid, 8, 3), (128, k_small, 4, 4), (128, k_mid, 4, 4), (64, k_mid, 4, 4)]
+        else:
+            shapes = [(128, k_mid, 8, 4), (128, k_large, 8, 3), (128, k_small, 8, 5), (64, k_mid, 4, 4)]
         rest = [triton.Config({"BLOCK": b, "BLOCK_K": k}, num_warps=w, num_stages=s) for b, k, w, s in shapes]
     else:
         shapes = [(128, 128, k_mid, 8, 4), (128, 256, k_mid, 8, 3), (128, 64, k_mid, 4, 4), (64, 128, k_mid, 4, 4)]
